@@ -1,0 +1,5 @@
+import sys
+
+from aigc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""The ``aigc`` command: ``aigc <area> <verb> [--flags]``.
+
+Each command is a typed config dataclass (its fields become flags) and a recipe function
+named as ``"module:function"``, imported only when that command runs, so ``aigc --help``
+stays fast. Errors a user can cause print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from aigc import __version__
+from aigc.config import add_config_arguments, build_config
+from aigc.demo_config import DemoConfig
+from aigc.errors import UserError
+from aigc.gan.config import GanSampleConfig, GanTrainConfig
+
+
+@dataclass(frozen=True)
+class Command:
+    area: str | None  # None for top-level commands such as ``aigc demo``
+    name: str
+    help: str
+    config: type
+    recipe: str  # "module:function", called with the config
+
+
+AREAS = {
+    "gan": "image GANs: train, sample",
+}
+
+COMMANDS = [
+    Command(None, "demo", "train a small conditional GAN on the bundled digits and draw a grid",
+            DemoConfig, "aigc.demo:run_demo"),
+    Command("gan", "train", "train a GAN (mlp or dcgan, optionally class-conditional)",
+            GanTrainConfig, "aigc.gan.train:train"),
+    Command("gan", "sample", "draw samples from a trained GAN run into a PNG grid or an npz",
+            GanSampleConfig, "aigc.gan.sample:sample"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus where to find help) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aigc", description="Generative AI on PyTorch: GANs and GPTs.")
+    parser.add_argument("--version", action="version", version=f"aigc {__version__}")
+    top = parser.add_subparsers(dest="area", metavar="COMMAND", required=True)
+    area_parsers: dict[str, argparse._SubParsersAction] = {}
+    for command in COMMANDS:
+        if command.area is None:
+            sub = top.add_parser(command.name, help=command.help, description=command.help)
+        else:
+            if command.area not in area_parsers:
+                area = top.add_parser(command.area, help=AREAS[command.area], description=AREAS[command.area])
+                area_parsers[command.area] = area.add_subparsers(dest="verb", metavar="VERB", required=True)
+            sub = area_parsers[command.area].add_parser(command.name, help=command.help, description=command.help)
+        add_config_arguments(sub, command.config)
+        sub.set_defaults(_command=command)
+    return parser
+
+
+def run_command(command: Command, given: dict) -> object:
+    config = build_config(command.config, given)
+    module_name, function_name = command.recipe.split(":")
+    return getattr(importlib.import_module(module_name), function_name)(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if k not in ("area", "verb", "_command")}
+    try:
+        run_command(args._command, given)
+    except UserError as exc:
+        print(f"aigc: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("aigc: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

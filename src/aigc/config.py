@@ -1,0 +1,158 @@
+"""Typed configs: dataclasses <-> command-line flags and TOML files.
+
+A config is a plain ``@dataclass`` whose fields are declared with :func:`option`. The CLI
+turns every field into a ``--dashed-name`` flag whose help shows its default; ``--config
+file.toml`` may set any field (unknown keys are an error) and flags given on the command
+line win over the file. Fields are validated by the dataclass's ``validate()`` method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from aigc.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def option(default: Any, help: str, *, choices: typing.Sequence[str] | None = None,
+           parse: Callable[[str], Any] | None = None) -> Any:
+    """Declare a config field with its help text (and optionally choices or a parser)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "parse": parse})
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '2m', '1.5h' or a plain number of seconds -> seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(text))
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 2m, 1h)")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def _field_type(cls: type, field: dataclasses.Field) -> tuple[type, bool]:
+    """The field's base type and whether it may be None (``int | None`` -> (int, True))."""
+    hint = typing.get_type_hints(cls)[field.name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        (base,) = [a for a in args if a is not type(None)]
+        return base, True
+    return hint, False
+
+
+def _converter(cls: type, field: dataclasses.Field) -> Callable[[Any], Any]:
+    """A function turning a flag string or a TOML value into the field's type."""
+    base, optional = _field_type(cls, field)
+    parse = field.metadata.get("parse")
+
+    def convert(value: Any) -> Any:
+        if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
+            return None
+        if parse is not None:
+            return parse(value)
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes", "on"):
+                return True
+            if str(value).lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if base is float and isinstance(value, str):
+            return float(value)
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"not an integer: {value!r}")
+        return base(value)
+
+    return convert
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per field of ``cls`` (defaults are SUPPRESSed so we see what was given)."""
+    parser.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
+                        help="read any of these options from a TOML file; flags win")
+    for field in dataclasses.fields(cls):
+        base, _ = _field_type(cls, field)
+        meta = field.metadata
+        help_text = f"{meta.get('help', '')} (default: {field.default})"
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": field.name}
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _argparse_type(cls, field)
+            kwargs["metavar"] = field.name.upper()
+            if meta.get("choices"):
+                kwargs["choices"] = list(meta["choices"])
+                kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}"
+        parser.add_argument(flag_name(field.name), **kwargs)
+
+
+def _argparse_type(cls: type, field: dataclasses.Field) -> Callable[[str], Any]:
+    convert = _converter(cls, field)
+
+    def typed(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    typed.__name__ = _field_type(cls, field)[0].__name__
+    return typed
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read config file {path}: {exc}") from None
+    # Accept dashed keys too, as they appear on the command line.
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def build_config(cls: type, given: dict[str, Any]) -> Any:
+    """Defaults < TOML file (``given['config']``) < flags. Unknown TOML keys are an error."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if "config" in given:
+        for key, value in load_toml(given["config"]).items():
+            if key not in fields:
+                raise UserError(f"unknown option {key!r} in {given['config']}")
+            try:
+                values[key] = _converter(cls, fields[key])(value)
+            except (TypeError, ValueError) as exc:
+                raise UserError(f"bad value for {key!r} in {given['config']}: {exc}") from None
+            choices = fields[key].metadata.get("choices")
+            if choices and values[key] not in choices:
+                raise UserError(f"bad value for {key!r} in {given['config']}: choose from {', '.join(choices)}")
+    values.update({k: v for k, v in given.items() if k in fields})
+    config = cls(**values)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a UserError with ``message`` unless ``condition`` holds (for ``validate()``)."""
+    if not condition:
+        raise UserError(message)

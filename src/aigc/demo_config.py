@@ -1,0 +1,17 @@
+"""Config of ``aigc demo`` (no torch import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aigc.config import option, require
+
+
+@dataclass
+class DemoConfig:
+    out: str = option("aigc-demo", "folder for the demo runs (a fresh name is chosen if it exists)")
+    gan_steps: int = option(700, "generator updates of the demo's conditional DCGAN (about a minute on a laptop CPU)")
+    seed: int = option(0, "random seed")
+
+    def validate(self) -> None:
+        require(self.gan_steps > 0, f"--gan-steps must be positive, got {self.gan_steps}")

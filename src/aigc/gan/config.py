@@ -1,0 +1,70 @@
+"""Configs of the GAN commands (no torch import: ``aigc --help`` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aigc.config import option, require
+from aigc.devices import DEVICE_CHOICES
+
+MODELS = ("mlp", "dcgan")
+LOSS_NAMES = ("bce", "hinge", "wgan-gp")
+
+
+@dataclass
+class GanTrainConfig:
+    data: str = option("mnist5k", "mnist5k (bundled), a folder of IDX files, or a folder with one sub-folder per class")
+    model: str = option("dcgan", "generator/discriminator architecture", choices=MODELS)
+    conditional: bool = option(False, "class-conditional model (label embedding in G, projection in D)")
+    loss: str = option("bce", "adversarial loss", choices=LOSS_NAMES)
+    spectral_norm: bool = option(False, "spectral normalisation on the discriminator's layers")
+    steps: int | None = option(None, "generator updates to train for (default 2000 unless --epochs is given)")
+    epochs: int | None = option(None, "passes over the data instead of --steps")
+    batch_size: int = option(64, "images per batch")
+    lr: float = option(2e-4, "Adam learning rate (both networks)")
+    beta1: float = option(0.5, "Adam beta1")
+    beta2: float = option(0.999, "Adam beta2")
+    n_critic: int | None = option(None, "discriminator updates per generator update (default: 5 for wgan-gp, else 1)")
+    gp_weight: float = option(10.0, "gradient-penalty weight for wgan-gp")
+    z_dim: int = option(100, "noise dimension")
+    width: int | None = option(None, "hidden units (mlp, default 256) or base channels (dcgan, default 64)")
+    image_size: int | None = option(None, "resize images to this size (default: the data's own size)")
+    channels: int | None = option(None, "1 (grey) or 3 (RGB) (default: the data's own)")
+    ema_decay: float = option(0.999, "EMA decay of generator weights used for sampling (0 turns EMA off)")
+    amp: bool = option(True, "bf16 autocast where the hardware supports it")
+    device: str = option("auto", "where to train", choices=DEVICE_CHOICES)
+    seed: int = option(0, "random seed: the same seed and data give the same run")
+    out: str | None = option(None, "run directory (default: runs/gan-<date>-<time>)")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    log_every: int = option(50, "steps between metric lines")
+    sample_every: int = option(500, "steps between sample grids in samples/")
+    save_every: int = option(500, "steps between checkpoints")
+
+    def validate(self) -> None:
+        require(not (self.steps is not None and self.epochs is not None), "give --steps or --epochs, not both")
+        for name in ("steps", "epochs", "n_critic", "width", "image_size"):
+            value = getattr(self, name)
+            require(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("batch_size", "z_dim", "log_every", "sample_every", "save_every"):
+            require(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        require(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        require(self.channels in (None, 1, 3), f"--channels must be 1 or 3, got {self.channels}")
+        require(not self.resume or self.out is not None, "--resume needs --out RUN")
+        require(self.gp_weight >= 0, f"--gp-weight must be non-negative, got {self.gp_weight}")
+
+
+@dataclass
+class GanSampleConfig:
+    run: str | None = option(None, "run directory written by `aigc gan train` (required)")
+    n: int = option(64, "number of samples")
+    out: str = option("grid.png", "output file (.png grid, or .npz with --format npz)")
+    label: int | None = option(None, "class to draw (conditional models; default: all classes in turn)")
+    seed: int = option(0, "random seed for the noise")
+    format: str = option("png", "png grid or npz array (uint8, N x H x W x C, with labels)", choices=("png", "npz"))
+    ema: bool = option(True, "use the EMA generator when the run has one")
+    device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
+
+    def validate(self) -> None:
+        require(self.run is not None, "--run RUN is required")
+        require(self.n > 0, f"--n must be positive, got {self.n}")
