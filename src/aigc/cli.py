@@ -17,6 +17,7 @@ from aigc.config import add_config_arguments, build_config
 from aigc.demo_config import DemoConfig
 from aigc.errors import UserError
 from aigc.gan.config import GanSampleConfig, GanTrainConfig
+from aigc.gpt.config import GptEvalConfig, GptExportHfConfig, GptGenerateConfig, GptImportHfConfig, GptTrainConfig
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Command:
 
 AREAS = {
     "gan": "image GANs: train, sample",
+    "gpt": "GPT language models: train, generate, eval, export-hf, import-hf",
 }
 
 COMMANDS = [
@@ -39,6 +41,16 @@ COMMANDS = [
             GanTrainConfig, "aigc.gan.train:train"),
     Command("gan", "sample", "draw samples from a trained GAN run into a PNG grid or an npz",
             GanSampleConfig, "aigc.gan.sample:sample"),
+    Command("gpt", "train", "pretrain (or fine-tune with --init-from) a GPT on text",
+            GptTrainConfig, "aigc.gpt.train:train"),
+    Command("gpt", "generate", "continue a prompt with a trained GPT",
+            GptGenerateConfig, "aigc.gpt.generation:generate_command"),
+    Command("gpt", "eval", "loss, perplexity and bits per byte of a GPT run on text",
+            GptEvalConfig, "aigc.gpt.evaluate:evaluate_command"),
+    Command("gpt", "export-hf", "write a GPT run as a Hugging Face GPT-2 model folder",
+            GptExportHfConfig, "aigc.gpt.hf:export_hf"),
+    Command("gpt", "import-hf", "make a GPT run from a Hugging Face GPT-2 model folder",
+            GptImportHfConfig, "aigc.gpt.hf:import_hf"),
 ]
 
 

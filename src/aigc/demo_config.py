@@ -10,7 +10,7 @@ from aigc.config import option, require
 @dataclass
 class DemoConfig:
     out: str = option("aigc-demo", "folder for the demo runs (a fresh name is chosen if it exists)")
-    gan_steps: int = option(700, "generator updates of the demo's conditional DCGAN (about a minute on a laptop CPU)")
+    gan_steps: int = option(2000, "generator updates of the demo's conditional DCGAN (about a minute on a laptop CPU)")
     seed: int = option(0, "random seed")
 
     def validate(self) -> None:

@@ -185,3 +185,26 @@ def _conform(data: ImageData, image_size: int | None, channels: int | None) -> I
         images = torch.nn.functional.interpolate(images, size=(image_size, image_size), mode="bilinear",
                                                  antialias=True, align_corners=False).clamp_(-1, 1)
     return ImageData(images, data.labels, data.class_names, data.source)
+
+
+def image_grid(images: torch.Tensor, nrow: int, padding: int = 2) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> one uint8 picture (rows of ``nrow`` images), HxWxC."""
+    pixels = to_uint8(images)  # (N, H, W, C)
+    n, h, w, c = pixels.shape
+    rows = (n + nrow - 1) // nrow
+    grid = np.zeros((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), dtype=np.uint8)
+    for i in range(n):
+        top, left = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
+        grid[top:top + h, left:left + w] = pixels[i]
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int) -> None:
+    """Write ``images`` as a PNG grid, atomically."""
+    from PIL import Image
+
+    from aigc.runs import atomic_write
+
+    grid = image_grid(images, nrow)
+    picture = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))

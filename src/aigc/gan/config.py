@@ -15,7 +15,7 @@ LOSS_NAMES = ("bce", "hinge", "wgan-gp")
 class GanTrainConfig:
     data: str = option("mnist5k", "mnist5k (bundled), a folder of IDX files, or a folder with one sub-folder per class")
     model: str = option("dcgan", "generator/discriminator architecture", choices=MODELS)
-    conditional: bool = option(False, "class-conditional model (label embedding in G, projection in D)")
+    conditional: bool = option(False, "class-conditional model (one-hot label in G, projection in D)")
     loss: str = option("bce", "adversarial loss", choices=LOSS_NAMES)
     spectral_norm: bool = option(False, "spectral normalisation on the discriminator's layers")
     steps: int | None = option(None, "generator updates to train for (default 2000 unless --epochs is given)")

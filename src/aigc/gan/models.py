@@ -1,0 +1,183 @@
+"""GAN generators and discriminators: the classic MLP and DCGAN, each optionally conditional.
+
+Generators map noise ``z`` (B, z_dim) [and labels y (B,)] to images (B, C, H, W) in [-1, 1].
+Discriminators map images [and labels] to one logit per image (B,). Conditional models use a
+one-hot label concatenated to the noise in G, and the projection discriminator of Miyato &
+Koyama (2018) in D: ``logit = w . phi(x) + b + embed(y) . phi(x)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class GanModelConfig:
+    model: str = "dcgan"  # "mlp" or "dcgan"
+    z_dim: int = 100
+    image_size: int = 28
+    channels: int = 1
+    num_classes: int = 0  # 0 = unconditional
+    width: int = 64  # mlp: hidden units; dcgan: base channels
+    spectral_norm: bool = False
+    disc_norm: str = "batch"  # "batch" or "none" (wgan-gp critics and spectral norm use none)
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def with_one_hot(z: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    """Append the one-hot label to the noise, as in the conditional GAN of Mirza & Osindero (2014):
+    (B, z_dim) -> (B, z_dim + num_classes). Unconditional models pass z through."""
+    if not num_classes:
+        return z
+    return torch.cat([z, nn.functional.one_hot(labels, num_classes).to(z.dtype)], dim=1)
+
+
+def _sn(module: nn.Module, enabled: bool) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(module) if enabled else module
+
+
+class ProjectionHead(nn.Module):
+    """Features (B, F) [+ labels (B,)] -> logits (B,), with class projection when conditional."""
+
+    def __init__(self, features: int, num_classes: int, spectral_norm: bool):
+        super().__init__()
+        self.linear = _sn(nn.Linear(features, 1), spectral_norm)
+        self.embed = _sn(nn.Embedding(num_classes, features), spectral_norm) if num_classes else None
+
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        logits = self.linear(h).squeeze(1)  # (B,)
+        if self.embed is not None:
+            logits = logits + (self.embed(labels) * h).sum(1)
+        return logits
+
+
+class MLPGenerator(nn.Module):
+    """The textbook generator z -> 256 -> 784 (LeakyReLU, Tanh), made correct."""
+
+    def __init__(self, cfg: GanModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        in_dim = cfg.z_dim + cfg.num_classes
+        out_dim = cfg.channels * cfg.image_size**2
+        self.net = nn.Sequential(nn.Linear(in_dim, cfg.width), nn.LeakyReLU(0.2),
+                                 nn.Linear(cfg.width, out_dim), nn.Tanh())
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        z = with_one_hot(z, labels, self.cfg.num_classes)
+        c, s = self.cfg.channels, self.cfg.image_size
+        return self.net(z).view(-1, c, s, s)
+
+
+class MLPDiscriminator(nn.Module):
+    """The textbook discriminator 784 -> 256 -> 1, returning logits (no sigmoid: the loss has it)."""
+
+    def __init__(self, cfg: GanModelConfig):
+        super().__init__()
+        in_dim = cfg.channels * cfg.image_size**2
+        self.features = nn.Sequential(_sn(nn.Linear(in_dim, cfg.width), cfg.spectral_norm), nn.LeakyReLU(0.2))
+        self.head = ProjectionHead(cfg.width, cfg.num_classes, cfg.spectral_norm)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(x.flatten(1)), labels)
+
+
+def _dcgan_start_size(image_size: int) -> int:
+    """Spatial size of the first feature map: DCGAN doubles it per stage up to image_size."""
+    for start in (7, 4):
+        ratio = image_size // start
+        if image_size % start == 0 and ratio >= 2 and ratio & (ratio - 1) == 0:
+            return start
+    raise ValueError(f"dcgan needs an image size of 7 or 4 times a power of two (28, 32, 64, ...), got {image_size}")
+
+
+class DCGANGenerator(nn.Module):
+    """Radford et al. (2015): project z, then transposed convolutions with batch norm and ReLU.
+
+    For 28x28: z (B, 100) -> (B, 2w, 7, 7) -> (B, w, 14, 14) -> (B, C, 28, 28), Tanh.
+    """
+
+    def __init__(self, cfg: GanModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        start = _dcgan_start_size(cfg.image_size)
+        stages = (cfg.image_size // start).bit_length() - 1
+        channels = [cfg.width * 2 ** (stages - 1 - i) for i in range(stages)]  # 28x28: [2w, w]; 64x64: [8w, .., w]
+        in_dim = cfg.z_dim + cfg.num_classes
+        layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, channels[0], start, 1, 0, bias=False),
+                                   nn.BatchNorm2d(channels[0]), nn.ReLU(True)]
+        for c_in, c_out in zip(channels, channels[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(channels[-1], cfg.channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        z = with_one_hot(z, labels, self.cfg.num_classes)
+        return self.net(z[:, :, None, None])  # (B, in_dim, 1, 1) -> (B, C, H, W)
+
+
+class DCGANDiscriminator(nn.Module):
+    """Strided convolutions with LeakyReLU 0.2 (and batch norm after the first), then a linear
+    head over the last feature map, i.e. DCGAN's final full-size convolution.
+
+    For 28x28: (B, C, 28, 28) -> (B, w, 14, 14) -> (B, 2w, 7, 7) -> flatten -> logit (B,).
+    """
+
+    def __init__(self, cfg: GanModelConfig):
+        super().__init__()
+        start = _dcgan_start_size(cfg.image_size)
+        stages = (cfg.image_size // start).bit_length() - 1
+        channels = [cfg.channels] + [cfg.width * 2**i for i in range(stages)]
+        layers: list[nn.Module] = []
+        for i, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
+            layers.append(_sn(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=i == 0 or cfg.disc_norm != "batch"),
+                              cfg.spectral_norm))
+            if i > 0 and cfg.disc_norm == "batch":
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2, True))
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = ProjectionHead(channels[-1] * start * start, cfg.num_classes, cfg.spectral_norm)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(x), labels)
+
+
+ARCHITECTURES = {
+    "mlp": (MLPGenerator, MLPDiscriminator),
+    "dcgan": (DCGANGenerator, DCGANDiscriminator),
+}
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """N(0, 0.02) weights for convolutions and linear layers, N(1, 0.02) for batch-norm scales."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+            weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(weight, 0.0, 0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def build_generator(cfg: GanModelConfig) -> nn.Module:
+    generator = ARCHITECTURES[cfg.model][0](cfg)
+    if cfg.model == "dcgan":
+        dcgan_init(generator)
+    return generator
+
+
+def build_discriminator(cfg: GanModelConfig) -> nn.Module:
+    discriminator = ARCHITECTURES[cfg.model][1](cfg)
+    if cfg.model == "dcgan":
+        dcgan_init(discriminator)
+    return discriminator

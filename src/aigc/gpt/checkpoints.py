@@ -1,0 +1,65 @@
+"""A GPT run directory on disk: ``config.json`` (kind "gpt", the model config, the training
+config), ``tokenizer.json``, ``model.safetensors`` (the last step) and ``best.safetensors``
+(the lowest validation loss)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer
+from aigc.errors import UserError
+from aigc.gpt.model import GPT, GPTConfig
+from aigc.runs import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_run_config, save_json, save_weights
+
+KIND = "gpt"
+BEST_FILE = "best.safetensors"
+
+
+def write_run_config(run_dir: Path, model_config: GPTConfig, tokenizer: Tokenizer, train: dict | None) -> None:
+    save_json(run_dir / CONFIG_FILE, {"kind": KIND, "model": asdict(model_config),
+                                      "tokenizer": tokenizer.kind, "train": train})
+
+
+def model_config_of(run_config: dict, run: Path) -> GPTConfig:
+    try:
+        values = run_config["model"]
+        return GPTConfig(**{f.name: values[f.name] for f in fields(GPTConfig)})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{run / CONFIG_FILE} has no valid GPT model config ({exc})") from None
+
+
+def weights_path(run: Path, checkpoint: str) -> Path:
+    """``best.safetensors`` for checkpoint "best" when the run has one, else ``model.safetensors``."""
+    best = run / BEST_FILE
+    return best if checkpoint == "best" and best.is_file() else run / WEIGHTS_FILE
+
+
+def save_model(path: Path, model: GPT, step: int) -> None:
+    save_weights(path, model.weights(), metadata={"step": str(step)})
+
+
+def load_into(model: GPT, path: Path) -> int:
+    """Load weights saved by :func:`save_model` into ``model``; returns their step."""
+    tensors, metadata = load_weights(path)
+    try:
+        model.load_weights(tensors)
+    except (KeyError, RuntimeError) as exc:
+        raise UserError(f"{path} does not fit this model: {str(exc).splitlines()[0]}") from None
+    return int(metadata.get("step", 0))
+
+
+def load_run(run: str | Path, checkpoint: str = "best",
+             device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
+    """The model (in eval mode, on ``device``), tokenizer and config.json of a GPT run."""
+    run = Path(run)
+    run_config = read_run_config(run, KIND)
+    model = GPT(model_config_of(run_config, run))
+    load_into(model, weights_path(run, checkpoint))
+    tokenizer = Tokenizer.load(run / TOKENIZER_FILE)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(f"{run / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model only "
+                        f"{model.config.vocab_size}")
+    return model.to(device).eval(), tokenizer, run_config

@@ -1,0 +1,140 @@
+"""Configs of the GPT commands (no torch import: ``aigc --help`` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aigc.config import option, parse_duration, require
+from aigc.devices import DEVICE_CHOICES
+
+TOKENIZERS = ("char", "bpe")
+CHECKPOINTS = ("best", "last")
+EVAL_METRICS = ("perplexity",)  # loss, perplexity and bits per byte from one pass over the data
+
+
+def _positive(config: object, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        require(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+@dataclass
+class GptTrainConfig:
+    data: str | None = option(None, "a text file or a folder of .txt files (default: the Python language "
+                                    "reference bundled with Python, pydoc_data.topics)")
+    val_data: str | None = option(None, "validation text (default: the last 10%% of --data)")
+    tokenizer: str = option("char", "char: one token per character; bpe: byte-level BPE learned from the data",
+                            choices=TOKENIZERS)
+    vocab_size: int = option(1024, "BPE vocabulary size (bpe only, at least 256)")
+    init_from: str | None = option(None, "start from the weights and tokenizer of this GPT run (fine-tuning, e.g. "
+                                         "after `aigc gpt import-hf`); the model flags are then taken from it")
+    n_layer: int = option(4, "Transformer blocks")
+    n_head: int = option(4, "attention heads per block")
+    n_embd: int = option(128, "embedding width (a multiple of --n-head)")
+    block_size: int = option(64, "context length in tokens")
+    dropout: float = option(0.0, "dropout probability")
+    batch_size: int = option(12, "sequences per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(1e-3, "peak learning rate (AdamW)")
+    min_lr: float = option(1e-4, "learning rate at the end of the cosine decay")
+    warmup_iters: int = option(100, "steps of linear warm-up")
+    max_iters: int | None = option(None, "optimizer steps (default 2000 unless --time-budget is given)")
+    lr_decay_iters: int | None = option(None, "steps over which the cosine decays (default: --max-iters)")
+    time_budget: float | None = option(None, "train for this long instead (e.g. 90s, 2m); the cosine then "
+                                             "decays over the budget", parse=parse_duration)
+    weight_decay: float = option(0.1, "AdamW weight decay, on matrices only")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.99, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 turns clipping off)")
+    amp: bool = option(True, "bf16 autocast where the hardware supports it")
+    compile: bool = option(False, "torch.compile the model (faster steps after a compile of tens of seconds)")
+    device: str = option("auto", "where to train", choices=DEVICE_CHOICES)
+    seed: int = option(0, "random seed: the same seed and data give the same run")
+    out: str | None = option(None, "run directory (default: runs/gpt-<date>-<time>)")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    eval_interval: int = option(250, "steps between validation losses (and checkpoints)")
+    eval_iters: int = option(20, "validation batches per evaluation (the same batches every time)")
+    log_every: int = option(10, "steps between training-loss lines in metrics.jsonl")
+
+    def validate(self) -> None:
+        _positive(self, "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
+                  "max_iters", "lr_decay_iters", "time_budget", "eval_interval", "eval_iters", "log_every")
+        require(self.n_embd % self.n_head == 0,
+                f"--n-embd ({self.n_embd}) must be a multiple of --n-head ({self.n_head})")
+        require(self.tokenizer != "bpe" or self.vocab_size >= 256,
+                f"--vocab-size must be at least 256 for byte-level BPE, got {self.vocab_size}")
+        require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        require(self.lr > 0 and 0 <= self.min_lr <= self.lr, "need 0 < --lr and 0 <= --min-lr <= --lr")
+        require(self.warmup_iters >= 0, f"--warmup-iters must be non-negative, got {self.warmup_iters}")
+        require(self.weight_decay >= 0 and self.grad_clip >= 0, "--weight-decay and --grad-clip must be non-negative")
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
+        require(not self.resume or self.out is not None, "--resume needs --out RUN")
+
+
+@dataclass
+class GptGenerateConfig:
+    run: str | None = option(None, "GPT run directory (from `aigc gpt train` or `aigc gpt import-hf`; required)")
+    prompt: str = option("\n", "text to continue")
+    max_new_tokens: int = option(200, "tokens to generate per sample")
+    temperature: float = option(0.8, "sampling temperature; 0 picks the most likely token (greedy)")
+    top_k: int | None = option(None, "sample only among the k most likely tokens")
+    top_p: float | None = option(None, "sample only among the most likely tokens whose probabilities sum to p")
+    repetition_penalty: float = option(1.0, "divide the logits of tokens already present by this (>1 repeats less)")
+    stop: str | None = option(None, "stop a sample when this text appears (it is left out)")
+    num_samples: int = option(1, "independent samples")
+    seed: int = option(0, "random seed for sampling")
+    stream: bool = option(False, "print tokens as they are generated")
+    checkpoint: str = option("best", "best: lowest validation loss; last: the latest step", choices=CHECKPOINTS)
+    device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
+
+    def validate(self) -> None:
+        require(self.run is not None, "--run RUN is required")
+        _positive(self, "max_new_tokens", "top_k", "num_samples")
+        require(self.temperature >= 0, f"--temperature must be non-negative, got {self.temperature}")
+        require(self.top_p is None or 0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
+        require(self.repetition_penalty > 0, f"--repetition-penalty must be positive, got {self.repetition_penalty}")
+        require(self.stop is None or self.stop != "", "--stop must not be empty")
+        require(not (self.stream and self.num_samples > 1), "--stream prints one sample; drop --num-samples")
+
+
+@dataclass
+class GptEvalConfig:
+    run: str | None = option(None, "GPT run directory (required)")
+    data: str | None = option(None, "text file or folder to evaluate on (default: the run's validation split)")
+    metrics: str = option("perplexity", "comma-separated metrics; perplexity gives loss, perplexity and bits "
+                                        f"per byte (choose from {', '.join(EVAL_METRICS)})")
+    checkpoint: str = option("best", "best or last checkpoint of the run", choices=CHECKPOINTS)
+    batch_size: int = option(32, "windows per forward pass")
+    json: str | None = option(None, "also write the results to this JSON file")
+    device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
+
+    def validate(self) -> None:
+        require(self.run is not None, "--run RUN is required")
+        _positive(self, "batch_size")
+        unknown = [m for m in self.metric_names() if m not in EVAL_METRICS]
+        require(not unknown, f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(EVAL_METRICS)}")
+
+    def metric_names(self) -> list[str]:
+        return [name.strip() for name in self.metrics.split(",") if name.strip()]
+
+
+@dataclass
+class GptExportHfConfig:
+    run: str | None = option(None, "GPT run directory to export (required)")
+    out: str | None = option(None, "folder for the Hugging Face model (config.json, model.safetensors, "
+                                    "tokenizer files; required)")
+    checkpoint: str = option("best", "best or last checkpoint of the run", choices=CHECKPOINTS)
+
+    def validate(self) -> None:
+        require(self.run is not None, "--run RUN is required")
+        require(self.out is not None, "--out DIR is required")
+
+
+@dataclass
+class GptImportHfConfig:
+    hf: str | None = option(None, "folder of a Hugging Face GPT-2 model (config.json, weights, tokenizer; required)")
+    out: str | None = option(None, "new GPT run directory (required)")
+
+    def validate(self) -> None:
+        require(self.hf is not None, "--hf DIR is required")
+        require(self.out is not None, "--out RUN is required")
