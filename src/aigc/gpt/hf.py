@@ -1,0 +1,118 @@
+"""GPT-2 interoperability with Hugging Face ``transformers`` (imported lazily, here only).
+
+Our parameter names are GPT-2's, so a conversion is a key-by-key copy, except that GPT-2's
+``Conv1D`` layers store their weights as (in, out) where ``nn.Linear`` stores (out, in).
+The tokenizer travels as ``tokenizer.json``: BPE runs load with the GPT-2 tokenizer class,
+char runs with ``PreTrainedTokenizerFast`` (both through ``AutoTokenizer``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer
+from aigc.errors import UserError
+from aigc.gpt.checkpoints import load_run, save_model, write_run_config
+from aigc.gpt.config import GptExportHfConfig, GptImportHfConfig
+from aigc.gpt.model import GPT, GPTConfig
+from aigc.runs import WEIGHTS_FILE, prepare_run_dir
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
+
+
+def _converted(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Ours <-> Hugging Face (the same map both ways: transpose the Conv1D weights)."""
+    return {k: (v.t().contiguous() if k.endswith(CONV1D) else v) for k, v in weights.items()}
+
+
+def to_hf(model: GPT):
+    """A ``transformers.GPT2LMHeadModel`` with the weights of ``model``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                           n_head=c.n_head, activation_function="gelu_new", resid_pdrop=c.dropout,
+                           embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=1e-5,
+                           tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
+    hf_model = GPT2LMHeadModel(hf_config)
+    missing, unexpected = hf_model.load_state_dict(_converted(model.weights()), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"GPT-2 key mismatch: missing {missing}, unexpected {unexpected}")
+    hf_model.tie_weights()
+    return hf_model.eval()
+
+
+def from_hf(hf_model) -> GPT:
+    """Our GPT with the weights of a ``transformers.GPT2LMHeadModel``."""
+    c = hf_model.config
+    unsupported = [what for what, ok in [
+        (f"activation {c.activation_function!r}", c.activation_function in GELU_TANH),
+        (f"MLP width {c.n_inner}", c.n_inner in (None, 4 * c.n_embd)),
+        (f"layer-norm epsilon {c.layer_norm_epsilon}", abs(c.layer_norm_epsilon - 1e-5) < 1e-12),
+        ("untied output layer", c.tie_word_embeddings),
+        ("unscaled or reordered attention", c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx
+         and not c.reorder_and_upcast_attn),
+    ] if not ok]
+    if unsupported:
+        raise UserError(f"this GPT-2 variant is not supported: {', '.join(unsupported)}")
+    model = GPT(GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer,
+                          n_head=c.n_head, n_embd=c.n_embd, dropout=0.0))
+    hf_weights = {k: v for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}
+    model.load_weights(_converted(hf_weights))
+    return model.eval()
+
+
+def _hf_tokenizer(tokenizer: Tokenizer):
+    """The transformers tokenizer class that loads this tokenizer: GPT-2's for BPE."""
+    from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
+
+    cls = GPT2TokenizerFast if tokenizer.kind == "bpe" else PreTrainedTokenizerFast
+    return cls(tokenizer_object=tokenizer.backend)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def export_hf(config: GptExportHfConfig) -> Path:
+    """``aigc gpt export-hf``: a folder ``GPT2LMHeadModel.from_pretrained`` loads offline."""
+    _quiet_transformers()
+    model, tokenizer, _ = load_run(config.run, config.checkpoint)
+    out = prepare_run_dir(config.out, resume=False)
+    to_hf(model).save_pretrained(out)
+    _hf_tokenizer(tokenizer).save_pretrained(out)
+    print(f"wrote {out}: GPT2LMHeadModel ({model.num_params() / 1e6:.2f}M parameters) and its tokenizer")
+    return out
+
+
+def import_hf(config: GptImportHfConfig) -> Path:
+    """``aigc gpt import-hf``: a GPT run (generate, eval, --init-from) from a GPT-2 folder."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    _quiet_transformers()
+    hf = Path(config.hf)
+    if not (hf / "config.json").is_file():
+        raise UserError(f"{hf} is not a Hugging Face model folder (no config.json)")
+    try:
+        hf_model = GPT2LMHeadModel.from_pretrained(hf, local_files_only=True)
+        hf_tokenizer = AutoTokenizer.from_pretrained(hf, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot load a GPT-2 model and tokenizer from {hf}: {str(exc).splitlines()[0]}") from None
+    if not hasattr(hf_tokenizer, "backend_tokenizer"):
+        raise UserError(f"the tokenizer in {hf} has no fast (tokenizers) form to convert")
+    tokenizer = Tokenizer(hf_tokenizer.backend_tokenizer)
+    model = from_hf(hf_model)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(f"the tokenizer in {hf} has {tokenizer.vocab_size} tokens, the model only "
+                        f"{model.config.vocab_size}")
+    out = prepare_run_dir(config.out, resume=False)
+    tokenizer.save(out / TOKENIZER_FILE)
+    save_model(out / WEIGHTS_FILE, model, step=0)
+    write_run_config(out, model.config, tokenizer, train=None)
+    print(f"wrote GPT run {out} ({model.num_params() / 1e6:.2f}M parameters, {tokenizer.vocab_size} tokens)")
+    return out
