@@ -69,8 +69,9 @@ def _hf_tokenizer(tokenizer: Tokenizer):
     """The transformers tokenizer class that loads this tokenizer: GPT-2's for BPE."""
     from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
 
-    cls = GPT2TokenizerFast if tokenizer.kind == "bpe" else PreTrainedTokenizerFast
-    return cls(tokenizer_object=tokenizer.backend)
+    if tokenizer.kind == "bpe":  # without GPT-2's default <|endoftext|>, which would add a token
+        return GPT2TokenizerFast(tokenizer_object=tokenizer.backend, unk_token=None, bos_token=None, eos_token=None)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend)
 
 
 def _quiet_transformers() -> None:

@@ -1,0 +1,89 @@
+"""GPT-2 interoperability: logits parity with transformers both ways, tokenizers that load in transformers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from aigc.data.tokenizers import train_tokenizer  # noqa: E402
+from aigc.gpt.checkpoints import load_run, save_model, write_run_config  # noqa: E402
+from aigc.gpt.model import GPT, GPTConfig  # noqa: E402
+
+TEXT = "Some text for a tiny tokenizer: naïve café, 123 + 456 = 579.\n" * 30
+
+
+def make_run(path, kind: str):
+    tokenizer = train_tokenizer(kind, TEXT.encode(), 300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    for p in model.parameters():  # not just the init: biases and LayerNorms nonzero too
+        p.data.normal_(0, 0.2)
+    path.mkdir()
+    tokenizer.save(path / "tokenizer.json")
+    save_model(path / "model.safetensors", model, step=0)
+    write_run_config(path, model.config, tokenizer, train=None)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_export_loads_in_transformers_with_the_same_logits_and_tokens(run_cli, tmp_path, kind):
+    run = make_run(tmp_path / "run", kind)
+    status, _, err = run_cli("gpt", "export-hf", "--run", run, "--out", tmp_path / "hf")
+    assert status == 0, err
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    model, tokenizer, _ = load_run(run)
+    text = "naïve café: 579 = 123 + 456"
+    ids = tokenizer.encode(text)
+    assert hf_tokenizer(text)["input_ids"] == ids
+    assert hf_tokenizer.decode(ids) == text
+    with torch.no_grad():
+        ours, _ = model(torch.tensor([ids]))
+        theirs = hf_model(torch.tensor([ids])).logits
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+def test_bpe_export_loads_with_the_gpt2_tokenizer_class(run_cli, tmp_path):
+    run = make_run(tmp_path / "run", "bpe")
+    run_cli("gpt", "export-hf", "--run", run, "--out", tmp_path / "hf")
+    gpt2_tokenizer = transformers.GPT2TokenizerFast.from_pretrained(tmp_path / "hf", local_files_only=True)
+    _, tokenizer, _ = load_run(run)
+    assert gpt2_tokenizer("café 123")["input_ids"] == tokenizer.encode("café 123")
+
+
+def test_import_matches_a_random_gpt2(run_cli, tmp_path):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=48, n_layer=2, n_head=3)
+    hf_model = transformers.GPT2LMHeadModel(config).eval()
+    for p in hf_model.parameters():
+        p.data.normal_(0, 0.2)
+    hf_model.save_pretrained(tmp_path / "hf")
+    bpe = train_tokenizer("bpe", TEXT.encode(), 299)  # GPT-2's tokenizer class adds <|endoftext|> as token 299
+    transformers.GPT2TokenizerFast(tokenizer_object=bpe.backend).save_pretrained(tmp_path / "hf")
+
+    status, _, err = run_cli("gpt", "import-hf", "--hf", tmp_path / "hf", "--out", tmp_path / "run")
+    assert status == 0, err
+    model, tokenizer, _ = load_run(tmp_path / "run")
+    ids = torch.tensor([tokenizer.encode("123 + 456 = 579, café")])
+    with torch.no_grad():
+        diff = (model(ids)[0] - hf_model(ids).logits).abs().max().item()
+    assert diff <= 1e-4
+    status, out, _ = run_cli("gpt", "generate", "--run", tmp_path / "run", "--prompt", "café", "--max-new-tokens", "5")
+    assert status == 0 and out.startswith("café")
+    assert tokenizer.decode([299]) == "<|endoftext|>"
+
+
+def test_import_refuses_what_is_not_gpt2(run_cli, tmp_path):
+    status, _, err = run_cli("gpt", "import-hf", "--hf", tmp_path, "--out", tmp_path / "run")
+    assert status == 2 and "no config.json" in err
+    hf = tmp_path / "hf"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=10, n_positions=8, n_embd=8, n_layer=1,
+                                                         n_head=2, activation_function="relu")).save_pretrained(hf)
+    transformers.GPT2TokenizerFast(tokenizer_object=train_tokenizer("bpe", b"abc", 256).backend).save_pretrained(hf)
+    status, _, err = run_cli("gpt", "import-hf", "--hf", hf, "--out", tmp_path / "run")
+    assert status == 2 and "activation 'relu'" in err
+    assert json.loads((hf / "config.json").read_text())["model_type"] == "gpt2"

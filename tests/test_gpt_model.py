@@ -1,0 +1,96 @@
+"""The GPT model and generation: GPT-2 names, causal masking, KV cache == recomputation, sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aigc.gpt.generation import Sampling, generate_tokens, next_token
+from aigc.gpt.model import GPT, GPTConfig, KVCache
+
+TINY = GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture
+def model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(TINY).eval()
+
+
+def test_gpt2_parameter_names_and_tied_embedding(model):
+    names = set(model.state_dict())
+    for suffix in ("ln_1.weight", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "ln_2.bias",
+                   "mlp.c_fc.weight", "mlp.c_proj.bias"):
+        assert f"transformer.h.1.{suffix}" in names
+    assert {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight"} <= names
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert "lm_head.weight" not in model.weights()
+
+
+def test_logits_and_loss_shapes(model):
+    idx = torch.randint(0, TINY.vocab_size, (3, 10))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 10, TINY.vocab_size)
+    assert loss.ndim == 0 and abs(loss.item() - torch.log(torch.tensor(37.0)).item()) < 0.5
+
+
+def test_changing_token_t_never_changes_logits_before_t(model):
+    idx = torch.randint(0, TINY.vocab_size, (1, TINY.block_size))
+    before, _ = model(idx)
+    for t in (0, 5, TINY.block_size - 1):
+        changed = idx.clone()
+        changed[0, t] = (changed[0, t] + 1) % TINY.vocab_size
+        after, _ = model(changed)
+        assert torch.equal(after[:, :t], before[:, :t])
+        assert not torch.allclose(after[:, t], before[:, t])
+
+
+def test_cached_forward_matches_full_forward(model):
+    idx = torch.randint(0, TINY.vocab_size, (2, 12))
+    full, _ = model(idx)
+    cache = KVCache(TINY, 2, torch.device("cpu"), torch.float32)
+    first, _ = model(idx[:, :5], cache=cache)  # a prompt of 5, then 3 tokens at once, then one by one
+    middle, _ = model(idx[:, 5:8], cache=cache)
+    rest = [model(idx[:, t:t + 1], cache=cache)[0] for t in range(8, 12)]
+    torch.testing.assert_close(torch.cat([first, middle, *rest], dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_generation_equals_recomputation_greedy(model):
+    prompt = torch.randint(0, TINY.vocab_size, (2, 4))
+    greedy = Sampling(temperature=0)
+    cached = torch.stack(list(generate_tokens(model, prompt, 12, greedy, use_cache=True)), dim=1)
+    recomputed = torch.stack(list(generate_tokens(model, prompt, 12, greedy, use_cache=False)), dim=1)
+    assert torch.equal(cached, recomputed)
+
+
+def test_generation_slides_past_the_context(model):
+    prompt = torch.randint(0, TINY.vocab_size, (1, 40))  # longer than block_size
+    tokens = list(generate_tokens(model, prompt, 30, Sampling(temperature=1.0), torch.Generator().manual_seed(0)))
+    assert len(tokens) == 30
+    assert all(0 <= int(t) < TINY.vocab_size for t in tokens)
+
+
+def test_the_model_refuses_more_than_block_size(model):
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model(torch.zeros(1, TINY.block_size + 1, dtype=torch.long))
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
+    history = torch.tensor([[0]])
+    seeds = range(30)
+    pick = lambda s, seed: int(next_token(logits, history, s, torch.Generator().manual_seed(seed)))  # noqa: E731
+    assert pick(Sampling(temperature=0), 0) == 0
+    assert {pick(Sampling(temperature=1.0, top_k=1), s) for s in seeds} == {0}
+    assert {pick(Sampling(temperature=5.0, top_k=2), s) for s in seeds} == {0, 1}
+    # top_p: p(0) = 0.64, p(1) = 0.24; 0.7 needs both, never a third
+    assert {pick(Sampling(temperature=1.0, top_p=0.7), s) for s in seeds} == {0, 1}
+    # repetition penalty 10: the seen token 0 (logit 3 -> 0.3) loses to token 1 under greedy
+    assert pick(Sampling(temperature=0, repetition_penalty=10.0), 0) == 1
+
+
+def test_optimizer_groups_decay_matrices_only(model):
+    decay, no_decay = model.optimizer_groups(0.1)
+    assert all(p.dim() == 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_params()
