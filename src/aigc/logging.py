@@ -15,15 +15,16 @@ from aigc.runs import METRICS_FILE
 class MetricsLog:
     """Appends ``{"step": ..., **values}`` lines to metrics.jsonl and scalars to TensorBoard.
 
-    On resume, lines logged after the resumed checkpoint are dropped first, so the file
-    reads like one uninterrupted run.
+    On resume, lines logged after the resumed checkpoint are dropped first, and so is a
+    ``partial`` line (a run's last, incomplete averaging window) at the checkpoint itself:
+    the window goes on in the resumed run, so the file reads like one uninterrupted run.
     """
 
     def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                    if line.strip() and _kept_on_resume(json.loads(line), resume_step)]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._file = open(self.path, "a")
         self._writer = None
@@ -48,6 +49,36 @@ class MetricsLog:
         self._file.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _kept_on_resume(entry: dict, resume_step: int) -> bool:
+    step = entry.get("step", 0)
+    return step < resume_step or (step == resume_step and not entry.get("partial"))
+
+
+class RunningMeans:
+    """Sums of logged values since the last metrics line; resumable with the run."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.count += 1
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self.count for name, total in self.sums.items()}
+
+    def reset(self) -> None:
+        self.sums, self.count = {}, 0
+
+    def state_dict(self) -> dict:
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.count = dict(state["sums"]), state["count"]
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -25,7 +25,7 @@ from aigc.errors import TrainingDiverged, UserError
 from aigc.gan.config import GanTrainConfig
 from aigc.gan.losses import LOSSES, GanLoss, gradient_penalty
 from aigc.gan.models import GanModelConfig, build_discriminator, build_generator
-from aigc.logging import MetricsLog, Progress, plot_metrics, read_metrics
+from aigc.logging import MetricsLog, Progress, RunningMeans, plot_metrics, read_metrics
 
 DEFAULT_STEPS = 2000
 # Settings a resumed run takes from the command line; all others come from the saved run.
@@ -120,6 +120,7 @@ class GanTrainer:
         self.sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 2)
         self.step = 0
+        self.window = RunningMeans()  # losses since the last metrics line
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
 
@@ -197,6 +198,7 @@ class GanTrainer:
             "optimizer_d": self.opt_d.state_dict(),
             "rng_torch": torch.get_rng_state(),
             "rng_noise": self.noise.get_state(),
+            "log_window": self.window.state_dict(),
         })
 
     def load(self, out: Path) -> None:
@@ -214,6 +216,7 @@ class GanTrainer:
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng_torch"])
         self.noise.set_state(state["rng_noise"])
+        self.window.load_state_dict(state["log_window"])
         self.step = state["step"]
 
 
@@ -271,19 +274,22 @@ def _run_loop(trainer: GanTrainer, out: Path, total: int, resumed: bool) -> None
     fixed_z, fixed_labels = fixed_sample_inputs(trainer.model_cfg, cfg.seed)
     progress.write(f"training {out}: {len(trainer.data)} images of {trainer.data.source}, "
                    f"{total} steps, batch {cfg.batch_size}, device {trainer.device}")
-    window_start, window_steps, sums = time.perf_counter(), 0, {}
+    window_start, window_steps = time.perf_counter(), 0
     try:
         while trainer.step < total:
-            values = trainer.train_step()
+            trainer.window.add(trainer.train_step())
             window_steps += 1
-            sums = {k: sums.get(k, 0.0) + v for k, v in values.items()}
-            if trainer.step % cfg.log_every == 0 or trainer.step == total:
-                elapsed = time.perf_counter() - window_start
-                means = {k: v / window_steps for k, v in sums.items()}
-                images_per_s = window_steps * cfg.batch_size * trainer.n_critic / elapsed
-                metrics.log(trainer.step, epoch=trainer.sampler.epoch, images_per_s=images_per_s, **means)
+            aligned = trainer.step % cfg.log_every == 0
+            if aligned or trainer.step == total:
+                images_per_s = window_steps * cfg.batch_size * trainer.n_critic / (time.perf_counter() - window_start)
+                means = trainer.window.means()
+                # A run's last line may average a partial window; a resumed run completes it.
+                extra = {} if aligned else {"partial": True}
+                metrics.log(trainer.step, epoch=trainer.sampler.epoch, images_per_s=images_per_s, **means, **extra)
                 progress.update(trainer.step, **means)
-                window_start, window_steps, sums = time.perf_counter(), 0, {}
+                window_start, window_steps = time.perf_counter(), 0
+                if aligned:
+                    trainer.window.reset()
             if trainer.step % cfg.sample_every == 0 or trainer.step == total:
                 render_samples(trainer.sampling_generator(), fixed_z, fixed_labels,
                                out / "samples" / f"step_{trainer.step:06d}.png", trainer.device)

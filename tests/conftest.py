@@ -1,0 +1,51 @@
+"""Shared test helpers.
+
+Tests that read ../shared/data skip when it is absent, except in CI, which sets
+AIGC_REQUIRE_SHARED_DATA=1 so a missing folder fails instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        message = f"shared data folder not found at {SHARED_DATA}"
+        if os.environ.get("AIGC_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_DATA
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run ``aigc`` in-process: returns (exit status, stdout, stderr)."""
+    from aigc.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop what earlier steps of the test printed
+        try:
+            status = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse usage errors
+            status = exc.code
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
+
+
+def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
+    """The promised bad-input behaviour: exit 2, one line on stderr, no traceback."""
+    lines = [line for line in err.strip().splitlines() if line]
+    assert status == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

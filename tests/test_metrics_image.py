@@ -1,0 +1,167 @@
+"""Image metrics on cases with a known answer, and the evaluator's cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from aigc.data.images import load_images
+from aigc.metrics import evaluator as ev
+from aigc.metrics.image import (c2st, frechet_distance, label_accuracy, mode_coverage, precision_recall,
+                                wilson_interval)
+
+MNIST_TEST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+TINY_RECIPE = ev.EvaluatorRecipe(epochs=1, width=4, features=16)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_images("mnist5k")
+
+
+def _reference_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """FID written out with scipy's matrix square root (the formula of Heusel et al.)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def test_fid_matches_the_formula_is_zero_on_itself_and_grows_with_a_shift():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(2000, 8, generator=generator)
+    b = torch.randn(2000, 8, generator=generator) @ torch.diag(torch.linspace(0.5, 2, 8)) + 0.3
+    assert frechet_distance(a, b) == pytest.approx(_reference_fid(a.numpy().astype(np.float64),
+                                                                  b.numpy().astype(np.float64)), rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifts = [frechet_distance(a, a + s) for s in (0.5, 1.0, 2.0)]
+    # a pure shift by s in every one of 8 dimensions adds exactly 8 s^2
+    assert shifts == pytest.approx([8 * 0.25, 8 * 1.0, 8 * 4.0], rel=1e-6)
+
+
+def test_precision_recall_on_hand_built_point_clouds():
+    line = torch.stack([torch.arange(10.0), torch.zeros(10)], 1)  # 10 points 1 apart on a line
+    far = line + torch.tensor([100.0, 0.0])
+    assert precision_recall(line, line) == (1.0, 1.0)
+    assert precision_recall(line, far) == (0.0, 0.0)
+    # Samples that cover only one of two real clusters: all realistic, half the data missed.
+    assert precision_recall(torch.cat([line, far]), line) == (1.0, 0.5)
+    # Samples with half of them off the data: half unrealistic, and the data still covered.
+    assert precision_recall(line, torch.cat([line, far])) == (0.5, 1.0)
+
+
+def test_precision_recall_use_the_kth_neighbour():
+    real = torch.tensor([[0.0], [1.0], [2.0], [3.0]])  # 3rd neighbour of each point: 3, 2, 2, 3 away
+    assert precision_recall(real, torch.tensor([[5.5]]), k=3) == (1.0, 0.0)  # 5.5 is 2.5 from 3 (radius 3)
+    assert precision_recall(real, torch.tensor([[6.5]]), k=3)[0] == 0.0
+    assert precision_recall(real, torch.tensor([[6.5]]), k=1)[0] == 0.0
+
+
+def test_mode_coverage_on_a_set_missing_two_classes():
+    reference = torch.arange(10).repeat(100)  # uniform over 10 classes
+    samples = torch.arange(8).repeat(100)  # classes 8 and 9 never drawn
+    coverage = mode_coverage(samples, reference, 10)
+    assert coverage.classes_covered == 8
+    assert coverage.histogram[8] == coverage.histogram[9] == 0.0
+    assert coverage.kl == pytest.approx(np.log(10 / 8))  # sum over 8 classes of 1/8 log((1/8)/(1/10))
+    assert mode_coverage(reference, reference, 10).kl == pytest.approx(0.0)
+    # A class under 1% of the samples does not count as covered.
+    rare = torch.cat([torch.arange(9).repeat(200), torch.tensor([9] * 10)])
+    assert mode_coverage(rare, reference, 10).classes_covered == 9
+
+
+def test_label_accuracy_on_relabelled_real_data(digits):
+    labels = digits.labels
+    assert label_accuracy(labels, labels) == 1.0
+    relabelled = labels.clone()
+    relabelled[:1000] = (relabelled[:1000] + 1) % 10  # 1,000 of 5,000 asked for the wrong digit
+    assert label_accuracy(labels, relabelled) == pytest.approx(0.8)
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(100, 100)[1] == 1.0
+
+
+def test_c2st_cannot_tell_two_halves_of_real_data_but_tells_real_from_noise(digits):
+    images = digits.images[torch.randperm(len(digits), generator=torch.Generator().manual_seed(1))][:2000]
+    same = c2st(images[:1000], images[1000:], epochs=2)
+    assert same.n_test == 1000
+    assert abs(same.accuracy - 0.5) < 0.06 and same.low < 0.5 < same.high
+    noise = torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    different = c2st(images[:1000], noise, epochs=2)
+    assert different.accuracy > 0.98
+    assert len(different.fake_indices) == len(different.fake_realness) == 500
+
+
+def test_evaluator_is_deterministic_and_cached(digits, tmp_path, monkeypatch):
+    images, labels = digits.images[:500], digits.labels[:500]
+    first = ev.load_or_train_evaluator(images, labels, 10, TINY_RECIPE, cache=tmp_path)
+    assert first.key == ev.evaluator_key(images, labels, TINY_RECIPE)
+    assert list((tmp_path / "evaluators").iterdir()) == [tmp_path / "evaluators" / f"{first.key}.safetensors"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached evaluator should have been used")
+
+    monkeypatch.setattr(ev, "train_evaluator", no_training)
+    second = ev.load_or_train_evaluator(images, labels, 10, TINY_RECIPE, cache=tmp_path)
+    assert second.key == first.key
+    features, logits = first.features_and_logits(images[:50])
+    assert features.shape == (50, 16) and logits.shape == (50, 10)
+    assert torch.equal(second.features_and_logits(images[:50])[0], features)
+    monkeypatch.undo()
+    retrained = ev.train_evaluator(images, labels, 10, TINY_RECIPE)
+    assert torch.equal(retrained.features(images[:50]), features)  # same seed and recipe: same weights
+
+
+def test_evaluator_key_depends_on_data_and_recipe(digits):
+    images, labels = digits.images[:100], digits.labels[:100]
+    key = ev.evaluator_key(images, labels, TINY_RECIPE)
+    assert ev.evaluator_key(images, labels.roll(1), TINY_RECIPE) != key
+    assert ev.evaluator_key(images.flip(0), labels, TINY_RECIPE) != key
+    assert ev.evaluator_key(images, labels, ev.EvaluatorRecipe(epochs=2, width=4, features=16)) != key
+
+
+def test_cache_location_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert ev.cache_dir() == tmp_path / "aigc"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert ev.cache_dir() == Path.home() / ".cache" / "aigc"
+
+
+def test_a_corrupt_cache_entry_is_retrained(digits, tmp_path):
+    images, labels = digits.images[:200], digits.labels[:200]
+    key = ev.evaluator_key(images, labels, TINY_RECIPE)
+    (tmp_path / "evaluators").mkdir()
+    (tmp_path / "evaluators" / f"{key}.safetensors").write_bytes(b"not weights")
+    evaluator = ev.load_or_train_evaluator(images, labels, 10, TINY_RECIPE, cache=tmp_path)
+    assert evaluator.key == key
+    assert (tmp_path / "evaluators" / f"{key}.safetensors").stat().st_size > 1000
+
+
+def shared_mnist_or_skip() -> Path:
+    if not (MNIST_TEST / "t10k-images-idx3-ubyte.gz").is_file():
+        if os.environ.get("AIGC_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(f"AIGC_REQUIRE_SHARED_DATA=1 but {MNIST_TEST} is missing")
+        pytest.skip(f"{MNIST_TEST} not present")
+    return MNIST_TEST
+
+
+def test_evaluator_features_separate_real_test_digits(digits, tmp_path):
+    """A small evaluator trained on mnist5k already reads held-out real digits well, and its
+    features put two real sets close and real vs blurred far (FID)."""
+    test = load_images(str(shared_mnist_or_skip()))
+    recipe = ev.EvaluatorRecipe(epochs=1, width=8, features=32)
+    evaluator = ev.load_or_train_evaluator(digits.images, digits.labels, 10, recipe, cache=tmp_path)
+    features, logits = evaluator.features_and_logits(test.images[:2000])
+    assert (logits.argmax(1) == test.labels[:2000]).float().mean() > 0.85
+    real_features, _ = evaluator.features_and_logits(digits.images[:2000])
+    blurred = torch.nn.functional.avg_pool2d(test.images[:2000], 3, 1, 1)
+    blurred_features, _ = evaluator.features_and_logits(blurred)
+    assert frechet_distance(real_features, features) * 3 < frechet_distance(real_features, blurred_features)
