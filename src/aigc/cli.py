@@ -16,7 +16,7 @@ from aigc import __version__
 from aigc.config import add_config_arguments, build_config
 from aigc.demo_config import DemoConfig
 from aigc.errors import UserError
-from aigc.gan.config import GanSampleConfig, GanTrainConfig
+from aigc.gan.config import GanEvalConfig, GanSampleConfig, GanTrainConfig
 from aigc.gpt.config import GptEvalConfig, GptExportHfConfig, GptGenerateConfig, GptImportHfConfig, GptTrainConfig
 
 
@@ -41,6 +41,8 @@ COMMANDS = [
             GanTrainConfig, "aigc.gan.train:train"),
     Command("gan", "sample", "draw samples from a trained GAN run into a PNG grid or an npz",
             GanSampleConfig, "aigc.gan.sample:sample"),
+    Command("gan", "eval", "judge a GAN run's samples: FID, C2ST, precision/recall, mode coverage vs real data",
+            GanEvalConfig, "aigc.gan.evaluate:evaluate_run"),
     Command("gpt", "train", "pretrain (or fine-tune with --init-from) a GPT on text",
             GptTrainConfig, "aigc.gpt.train:train"),
     Command("gpt", "generate", "continue a prompt with a trained GPT",

@@ -87,7 +87,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for field in dataclasses.fields(cls):
         base, _ = _field_type(cls, field)
         meta = field.metadata
-        help_text = f"{meta.get('help', '')} (default: {field.default})"
+        help_text = meta.get("help", "")
+        if "default" not in help_text and "required" not in help_text:
+            help_text += f" (default: {field.default})"
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": field.name}
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

@@ -68,3 +68,22 @@ class GanSampleConfig:
     def validate(self) -> None:
         require(self.run is not None, "--run RUN is required")
         require(self.n > 0, f"--n must be positive, got {self.n}")
+
+
+@dataclass
+class GanEvalConfig:
+    run: str | None = option(None, "run directory written by `aigc gan train` (required)")
+    ref: str = option("mnist5k", "real images to compare with: mnist5k (bundled; the default model's own training "
+                      "data, so memorising looks perfect) or a held-out IDX/image folder such as the MNIST test set")
+    n: int = option(10000, "number of samples to generate (in batches of --batch-size)")
+    json: str | None = option(None, "where to write every metric as JSON (default: RUN/eval.json); "
+                              "judge.png goes beside it")
+    batch_size: int = option(1000, "images generated and scored at a time")
+    seed: int = option(0, "random seed for the noise, the reference split and the judge")
+    ema: bool = option(True, "use the EMA generator when the run has one")
+    device: str = option("auto", "where to run the generator", choices=DEVICE_CHOICES)
+
+    def validate(self) -> None:
+        require(self.run is not None, "--run RUN is required")
+        require(self.n > 0, f"--n must be positive, got {self.n}")
+        require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")

@@ -127,12 +127,14 @@ def _loop(config, model, forward, optimizer, sampler, val_batches, state, schedu
             losses.clear()
         finished = schedule.done(step, elapsed, max_iters)
         if step % config.eval_interval == 0 or finished:
+            eval_started = time.perf_counter()
             val_loss = evaluate(model, val_batches, config.amp, device)
-            log.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
-            progress.write(f"step {step}: val loss {val_loss:.4f}")
             state.update(step=step, elapsed=elapsed)
             _checkpoint(run_dir, model, optimizer, sampler, state, val_loss)
-            elapsed = time.perf_counter() - started  # checkpoints count against the budget too
+            elapsed = time.perf_counter() - started  # evaluations and checkpoints count against the budget too
+            log.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)),
+                    eval_seconds=round(time.perf_counter() - eval_started, 3))
+            progress.write(f"step {step}: val loss {val_loss:.4f}")
         progress.update(step if max_iters else min(int(elapsed), progress.total), loss=loss, lr=lr)
 
 

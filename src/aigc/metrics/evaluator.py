@@ -31,10 +31,10 @@ ARCHITECTURE_VERSION = 1  # bump when LeNet changes, so old cache entries are no
 class EvaluatorRecipe:
     """How the evaluator is trained; every field is part of the cache key."""
 
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 64
     lr: float = 2e-3  # Adam, cosine-decayed to zero
-    width: int = 32  # channels of the first convolution (the second has twice as many)
+    width: int = 16  # channels of the first convolution (the second has twice as many)
     features: int = 128  # size of the penultimate layer: the feature vector
     max_shift: float = 0.1  # augmentation: random translation, as a fraction of the image size
     max_rotation: float = 10.0  # augmentation: random rotation, degrees

@@ -65,6 +65,8 @@ def precision_recall(real_features: torch.Tensor, fake_features: torch.Tensor, k
     realistic?). Recall: the share of real points inside the fake manifold (is all of the data
     covered?). Compare numbers computed on equally large sets: the radii shrink as sets grow.
     """
+    if min(len(real_features), len(fake_features)) <= k:
+        raise ValueError(f"precision/recall with k={k} need more than {k} points in each set")
     real, fake = real_features.double(), fake_features.double()
     precision = _share_inside(fake, real, _kth_neighbour_radii(real, k, chunk), chunk)
     recall = _share_inside(real, fake, _kth_neighbour_radii(fake, k, chunk), chunk)
@@ -104,12 +106,13 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def c2st(real_images: torch.Tensor, fake_images: torch.Tensor, epochs: int = 5, batch_size: int = 64,
+def c2st(real_images: torch.Tensor, fake_images: torch.Tensor, steps: int = 400, batch_size: int = 64,
          lr: float = 1e-3, seed: int = 0) -> C2STResult:
     """Classifier two-sample test: train a fresh :class:`Judge` on half of the real images
     (label 1) and half of the fake ones (label 0), and report its accuracy on the other halves.
 
-    Both sets are cut to the smaller size so chance is exactly 0.5. A judge that cannot beat
+    Both sets are cut to the smaller size so chance is exactly 0.5. The judge trains for a fixed
+    number of Adam ``steps`` on shuffled batches, whatever the set size. A judge that cannot beat
     chance on data it was not trained on is evidence the two sets come from one distribution.
     """
     generator = torch.Generator().manual_seed(seed)
@@ -123,7 +126,7 @@ def c2st(real_images: torch.Tensor, fake_images: torch.Tensor, epochs: int = 5, 
     test_x = torch.cat([real_images[real_order[half:]], fake_images[test_fake]])
     test_y = torch.cat([torch.ones(n - half), torch.zeros(n - half)])
 
-    judge = _train_judge(train_x, train_y, epochs, batch_size, lr, generator, seed)
+    judge = _train_judge(train_x, train_y, steps, batch_size, lr, generator, seed)
     with torch.no_grad():
         realness = torch.cat([torch.sigmoid(judge(chunk)) for chunk in test_x.split(1000)])
     correct = int(((realness > 0.5).float() == test_y).sum())
@@ -131,18 +134,21 @@ def c2st(real_images: torch.Tensor, fake_images: torch.Tensor, epochs: int = 5, 
     return C2STResult(correct / len(test_y), low, high, len(test_y), test_fake, realness[n - half:])
 
 
-def _train_judge(images: torch.Tensor, targets: torch.Tensor, epochs: int, batch_size: int, lr: float,
+def _train_judge(images: torch.Tensor, targets: torch.Tensor, steps: int, batch_size: int, lr: float,
                  generator: torch.Generator, seed: int) -> Judge:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         judge = Judge(images.shape[1])
     optimizer = torch.optim.Adam(judge.parameters(), lr=lr)
-    for _ in range(epochs):
-        for batch in torch.randperm(len(images), generator=generator).split(batch_size):
-            loss = F.binary_cross_entropy_with_logits(judge(images[batch]), targets[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    batches = []
+    for _ in range(steps):
+        if not batches:  # a new epoch
+            batches = list(torch.randperm(len(images), generator=generator).split(batch_size))
+        batch = batches.pop()
+        loss = F.binary_cross_entropy_with_logits(judge(images[batch]), targets[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     return judge.eval()
 
 

@@ -1,0 +1,209 @@
+"""GPT pretraining on Tiny Shakespeare, character level: nanoGPT's CPU recipe, timed against a
+plain fp32 eager reference loop of the same model measured in the same run.
+
+Recipe: n_layer 4, n_head 4, n_embd 128, block 64, batch 12, dropout 0, AdamW (beta2 0.99,
+weight decay 0.1), lr 1e-3 -> 1e-4 cosine over 2000 iterations after 100 warm-up, clip 1.0;
+first 90% of the text to train, last 10% to validate. Reference figures from nanoGPT on this
+machine kind: 37.4 ms/iteration (20.5k tokens/s), validation loss 1.886 at 2000 iterations.
+
+    flock /tmp/aigc-bench.lock python benchmarks/gpt_shakespeare.py            # everything (~6 min)
+    flock /tmp/aigc-bench.lock python benchmarks/gpt_shakespeare.py --iters 300 --skip-budget   # quick
+
+Each training phase runs in a fresh subprocess so its peak memory is its own.
+Targets: (a) fp32 validation loss <= 1.90 at 2000 iterations; (b) default path >= 1.5x the
+reference tokens/s; (c) --time-budget 90s with the best recipe found: validation loss <= 1.75.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _machine import describe, matmul_peak  # noqa: E402
+
+DATA = HERE.parents[1] / "shared" / "data" / "shakespeare" / "input.txt"
+RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, lr=1e-3, min_lr=1e-4,
+              warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0)
+# The best recipe found for a 90 s budget on 2 cores (see docs/benchmarks-gpt.md).
+BUDGET_RECIPE = dict(RECIPE, lr=2e-3, min_lr=1e-4, warmup_iters=50, batch_size=24)
+REFERENCE = {"ms_per_iter": 37.4, "tokens_per_s": 20.5e3, "val_loss_2000": 1.886}
+
+
+def flops_per_iter(n_params: int, config: dict) -> float:
+    """nanoGPT's estimate (PaLM appendix B): 6 N + 12 L H Q T FLOPs per token, forward and backward."""
+    L, H, T = config["n_layer"], config["n_head"], config["block_size"]
+    Q = config["n_embd"] // H
+    return (6 * n_params + 12 * L * H * Q * T) * T * config["batch_size"]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- phases (each in a subprocess)
+
+def phase_reference(iters: int) -> dict:
+    """nanoGPT's loop, fp32 eager: memmap batches, foreach AdamW, clip, no autocast, no compile."""
+    from aigc.gpt.model import GPT, GPTConfig
+
+    text = DATA.read_text()
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    data = np.array([stoi[c] for c in text], dtype=np.uint16)
+    train = data[: int(0.9 * len(data))]
+    c = RECIPE
+    torch.manual_seed(1337)
+    model = GPT(GPTConfig(vocab_size=len(chars), block_size=c["block_size"], n_layer=c["n_layer"],
+                          n_head=c["n_head"], n_embd=c["n_embd"]))
+    optimizer = torch.optim.AdamW(model.optimizer_groups(c["weight_decay"]), lr=c["lr"], betas=(0.9, c["beta2"]))
+    T, B = c["block_size"], c["batch_size"]
+
+    def step() -> float:
+        ix = torch.randint(len(train) - T, (B,))
+        x = torch.stack([torch.from_numpy(train[i:i + T].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(train[i + 1:i + 1 + T].astype(np.int64)) for i in ix])
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    for _ in range(5):
+        step()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    seconds = (time.perf_counter() - start) / iters
+    return {"ms_per_iter": seconds * 1e3, "n_params": model.num_params() - model.transformer.wpe.weight.numel(),
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def phase_recipe(overrides: dict) -> dict:
+    """Our recipe, `aigc gpt train`, in-process; returns timing and validation losses."""
+    from aigc.data import text
+    from aigc.gpt.checkpoints import load_run
+    from aigc.gpt.config import GptTrainConfig
+    from aigc.gpt.evaluate import EvalInput, perplexity
+    from aigc.gpt.train import train
+    from aigc.logging import read_metrics
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("AIGC_CACHE_DIR", str(Path(tmp) / "cache"))
+        config = GptTrainConfig(data=str(DATA), tokenizer="char", out=str(Path(tmp) / "run"), eval_interval=250,
+                                eval_iters=50, log_every=50, device="cpu", **overrides)
+        start = time.perf_counter()
+        run = train(config)
+        wall = time.perf_counter() - start
+        metrics = read_metrics(run / "metrics.jsonl")
+        model, tokenizer, _ = load_run(run, "last")
+        val_tokens = text.split(text.encode_cached(DATA.read_bytes(), tokenizer))[1]
+        full_val = perplexity(EvalInput(model, tokenizer, val_tokens, batch_size=64))["loss"]
+    steps = max(m["step"] for m in metrics)
+    loop_seconds = max(m.get("elapsed", 0) for m in metrics)
+    eval_seconds = sum(m.get("eval_seconds", 0) for m in metrics)
+    train_seconds = loop_seconds - eval_seconds
+    return {"steps": steps, "ms_per_iter": train_seconds / steps * 1e3, "wall_s": wall, "train_s": train_seconds,
+            "val_curve": [[m["step"], round(m["val_loss"], 4)] for m in metrics if "val_loss" in m],
+            "val_loss_full_split": full_val, "peak_rss_mb": peak_rss_mb()}
+
+
+def run_phase(name: str, *args: str) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, __file__, "--phase", name, "--phase-out", out.name, *args]
+        subprocess.run(command, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
+# ---------------------------------------------------------------- the benchmark
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iters", type=int, default=2000, help="iterations of the fp32 and default runs")
+    parser.add_argument("--reference-iters", type=int, default=150, help="timed iterations of the reference loop")
+    parser.add_argument("--time-budget", default="90s", help="budget of the best-recipe run")
+    parser.add_argument("--skip-budget", action="store_true", help="skip the time-budget run")
+    parser.add_argument("--skip-fp32", action="store_true", help="skip the fp32 parity run")
+    parser.add_argument("--compile", action="store_true", help="also run the default path with torch.compile")
+    parser.add_argument("--out", default=str(HERE / "results" / "gpt_shakespeare.json"))
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--phase-out", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        result = (phase_reference(args.reference_iters) if args.phase == "reference"
+                  else phase_recipe(json.loads(args.overrides)))
+        Path(args.phase_out).write_text(json.dumps(result))
+        return
+    if not DATA.is_file():
+        sys.exit(f"Tiny Shakespeare not found at {DATA}")
+
+    machine = describe()
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; matmul peaks "
+          f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    reference = run_phase("reference", "--reference-iters", str(args.reference_iters))
+    flops = flops_per_iter(reference["n_params"], RECIPE)
+
+    runs = {"reference fp32 eager (nanoGPT loop)": reference}
+    plans = [("aigc default (bf16 autocast)", dict(RECIPE, max_iters=args.iters))]
+    if not args.skip_fp32:
+        plans.append(("aigc fp32 (--no-amp)", dict(RECIPE, max_iters=args.iters, amp=False)))
+    if args.compile:
+        plans.append(("aigc default + --compile", dict(RECIPE, max_iters=args.iters, compile=True)))
+    if not args.skip_budget:
+        from aigc.config import parse_duration
+
+        plans.append((f"aigc best recipe, --time-budget {args.time_budget}",
+                      dict(BUDGET_RECIPE, time_budget=parse_duration(args.time_budget))))
+    for name, overrides in plans:
+        print(f"running: {name}", flush=True)
+        runs[name] = run_phase("recipe", "--overrides", json.dumps(overrides))
+        runs[name]["overrides"] = overrides
+
+    rows = []
+    for name, r in runs.items():
+        tokens_per_iter = (r.get("overrides") or RECIPE)["batch_size"] * RECIPE["block_size"]
+        iter_flops = flops_per_iter(reference["n_params"], r.get("overrides") or RECIPE)
+        gflops = iter_flops / r["ms_per_iter"] * 1e3 / 1e9
+        r.update(tokens_per_s=tokens_per_iter / r["ms_per_iter"] * 1e3, gflops=gflops,
+                 frac_fp32_peak=gflops / peaks["fp32"], frac_bf16_peak=gflops / peaks["bf16"],
+                 speedup_vs_reference=(tokens_per_iter / r["ms_per_iter"]) /
+                 (RECIPE["batch_size"] * RECIPE["block_size"] / reference["ms_per_iter"]))
+        rows.append(r)
+    print()
+    print(f"{'run':44s} {'ms/it':>7s} {'tok/s':>8s} {'x ref':>6s} {'GFLOP/s':>8s} {'%fp32':>6s} {'%bf16':>6s} "
+          f"{'steps':>6s} {'val':>7s} {'peakMB':>7s}")
+    for name, r in runs.items():
+        val = r.get("val_loss_full_split")
+        print(f"{name:44s} {r['ms_per_iter']:7.1f} {r['tokens_per_s']:8.0f} {r['speedup_vs_reference']:6.2f} "
+              f"{r['gflops']:8.1f} {100 * r['frac_fp32_peak']:6.1f} {100 * r['frac_bf16_peak']:6.1f} "
+              f"{r.get('steps', '-'):>6} {val if val is None else f'{val:.4f}':>7} {r['peak_rss_mb']:7.0f}")
+    for name, r in runs.items():
+        if "val_curve" in r:
+            print(f"val loss every 250 ({name}): " + ", ".join(f"{s}:{v:.3f}" for s, v in r["val_curve"]))
+    print(f"flops per iteration (recipe): {flops / 1e9:.2f} GFLOP; nanoGPT reference on this machine kind: "
+          f"{REFERENCE['ms_per_iter']} ms/it, val {REFERENCE['val_loss_2000']}")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "matmul_peak_gflops": peaks, "flops_per_iter": flops,
+                               "nanogpt_reference": REFERENCE, "args": vars(args), "runs": runs,
+                               "date": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

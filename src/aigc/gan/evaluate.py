@@ -1,0 +1,189 @@
+"""Judging a GAN run: ``aigc gan eval``.
+
+1. The evaluator (a LeNet, :mod:`aigc.metrics.evaluator`) is trained on the run's own
+   training data, or taken from the cache.
+2. The reference set (``--ref``) is split, by a seeded shuffle, into two disjoint halves A
+   and B. Generated samples are compared with B; so is A, which gives the *real-data floor*:
+   what a perfect generator would score with the same evaluator and the same sample sizes.
+3. ``--n`` samples are generated and scored in batches (only features are kept, plus the
+   first ``m = min(n, |A|, |B|)`` images for the judge). Samples are rounded to 8 bits like any
+   saved image, so the judge cannot tell them from real digits by float precision alone.
+4. Set-against-set metrics (FID, C2ST, precision/recall) use ``m`` images on each side, for the
+   model and the floor alike; class histograms and label accuracy use all ``n`` samples.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from aigc import runs
+from aigc.data.images import ImageData, load_images, save_grid, to_uint8, to_unit_range
+from aigc.devices import resolve_device
+from aigc.errors import UserError
+from aigc.gan.config import GanEvalConfig
+from aigc.gan.models import GanModelConfig
+from aigc.gan.sample import generate_images, load_generator
+from aigc.metrics.evaluator import Evaluator, EvaluatorRecipe, load_or_train_evaluator
+from aigc.metrics.image import C2STResult, c2st, frechet_distance, label_accuracy, mode_coverage, precision_recall
+
+DEFAULT_RECIPE = EvaluatorRecipe()
+JUDGE_STEPS = 400  # Adam steps of the C2ST judge on batches of 64
+JUDGE_TILES = 36  # judge.png: this many most-fake samples beside as many most-real ones
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round (N, C, H, W) images in [-1, 1] to the 256 grey levels a PNG would store."""
+    return to_unit_range(to_uint8(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _check_matches_model(data: ImageData, model_cfg: GanModelConfig, what: str) -> None:
+    if (data.channels, data.image_size) != (model_cfg.channels, model_cfg.image_size):
+        raise UserError(f"{what} has {data.channels}-channel {data.image_size}x{data.image_size} images but the "
+                        f"model makes {model_cfg.channels}-channel {model_cfg.image_size}x{model_cfg.image_size} ones")
+
+
+def load_reference(spec: str, model_cfg: GanModelConfig) -> ImageData:
+    """The ``--ref`` images, as they are on disk: a size or channel mismatch is an error, not a resize."""
+    if spec != "mnist5k" and not Path(spec).expanduser().exists():
+        raise UserError(f"--ref {spec}: no such file or folder (use mnist5k, an IDX folder or an image folder)")
+    reference = load_images(spec)
+    _check_matches_model(reference, model_cfg, f"--ref {spec}")
+    if len(reference) < 8:
+        raise UserError(f"--ref {spec} holds {len(reference)} images; at least 8 are needed to split it in two")
+    return reference
+
+
+def load_training_data(run_config: dict, model_cfg: GanModelConfig, run: str) -> ImageData:
+    """The data the run was trained on, converted as training converted it: the evaluator learns from it."""
+    spec = run_config.get("train", {}).get("data", "mnist5k")
+    if spec != "mnist5k" and not Path(spec).expanduser().exists():
+        raise UserError(f"the evaluator is trained on the run's training data, {spec}, which is missing here "
+                        f"(see {run}/config.json)")
+    data = load_images(spec, model_cfg.image_size, model_cfg.channels)
+    if model_cfg.conditional and data.num_classes != model_cfg.num_classes:
+        raise UserError(f"{spec} has {data.num_classes} classes but the model of {run} has {model_cfg.num_classes}")
+    return data
+
+
+def split_reference(reference: ImageData, seed: int) -> tuple[ImageData, ImageData]:
+    """Two disjoint random halves of the reference set."""
+    order = torch.randperm(len(reference), generator=torch.Generator().manual_seed(seed))
+    halves = order[:len(order) // 2], order[len(order) // 2:]
+    return tuple(ImageData(reference.images[i], reference.labels[i], reference.class_names, reference.source)
+                 for i in halves)
+
+
+def generate_and_score(generator: torch.nn.Module, model_cfg: GanModelConfig, evaluator: Evaluator, n: int,
+                       keep: int, cfg: GanEvalConfig) -> dict[str, torch.Tensor | None]:
+    """Generate ``n`` samples batch by batch, keeping their features (n, F), predicted classes (n,),
+    requested labels (n,) or None, and the first ``keep`` images (keep, C, H, W)."""
+    # Conditional samples cycle through the classes, so every batch (and the first ``keep``) is balanced.
+    labels = torch.arange(n) % model_cfg.num_classes if model_cfg.conditional else None
+    features, predicted, kept = [], [], []
+    for index, start in enumerate(range(0, n, cfg.batch_size)):
+        count = min(cfg.batch_size, n - start)
+        batch_labels = None if labels is None else labels[start:start + count]
+        images = quantize(generate_images(generator, model_cfg, count, batch_labels,
+                                          seed=cfg.seed * 1_000_003 + index, batch_size=cfg.batch_size))
+        batch_features, logits = evaluator.features_and_logits(images)
+        features.append(batch_features)
+        predicted.append(logits.argmax(1))
+        if start < keep:
+            kept.append(images[:keep - start])
+    return {"features": torch.cat(features), "predicted": torch.cat(predicted), "labels": labels,
+            "images": torch.cat(kept)}
+
+
+def compare(images: torch.Tensor, features: torch.Tensor, predicted: torch.Tensor, reference: dict,
+            m: int, seed: int, judge_steps: int) -> tuple[dict, C2STResult]:
+    """Every set-level metric of one candidate set against the reference half B.
+
+    ``images``/``features`` hold at least ``m`` rows; ``predicted`` holds every candidate's class."""
+    judged = c2st(reference["images"][:m], images[:m], steps=judge_steps, seed=seed)
+    precision, recall = precision_recall(reference["features"][:m], features[:m])
+    coverage = mode_coverage(predicted, reference["predicted"], reference["num_classes"])
+    metrics = {
+        "fid": frechet_distance(reference["features"][:m], features[:m]),
+        "c2st_accuracy": judged.accuracy, "c2st_low": judged.low, "c2st_high": judged.high,
+        "precision": precision, "recall": recall,
+        "classes_covered": coverage.classes_covered, "kl": coverage.kl, "class_histogram": coverage.histogram,
+    }
+    return metrics, judged
+
+
+def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judge_steps: int | None = None) -> dict:
+    """Score a GAN run against ``--ref`` and the real-data floor; write JSON and judge.png."""
+    recipe, judge_steps = recipe or DEFAULT_RECIPE, judge_steps or JUDGE_STEPS
+    device = resolve_device(cfg.device)
+    generator, model_cfg, run_config = load_generator(cfg.run, cfg.ema, device)
+    reference = load_reference(cfg.ref, model_cfg)
+    training = load_training_data(run_config, model_cfg, cfg.run)
+    json_path = Path(cfg.json) if cfg.json else Path(cfg.run) / "eval.json"
+    if not json_path.parent.is_dir():
+        raise UserError(f"--json {json_path}: folder {json_path.parent} does not exist")
+
+    evaluator = load_or_train_evaluator(training.images, training.labels, training.num_classes, recipe)
+    half_a, half_b = split_reference(reference, cfg.seed)
+    m = min(cfg.n, len(half_a), len(half_b))
+    features_a, logits_a = evaluator.features_and_logits(half_a.images)
+    features_b, logits_b = evaluator.features_and_logits(half_b.images)
+    ref_b = {"images": half_b.images, "features": features_b, "predicted": logits_b.argmax(1),
+             "num_classes": evaluator.num_classes}
+
+    samples = generate_and_score(generator, model_cfg, evaluator, cfg.n, m, cfg)
+    model, judged = compare(samples["images"], samples["features"], samples["predicted"], ref_b, m, cfg.seed,
+                            judge_steps)
+    floor, _ = compare(half_a.images, features_a, logits_a.argmax(1), ref_b, m, cfg.seed, judge_steps)
+    model["label_accuracy"] = None if samples["labels"] is None else \
+        label_accuracy(samples["predicted"], samples["labels"])
+    same_classes = reference.num_classes == evaluator.num_classes
+    floor["label_accuracy"] = label_accuracy(logits_a.argmax(1), half_a.labels) if same_classes else None
+
+    result = {
+        "run": str(cfg.run), "ref": cfg.ref, "ref_source": reference.source, "seed": cfg.seed, "ema": cfg.ema,
+        "n_samples": cfg.n, "n_compared": m, "conditional": model_cfg.conditional,
+        "evaluator": {"key": evaluator.key, "trained_on": training.source}, "judge_steps": judge_steps,
+        "model": model, "real_floor": floor,
+    }
+    runs.save_json(json_path, result)
+    judge_path = json_path.parent / "judge.png"
+    save_judge_grid(samples["images"], judged, judge_path)
+    print(format_table(result))
+    print(f"wrote {json_path} and {judge_path} (left: samples the judge finds most fake; right: most real)")
+    return result
+
+
+def save_judge_grid(images: torch.Tensor, judged: C2STResult, path: Path) -> None:
+    """The held-out samples the judge finds most fake (left block) and most real (right block)."""
+    order = judged.fake_indices[judged.fake_realness.argsort()]  # most fake first
+    count = min(JUDGE_TILES, len(order) // 2)
+    side = max(1, math.isqrt(count))
+    count = side * side
+    fake, real = images[order[:count]], images[order.flip(0)[:count]]
+    gap = torch.ones(side, *images.shape[1:])  # a white column between the blocks
+    rows = [torch.cat([fake[r * side:(r + 1) * side], gap[:1], real[r * side:(r + 1) * side]]) for r in range(side)]
+    save_grid(torch.cat(rows), path, nrow=2 * side + 1)
+
+
+def format_table(result: dict) -> str:
+    model, floor = result["model"], result["real_floor"]
+
+    def c2st_text(m: dict) -> str:
+        return f"{m['c2st_accuracy']:.3f} [{m['c2st_low']:.3f}, {m['c2st_high']:.3f}]"
+
+    rows = [("FID (evaluator features)", f"{model['fid']:.3f}", f"{floor['fid']:.3f}"),
+            ("C2ST accuracy [95%]", c2st_text(model), c2st_text(floor)),
+            ("precision (k=3)", f"{model['precision']:.3f}", f"{floor['precision']:.3f}"),
+            ("recall (k=3)", f"{model['recall']:.3f}", f"{floor['recall']:.3f}"),
+            ("classes covered (>=1%)", str(model["classes_covered"]), str(floor["classes_covered"])),
+            ("KL(samples || ref)", f"{model['kl']:.4f}", f"{floor['kl']:.4f}")]
+    if model["label_accuracy"] is not None and floor["label_accuracy"] is not None:
+        rows.append(("label accuracy", f"{model['label_accuracy']:.3f}", f"{floor['label_accuracy']:.3f}"))
+    header = (f"{result['run']}: {result['n_samples']} samples ({result['n_compared']} per set-level metric) "
+              f"vs {result['ref']}, evaluator {result['evaluator']['key']}")
+    lines = [header, f"{'metric':<26}{'model':>24}{'real floor':>24}"]
+    lines += [f"{name:<26}{a:>24}{b:>24}" for name, a, b in rows]
+    return "\n".join(lines)
