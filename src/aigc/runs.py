@@ -24,6 +24,16 @@ STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
 
 
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file (mkstemp's is 0600, private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` with a temporary path beside ``path``, then move it into place."""
     path = Path(path)
@@ -32,6 +42,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
