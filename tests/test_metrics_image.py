@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ from aigc.metrics import evaluator as ev
 from aigc.metrics.image import (c2st, frechet_distance, label_accuracy, mode_coverage, precision_recall,
                                 wilson_interval)
 
-MNIST_TEST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 TINY_RECIPE = ev.EvaluatorRecipe(epochs=1, width=4, features=16)
 
 
@@ -157,18 +155,10 @@ def test_a_corrupt_cache_entry_is_retrained(digits, tmp_path):
     assert (tmp_path / "evaluators" / f"{key}.safetensors").stat().st_size > 1000
 
 
-def shared_mnist_or_skip() -> Path:
-    if not (MNIST_TEST / "t10k-images-idx3-ubyte.gz").is_file():
-        if os.environ.get("AIGC_REQUIRE_SHARED_DATA") == "1":
-            pytest.fail(f"AIGC_REQUIRE_SHARED_DATA=1 but {MNIST_TEST} is missing")
-        pytest.skip(f"{MNIST_TEST} not present")
-    return MNIST_TEST
-
-
-def test_evaluator_features_separate_real_test_digits(digits, tmp_path):
+def test_evaluator_features_separate_real_test_digits(digits, tmp_path, shared_data):
     """A small evaluator trained on mnist5k already reads held-out real digits well, and its
     features put two real sets close and real vs blurred far (FID)."""
-    test = load_images(str(shared_mnist_or_skip()))
+    test = load_images(str(shared_data / "mnist"))
     recipe = ev.EvaluatorRecipe(epochs=3, width=8, features=32)
     evaluator = ev.load_or_train_evaluator(digits.images, digits.labels, 10, recipe, cache=tmp_path)
     features, logits = evaluator.features_and_logits(test.images[:2000])

@@ -163,8 +163,8 @@ def save_judge_grid(images: torch.Tensor, judged: C2STResult, path: Path) -> Non
     side = max(1, math.isqrt(count))
     count = side * side
     fake, real = images[order[:count]], images[order.flip(0)[:count]]
-    gap = torch.ones(side, *images.shape[1:])  # a white column between the blocks
-    rows = [torch.cat([fake[r * side:(r + 1) * side], gap[:1], real[r * side:(r + 1) * side]]) for r in range(side)]
+    gap = torch.ones(1, *images.shape[1:])  # a white tile between the blocks
+    rows = [torch.cat([fake[r * side:(r + 1) * side], gap, real[r * side:(r + 1) * side]]) for r in range(side)]
     save_grid(torch.cat(rows), path, nrow=2 * side + 1)
 
 
