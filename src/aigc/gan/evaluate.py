@@ -30,7 +30,7 @@ from aigc.metrics.evaluator import Evaluator, EvaluatorRecipe, load_or_train_eva
 from aigc.metrics.image import C2STResult, c2st, frechet_distance, label_accuracy, mode_coverage, precision_recall
 
 DEFAULT_RECIPE = EvaluatorRecipe()
-JUDGE_STEPS = 400  # Adam steps of the C2ST judge on batches of 64
+JUDGE_STEPS = 1500  # Adam steps of the C2ST judge on batches of 64 (about 19 passes over 2 x 2,500 images)
 JUDGE_TILES = 36  # judge.png: this many most-fake samples beside as many most-real ones
 
 

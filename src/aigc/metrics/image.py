@@ -84,14 +84,17 @@ class C2STResult:
 
 
 class Judge(nn.Module):
-    """A small fresh CNN: (B, C, H, W) -> (B, 16, H/2, W/2) -> (B, 32, H/4, W/4) -> logit (B,)."""
+    """A small fresh CNN. Its first convolution keeps full resolution, so pixel-level texture
+    (noise, speckles) is visible to it: (B, C, H, W) -> (B, 32, H, W) -> (B, 32, H/2, W/2)
+    -> (B, 64, H/4, W/4) -> adaptive pool (B, 64, 7, 7) -> logit (B,)."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, 16, 3, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(16, 32, 3, 2, 1), nn.LeakyReLU(0.2),
-            nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(32 * 49, 1),
+            nn.Conv2d(channels, 32, 3, 1, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(32, 32, 3, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(32, 64, 3, 2, 1), nn.LeakyReLU(0.2),
+            nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(64 * 49, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +109,7 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def c2st(real_images: torch.Tensor, fake_images: torch.Tensor, steps: int = 400, batch_size: int = 64,
+def c2st(real_images: torch.Tensor, fake_images: torch.Tensor, steps: int = 1500, batch_size: int = 64,
          lr: float = 1e-3, seed: int = 0) -> C2STResult:
     """Classifier two-sample test: train a fresh :class:`Judge` on half of the real images
     (label 1) and half of the fake ones (label 0), and report its accuracy on the other halves.
