@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dro
               warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0)
 # The best recipe found for a 90 s budget on 2 cores (see docs/benchmarks-gpt.md).
 BUDGET_RECIPE = dict(RECIPE, lr=2e-3, min_lr=1e-4, warmup_iters=50, batch_size=24)
+DEFAULT_PATH = "aigc default (bf16 autocast)"
 REFERENCE = {"ms_per_iter": 37.4, "tokens_per_s": 20.5e3, "val_loss_2000": 1.886}
 
 
@@ -91,7 +93,7 @@ def phase_reference(iters: int) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
-def phase_recipe(overrides: dict) -> dict:
+def phase_recipe(overrides: dict, keep_run: str | None) -> dict:
     """Our recipe, `aigc gpt train`, in-process; returns timing and validation losses."""
     from aigc.data import text
     from aigc.gpt.checkpoints import load_run
@@ -111,6 +113,8 @@ def phase_recipe(overrides: dict) -> dict:
         model, tokenizer, _ = load_run(run, "last")
         val_tokens = text.split(text.encode_cached(DATA.read_bytes(), tokenizer))[1]
         full_val = perplexity(EvalInput(model, tokenizer, val_tokens, batch_size=64))["loss"]
+        if keep_run:
+            shutil.copytree(run, keep_run)
     steps = max(m["step"] for m in metrics)
     loop_seconds = max(m.get("elapsed", 0) for m in metrics)
     eval_seconds = sum(m.get("eval_seconds", 0) for m in metrics)
@@ -137,14 +141,15 @@ def main() -> None:
     parser.add_argument("--skip-budget", action="store_true", help="skip the time-budget run")
     parser.add_argument("--skip-fp32", action="store_true", help="skip the fp32 parity run")
     parser.add_argument("--compile", action="store_true", help="also run the default path with torch.compile")
-    parser.add_argument("--out", default=str(HERE / "results" / "gpt_shakespeare.json"))
+    parser.add_argument("--keep-run", help="copy the default-path run here (for gpt_generate.py --run)")
+    parser.add_argument("--out", default=str(HERE / "out" / "gpt_shakespeare.json"))
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--phase-out", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
         result = (phase_reference(args.reference_iters) if args.phase == "reference"
-                  else phase_recipe(json.loads(args.overrides)))
+                  else phase_recipe(json.loads(args.overrides), args.keep_run))
         Path(args.phase_out).write_text(json.dumps(result))
         return
     if not DATA.is_file():
@@ -158,7 +163,7 @@ def main() -> None:
     flops = flops_per_iter(reference["n_params"], RECIPE)
 
     runs = {"reference fp32 eager (nanoGPT loop)": reference}
-    plans = [("aigc default (bf16 autocast)", dict(RECIPE, max_iters=args.iters))]
+    plans = [(DEFAULT_PATH, dict(RECIPE, max_iters=args.iters))]
     if not args.skip_fp32:
         plans.append(("aigc fp32 (--no-amp)", dict(RECIPE, max_iters=args.iters, amp=False)))
     if args.compile:
@@ -170,7 +175,8 @@ def main() -> None:
                       dict(BUDGET_RECIPE, time_budget=parse_duration(args.time_budget))))
     for name, overrides in plans:
         print(f"running: {name}", flush=True)
-        runs[name] = run_phase("recipe", "--overrides", json.dumps(overrides))
+        keep = ["--keep-run", args.keep_run] if args.keep_run and name == DEFAULT_PATH else []
+        runs[name] = run_phase("recipe", "--overrides", json.dumps(overrides), *keep)
         runs[name]["overrides"] = overrides
 
     rows = []
@@ -190,7 +196,7 @@ def main() -> None:
         val = r.get("val_loss_full_split")
         print(f"{name:44s} {r['ms_per_iter']:7.1f} {r['tokens_per_s']:8.0f} {r['speedup_vs_reference']:6.2f} "
               f"{r['gflops']:8.1f} {100 * r['frac_fp32_peak']:6.1f} {100 * r['frac_bf16_peak']:6.1f} "
-              f"{r.get('steps', '-'):>6} {val if val is None else f'{val:.4f}':>7} {r['peak_rss_mb']:7.0f}")
+              f"{r.get('steps', '-'):>6} {'-' if val is None else f'{val:.4f}':>7} {r['peak_rss_mb']:7.0f}")
     for name, r in runs.items():
         if "val_curve" in r:
             print(f"val loss every 250 ({name}): " + ", ".join(f"{s}:{v:.3f}" for s, v in r["val_curve"]))
