@@ -17,7 +17,8 @@ from aigc.config import add_config_arguments, build_config
 from aigc.demo_config import DemoConfig
 from aigc.errors import UserError
 from aigc.gan.config import GanEvalConfig, GanSampleConfig, GanTrainConfig
-from aigc.gpt.config import GptEvalConfig, GptExportHfConfig, GptGenerateConfig, GptImportHfConfig, GptTrainConfig
+from aigc.gpt.config import (GptEvalConfig, GptExportHfConfig, GptFinetuneConfig, GptGenerateConfig, GptImportHfConfig,
+                             GptMergeConfig, GptTrainConfig)
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Command:
 
 AREAS = {
     "gan": "image GANs: train, sample",
-    "gpt": "GPT language models: train, generate, eval, export-hf, import-hf",
+    "gpt": "GPT language models: train, generate, eval, finetune, merge, export-hf, import-hf",
 }
 
 COMMANDS = [
@@ -49,6 +50,10 @@ COMMANDS = [
             GptGenerateConfig, "aigc.gpt.generation:generate_command"),
     Command("gpt", "eval", "loss, perplexity and bits per byte of a GPT run on text",
             GptEvalConfig, "aigc.gpt.evaluate:evaluate_command"),
+    Command("gpt", "finetune", "fine-tune a GPT run for a task (completion or classify): full, lora, adalora or adapter",
+            GptFinetuneConfig, "aigc.gpt.finetune:finetune"),
+    Command("gpt", "merge", "fold a LoRA/AdaLoRA fine-tuned run into a plain GPT run",
+            GptMergeConfig, "aigc.gpt.merge:merge"),
     Command("gpt", "export-hf", "write a GPT run as a Hugging Face GPT-2 model folder",
             GptExportHfConfig, "aigc.gpt.hf:export_hf"),
     Command("gpt", "import-hf", "make a GPT run from a Hugging Face GPT-2 model folder",

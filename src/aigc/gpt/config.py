@@ -10,6 +10,9 @@ from aigc.devices import DEVICE_CHOICES
 TOKENIZERS = ("char", "bpe")
 CHECKPOINTS = ("best", "last")
 EVAL_METRICS = ("perplexity",)  # loss, perplexity and bits per byte from one pass over the data
+# Task metrics of fine-tuned runs: on generated completions (bleu, chrf, rouge, distinct) or on
+# predicted labels (accuracy: accuracy and macro-F1).
+TASK_METRICS = ("bleu", "chrf", "rouge", "distinct", "accuracy")
 
 
 def _positive(config: object, *names: str) -> None:
@@ -84,6 +87,9 @@ class GptGenerateConfig:
     num_samples: int = option(1, "independent samples")
     seed: int = option(0, "random seed for sampling")
     stream: bool = option(False, "print tokens as they are generated")
+    beams: int | None = option(None, "beam search with this many beams instead of sampling (1: greedy); "
+                                     "each sample then stops at the end of its line")
+    length_penalty: float = option(1.0, "beam search ranks finished beams by log-probability / length ** this")
     checkpoint: str = option("best", "best: lowest validation loss; last: the latest step", choices=CHECKPOINTS)
     device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
 
@@ -95,6 +101,9 @@ class GptGenerateConfig:
         require(self.repetition_penalty > 0, f"--repetition-penalty must be positive, got {self.repetition_penalty}")
         require(self.stop is None or self.stop != "", "--stop must not be empty")
         require(not (self.stream and self.num_samples > 1), "--stream prints one sample; drop --num-samples")
+        _positive(self, "beams")
+        require(not (self.beams and (self.stream or self.num_samples > 1)),
+                "--beams gives one best completion; drop --stream and --num-samples")
 
 
 @dataclass
@@ -105,14 +114,27 @@ class GptEvalConfig:
                                         f"per byte (choose from {', '.join(EVAL_METRICS)})")
     checkpoint: str = option("best", "best or last checkpoint of the run", choices=CHECKPOINTS)
     batch_size: int = option(32, "windows per forward pass")
-    json: str | None = option(None, "also write the results to this JSON file")
+    json: str | None = option(None, "also write the results to this JSON file (and, for task metrics, the "
+                                    "generated hypotheses or predicted labels beside it, FILE.hyp.txt)")
     device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
+    source: str | None = option(None, "task metrics of a completion run: prompts, one a line (with --target)")
+    target: str | None = option(None, "task metrics: reference completions aligned with --source")
+    beams: int = option(1, "task metrics: beam width for decoding completions (1: greedy)")
+    length_penalty: float = option(1.0, "beam search ranks finished beams by log-probability / length ** this")
+    max_new_tokens: int = option(128, "task metrics: the longest completion generated")
 
     def validate(self) -> None:
         require(self.run is not None, "--run RUN is required")
-        _positive(self, "batch_size")
-        unknown = [m for m in self.metric_names() if m not in EVAL_METRICS]
-        require(not unknown, f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(EVAL_METRICS)}")
+        _positive(self, "batch_size", "max_new_tokens")
+        known = EVAL_METRICS + TASK_METRICS
+        unknown = [m for m in self.metric_names() if m not in known]
+        require(not unknown, f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+        require(self.beams >= 1, f"--beams must be at least 1, got {self.beams}")
+        require(all(m in TASK_METRICS for m in self.metric_names()) or
+                not any(m in TASK_METRICS for m in self.metric_names()),
+                "perplexity is measured on plain text and task metrics on a fine-tuned run's examples: "
+                "ask for them in separate calls")
+        require((self.source is None) == (self.target is None), "--source and --target go together")
 
     def metric_names(self) -> list[str]:
         return [name.strip() for name in self.metrics.split(",") if name.strip()]
@@ -137,4 +159,85 @@ class GptImportHfConfig:
 
     def validate(self) -> None:
         require(self.hf is not None, "--hf DIR is required")
+        require(self.out is not None, "--out RUN is required")
+
+
+FINETUNE_TASKS = ("completion", "classify")
+FINETUNE_METHODS = ("full", "lora", "adalora", "adapter")
+FINETUNE_TEMPLATE = "{prompt} => "
+
+
+@dataclass
+class GptFinetuneConfig:
+    base: str | None = option(None, "the pretrained GPT run to start from (required)")
+    out: str | None = option(None, "run directory for the fine-tuned model (default: runs/finetune-<date>-<time>)")
+    task: str = option("completion", "completion: learn to continue prompts (loss on the completion only); "
+                                     "classify: a classification head on the last token", choices=FINETUNE_TASKS)
+    data: str | None = option(None, "training examples, JSONL: {\"prompt\", \"completion\"} or {\"text\", \"label\"} "
+                                    "a line (or give --source and --target)")
+    source: str | None = option(None, "completion: prompts, one a line (.gz allowed), aligned with --target")
+    target: str | None = option(None, "completion: the completion of each --source line")
+    val_data: str | None = option(None, "validation examples, JSONL (default: the last 5%% of the training "
+                                        "examples, at most --eval-examples)")
+    val_source: str | None = option(None, "validation prompts (with --val-target)")
+    val_target: str | None = option(None, "validation completions aligned with --val-source")
+    template: str = option(FINETUNE_TEMPLATE, "completion: how a prompt is shown to the model; {prompt} is replaced "
+                                              "by the prompt, the completion follows and ends with a newline")
+    method: str = option("full", "full: train every weight; lora / adalora: low-rank updates through peft; "
+                                 "adapter: Houlsby bottleneck adapters", choices=FINETUNE_METHODS)
+    rank: int = option(8, "lora: rank r; adalora: the average rank it prunes down to (from 1.5 r)")
+    alpha: float = option(16.0, "lora/adalora: the update is scaled by alpha / rank")
+    adapter_size: int = option(64, "adapter: bottleneck width")
+    checkpoint: str = option("best", "which weights of --base to start from", choices=CHECKPOINTS)
+    dropout: float | None = option(None, "dropout probability (default: the base run's)")
+    batch_size: int = option(16, "examples per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float | None = option(None, "peak learning rate (default: 3e-4 for full, 1e-3 for the others)")
+    min_lr: float | None = option(None, "learning rate at the end of the cosine decay (default: --lr / 10)")
+    warmup_iters: int = option(50, "steps of linear warm-up")
+    max_iters: int | None = option(None, "optimizer steps (default 1000 unless --time-budget is given)")
+    lr_decay_iters: int | None = option(None, "steps over which the cosine decays (default: --max-iters)")
+    time_budget: float | None = option(None, "train for this long instead (e.g. 90s, 2m; not with adalora)",
+                                       parse=parse_duration)
+    weight_decay: float = option(0.0, "AdamW weight decay, on matrices only")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.99, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0 turns clipping off)")
+    amp: bool = option(True, "bf16 autocast where the hardware supports it")
+    device: str = option("auto", "where to train", choices=DEVICE_CHOICES)
+    seed: int = option(0, "random seed: the same seed and data give the same run")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    eval_interval: int = option(200, "steps between validation losses (and checkpoints)")
+    eval_examples: int = option(500, "validation examples scored at each evaluation")
+    log_every: int = option(10, "steps between training-loss lines in metrics.jsonl")
+
+    def validate(self) -> None:
+        require(self.base is not None or self.resume, "--base RUN is required")
+        require(self.data is not None or self.source is not None or self.resume,
+                "give the training examples: --data FILE.jsonl, or --source F --target F")
+        require(self.data is None or self.source is None, "give either --data or --source/--target, not both")
+        require((self.source is None) == (self.target is None), "--source and --target go together")
+        require((self.val_source is None) == (self.val_target is None), "--val-source and --val-target go together")
+        require(self.task == "completion" or self.source is None, "--source/--target are for --task completion")
+        require("{prompt}" in self.template, "--template must contain {prompt}")
+        _positive(self, "rank", "alpha", "adapter_size", "batch_size", "grad_accum", "lr", "min_lr", "max_iters",
+                  "lr_decay_iters", "time_budget", "eval_interval", "eval_examples", "log_every")
+        require(self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        require(self.warmup_iters >= 0, f"--warmup-iters must be non-negative, got {self.warmup_iters}")
+        require(self.weight_decay >= 0 and self.grad_clip >= 0, "--weight-decay and --grad-clip must be non-negative")
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
+        require(not (self.method == "adalora" and self.time_budget and not self.max_iters),
+                "--method adalora schedules its rank budget over --max-iters; give --max-iters, not --time-budget")
+        require(not self.resume or self.out is not None, "--resume needs --out RUN")
+
+
+@dataclass
+class GptMergeConfig:
+    run: str | None = option(None, "a fine-tuned run (lora, adalora or full; required)")
+    out: str | None = option(None, "new run directory with the merged, plain weights (required)")
+    checkpoint: str = option("best", "best or last checkpoint of the run", choices=CHECKPOINTS)
+    base: str | None = option(None, "the base run the adapter applies to (default: the one recorded in --run)")
+
+    def validate(self) -> None:
+        require(self.run is not None, "--run RUN is required")
         require(self.out is not None, "--out RUN is required")

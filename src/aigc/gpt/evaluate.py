@@ -2,7 +2,8 @@
 
 Metrics are named functions in :data:`METRICS`, each taking an :class:`EvalInput` and returning
 named numbers; a new metric is one function and one entry there (and its name in
-``aigc.gpt.config.EVAL_METRICS``).
+``aigc.gpt.config.EVAL_METRICS``). Task metrics of fine-tuned runs (BLEU, ROUGE, accuracy...)
+live in :mod:`aigc.gpt.task_eval`, registered the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aigc.data.tokenizers import Tokenizer
 from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gpt.checkpoints import load_run
-from aigc.gpt.config import GptEvalConfig
+from aigc.gpt.config import TASK_METRICS, GptEvalConfig
 from aigc.gpt.model import GPT
 from aigc.runs import atomic_write
 
@@ -69,16 +70,26 @@ METRICS: dict[str, Callable[[EvalInput], dict[str, float]]] = {
 
 def evaluate_command(config: GptEvalConfig) -> dict[str, float]:
     """``aigc gpt eval``: print the metrics (and write them as JSON with --json)."""
+    if any(name in TASK_METRICS for name in config.metric_names()):
+        from aigc.gpt.task_eval import evaluate_task  # fine-tuned runs: decode or classify, then score
+
+        results = evaluate_task(config, config.metric_names())
+    else:
+        results = _language_model_metrics(config)
+    for name, value in results.items():
+        print(f"{name:>14}  {value:.4f}" if isinstance(value, float) else f"{name:>14}  {value}")
+    if config.json:
+        atomic_write(Path(config.json), lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
+    return results
+
+
+def _language_model_metrics(config: GptEvalConfig) -> dict[str, float]:
     model, tokenizer, run_config = load_run(config.run, config.checkpoint, resolve_device(config.device))
     tokens = _eval_tokens(config, tokenizer, run_config, model.config.block_size)
     inputs = EvalInput(model, tokenizer, tokens, config.batch_size)
     results: dict[str, float] = {}
     for name in config.metric_names():
         results.update(METRICS[name](inputs))
-    for name, value in results.items():
-        print(f"{name:>14}  {value:.4f}" if isinstance(value, float) else f"{name:>14}  {value}")
-    if config.json:
-        atomic_write(Path(config.json), lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
     return results
 
 

@@ -89,6 +89,54 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling
             logits, _ = model(token[:, None], cache=cache)
 
 
+@torch.inference_mode()
+def beam_search(model: GPT, idx: torch.Tensor, max_new_tokens: int, beams: int = 1, length_penalty: float = 1.0,
+                stop_tokens: torch.Tensor | None = None) -> list[list[int]]:
+    """The best continuation of each prompt in idx (B, T) (prompts of one length) by beam search.
+
+    Every step keeps, per prompt, the ``beams`` highest-scoring sequences (sum of token
+    log-probabilities). A beam that emits a token of ``stop_tokens`` (bool (V,)) is finished: it
+    keeps its score and place, extended by a free filler token. At the end the beam with the
+    highest score / length ** length_penalty wins (Wu et al. 2016, with their alpha as the
+    exponent). With one beam this is greedy decoding. Returns each winner's tokens, stop token
+    included. Generation stops at the context length (no sliding window).
+    """
+    B, T = idx.shape
+    k, V = beams, model.config.vocab_size
+    steps = min(max_new_tokens, model.config.block_size - T)
+    if steps <= 0:
+        raise UserError(f"a prompt of {T} tokens leaves no room in the context of {model.config.block_size}")
+    stop = torch.zeros(V, dtype=torch.bool, device=idx.device) if stop_tokens is None else stop_tokens.to(idx.device)
+    weight = model.transformer.wte.weight
+    cache = KVCache(model.config, B * k, weight.device, weight.dtype)
+    logits, _ = model(idx.repeat_interleave(k, dim=0), cache=cache)  # (B*k, T, V)
+    scores = torch.full((B, k), float("-inf"), device=idx.device)
+    scores[:, 0] = 0.0  # all beams hold the same prompt: start from one
+    tokens = idx.new_zeros(B * k, 0)
+    lengths = torch.zeros(B * k, dtype=torch.long, device=idx.device)
+    done = torch.zeros(B * k, dtype=torch.bool, device=idx.device)
+    rows = torch.arange(B, device=idx.device)[:, None] * k  # (B, 1): the first beam row of each prompt
+    for _ in range(steps):
+        logp = logits[:, -1].float().log_softmax(dim=-1)  # (B*k, V)
+        logp[done] = float("-inf")
+        logp[done, 0] = 0.0  # a finished beam goes on only with a free filler token
+        total = (scores.reshape(-1, 1) + logp).view(B, k * V)
+        scores, best = total.topk(k, dim=1)  # (B, k)
+        origin = (rows + best // V).view(-1)  # (B*k,): the beam each new one extends
+        token = (best % V).view(-1)
+        tokens = torch.cat([tokens[origin], token[:, None]], dim=1)
+        lengths = lengths[origin] + (~done[origin]).long()
+        done = done[origin] | stop[token]
+        if done.all():
+            break
+        cache.keys = [key[origin] for key in cache.keys]
+        cache.values = [value[origin] for value in cache.values]
+        logits, _ = model(token[:, None], cache=cache)
+    normalised = scores.view(-1) / lengths.clamp(min=1).float() ** length_penalty
+    winners = (rows.view(-1) + normalised.view(B, k).argmax(dim=1)).tolist()
+    return [tokens[w, :lengths[w]].tolist() for w in winners]
+
+
 class Generator:
     """A loaded GPT and its tokenizer, ready to continue prompts."""
 
@@ -147,6 +195,39 @@ class Generator:
         texts = [self.tokenizer.decode(row) for row in rows]
         return [t[:t.index(stop)] if stop is not None and stop in t else t for t in texts]
 
+    def stop_tokens(self, stop: str) -> torch.Tensor:
+        """bool (V,): the tokens whose text contains ``stop`` (with BPE a token may hold more than it)."""
+        needle = stop.encode("utf-8")
+        flags = [needle in piece for piece in self.tokenizer.token_bytes]
+        flags += [False] * (self.model.config.vocab_size - len(flags))
+        return torch.tensor(flags, device=self.device)
+
+    def complete(self, prompts: list[str], max_new_tokens: int = 128, beams: int = 1, length_penalty: float = 1.0,
+                 stop: str = "\n", batch_size: int = 32) -> list[str]:
+        """The best completion of each prompt by beam search (``beams=1``: greedy), cut at ``stop``.
+
+        Prompts of the same token length are decoded together; a prompt longer than the context
+        keeps its last block_size - 1 tokens.
+        """
+        _check_max_new_tokens(max_new_tokens)
+        stop_tokens = self.stop_tokens(stop)
+        encoded = [self.tokenizer.encode(p)[-(self.model.config.block_size - 1):] for p in prompts]
+        if not all(encoded):
+            raise UserError("a prompt is empty; give at least one character")
+        by_length: dict[int, list[int]] = {}
+        for i, ids in enumerate(encoded):
+            by_length.setdefault(len(ids), []).append(i)
+        results: list[str] = [""] * len(prompts)
+        for group in by_length.values():
+            for start in range(0, len(group), batch_size):
+                chosen = group[start:start + batch_size]
+                idx = torch.tensor([encoded[i] for i in chosen], device=self.device)  # (B, T)
+                for i, ids in zip(chosen, beam_search(self.model, idx, max_new_tokens, beams, length_penalty,
+                                                      stop_tokens)):
+                    text = self.tokenizer.decode(ids)
+                    results[i] = text[:text.index(stop)] if stop in text else text
+        return results
+
 
 def _check_max_new_tokens(n: int) -> None:
     if n <= 0:
@@ -173,6 +254,11 @@ def generate_command(config) -> None:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+        return
+    if config.beams:
+        completion = generator.complete([config.prompt], config.max_new_tokens, config.beams, config.length_penalty,
+                                        config.stop or "\n")[0]
+        print(config.prompt + completion)
         return
     samples = generator.generate(config.prompt, config.max_new_tokens, sampling, config.stop,
                                  config.num_samples, config.seed)
