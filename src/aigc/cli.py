@@ -19,6 +19,7 @@ from aigc.errors import UserError
 from aigc.gan.config import GanEvalConfig, GanSampleConfig, GanTrainConfig
 from aigc.gpt.config import (GptEvalConfig, GptExportHfConfig, GptFinetuneConfig, GptGenerateConfig, GptImportHfConfig,
                              GptMergeConfig, GptTrainConfig)
+from aigc.textgan.config import TextGanTrainConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Command:
 AREAS = {
     "gan": "image GANs: train, sample",
     "gpt": "GPT language models: train, generate, eval, finetune, merge, export-hf, import-hf",
+    "textgan": "adversarial training of a GPT text generator (SeqGAN): train",
 }
 
 COMMANDS = [
@@ -58,6 +60,8 @@ COMMANDS = [
             GptExportHfConfig, "aigc.gpt.hf:export_hf"),
     Command("gpt", "import-hf", "make a GPT run from a Hugging Face GPT-2 model folder",
             GptImportHfConfig, "aigc.gpt.hf:import_hf"),
+    Command("textgan", "train", "train a GPT generator by MLE, then adversarially against a discriminator (SeqGAN)",
+            TextGanTrainConfig, "aigc.textgan.train:train"),
 ]
 
 

@@ -1,0 +1,70 @@
+"""Config of ``aigc textgan train`` (no torch import: ``aigc --help`` stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aigc.config import option, require
+from aigc.devices import DEVICE_CHOICES
+
+DISCRIMINATORS = ("cnn", "transformer")
+REWARDS = ("discriminator", "constant")
+CONSTANT_REWARD = 0.5  # the control's verdict: "can't tell", for every sequence
+
+
+@dataclass
+class TextGanTrainConfig:
+    data: str | None = option(None, "training sequences (required): a text file with one sentence a line (words "
+                                    "split on spaces) or one sequence of token ids a line; 'oracle' draws "
+                                    "--oracle-samples sequences from --oracle")
+    oracle: str | None = option(None, "SeqGAN oracle parameters (oracle_params.npz): the token-id data's true "
+                                      "source; NLL-oracle is then logged during training")
+    oracle_samples: int = option(10_000, "sequences drawn from the oracle for --data oracle")
+    oracle_length: int = option(20, "sequence length for --data oracle")
+    vocab_size: int | None = option(None, "id range of token-id data without --oracle")
+    base: str | None = option(None, "start from the generator of this textgan run (e.g. an MLE-only run) "
+                                    "instead of MLE pretraining")
+    n_layer: int = option(2, "generator: Transformer blocks")
+    n_head: int = option(4, "generator: attention heads")
+    n_embd: int = option(64, "generator: embedding width")
+    dropout: float = option(0.1, "generator dropout during MLE")
+    batch_size: int = option(64, "sequences per step (MLE, discriminator, policy gradient)")
+    max_iters: int = option(2000, "MLE pretraining steps (ignored with --base)")
+    lr: float = option(1e-3, "MLE learning rate (AdamW)")
+    val_fraction: float = option(0.05, "share of the training sequences held out for validation NLL")
+    disc: str = option("cnn", "discriminator", choices=DISCRIMINATORS)
+    d_pretrain_steps: int = option(300, "discriminator steps on real vs generated before the adversarial rounds")
+    d_lr: float = option(1e-4, "discriminator learning rate (Adam)")
+    adv_rounds: int = option(50, "adversarial rounds: each is --g-steps policy-gradient steps, --mle-steps "
+                                 "MLE steps and --d-steps discriminator steps")
+    g_steps: int = option(1, "policy-gradient steps per round")
+    g_lr: float = option(1e-4, "generator learning rate in the adversarial rounds")
+    rollouts: int = option(16, "Monte-Carlo completions per prefix for the rewards")
+    baseline: bool = option(True, "subtract the batch's mean reward at each time step (variance reduction)")
+    mle_steps: int = option(0, "MLE steps interleaved in each round (0: pure policy gradient)")
+    d_steps: int = option(3, "discriminator steps per round, each on fresh generated negatives")
+    reward: str = option("discriminator", "discriminator: SeqGAN; constant: the control that gives every "
+                                          f"sequence the verdict {CONSTANT_REWARD} (no discriminator)", choices=REWARDS)
+    device: str = option("auto", "where to train", choices=DEVICE_CHOICES)
+    seed: int = option(0, "random seed: the same seed and data give the same run")
+    out: str | None = option(None, "run directory (required)")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    log_every: int = option(50, "steps between metric lines")
+    eval_every: int = option(500, "steps between validation NLL (and NLL-oracle) evaluations")
+    save_every: int = option(250, "steps between checkpoints")
+
+    def validate(self) -> None:
+        require(self.data is not None, "--data FILE|oracle is required")
+        require(self.out is not None, "--out RUN is required")
+        require(self.data != "oracle" or self.oracle is not None, "--data oracle needs --oracle oracle_params.npz")
+        require(self.rollouts >= 1, f"--rollouts must be at least 1, got {self.rollouts}")
+        for name in ("oracle_samples", "oracle_length", "n_layer", "n_head", "n_embd", "batch_size", "log_every",
+                     "eval_every", "save_every"):
+            require(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("max_iters", "d_pretrain_steps", "adv_rounds", "g_steps", "mle_steps", "d_steps"):
+            require(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must not be negative")
+        require(self.vocab_size is None or self.vocab_size > 0, "--vocab-size must be positive")
+        require(self.n_embd % self.n_head == 0, f"--n-embd ({self.n_embd}) must be a multiple of --n-head ({self.n_head})")
+        require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
+        require(0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        require(min(self.lr, self.d_lr, self.g_lr) > 0, "learning rates must be positive")

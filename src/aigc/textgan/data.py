@@ -1,0 +1,121 @@
+"""Training sequences for the text GAN: token ids or words, as a fixed-length id matrix.
+
+Two kinds of data, one ``Codec`` for each (saved into the run as ``vocab.json``):
+
+- ``ids``: one sequence a line of integer token ids in ``[0, vocab_size)``, all of the same
+  length (the SeqGAN oracle's format). The generator's extra token ``bos`` = vocab_size.
+- ``words``: one sentence a line, split on spaces (the COCO captions are already tokenized).
+  The vocabulary is the training file's words plus ``<eos>`` (ends a sentence and pads it to
+  the fixed length, as Texygen does), ``<unk>`` (for words of other files it has never seen)
+  and the start token ``bos``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aigc.errors import UserError
+
+VOCAB_FILE = "vocab.json"
+EOS, UNK = "<eos>", "<unk>"
+
+
+@dataclass
+class Codec:
+    kind: str  # "ids" or "words"
+    size: int  # tokens the data may contain (ids: the id range; words: words + <eos> + <unk>)
+    words: list[str] | None = None
+
+    @property
+    def bos(self) -> int:
+        """The generator's start token, never part of a sequence."""
+        return self.size
+
+    @property
+    def model_vocab(self) -> int:
+        return self.size + 1
+
+    @property
+    def eos(self) -> int | None:
+        return self.words.index(EOS) if self.words else None
+
+    @classmethod
+    def from_sentences(cls, sentences: list[list[str]]) -> "Codec":
+        words = sorted({w for s in sentences for w in s})
+        return cls("words", len(words) + 2, [*words, EOS, UNK])
+
+    def encode(self, sentences: list[list[str]], length: int) -> torch.Tensor:
+        """Sentences -> (N, length) ids, each ended and padded by <eos>; unknown words -> <unk>."""
+        index = {w: i for i, w in enumerate(self.words)}
+        unk, eos = index[UNK], index[EOS]
+        out = torch.full((len(sentences), length), eos, dtype=torch.long)
+        for row, sentence in enumerate(sentences):
+            if len(sentence) >= length:
+                raise UserError(f"a sentence of {len(sentence)} words does not fit the generator's context of "
+                                f"{length} tokens (words + <eos>)")
+            out[row, :len(sentence)] = torch.tensor([index.get(w, unk) for w in sentence], dtype=torch.long)
+        return out
+
+    def decode(self, tokens: torch.Tensor) -> list[list[str]]:
+        """(N, L) ids -> sentences: words up to the first <eos> (ids: the ids as strings)."""
+        if self.words is None:
+            return [[str(t) for t in row] for row in tokens.tolist()]
+        sentences = []
+        for row in tokens.tolist():
+            words = [self.words[t] for t in row]
+            sentences.append(words[:words.index(EOS)] if EOS in words else words)
+        return sentences
+
+    def save(self, run_dir: Path) -> None:
+        from aigc.runs import save_json
+
+        save_json(run_dir / VOCAB_FILE, {"kind": self.kind, "size": self.size, "words": self.words})
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "Codec":
+        path = run_dir / VOCAB_FILE
+        try:
+            saved = json.loads(path.read_text())
+            return cls(saved["kind"], int(saved["size"]), saved["words"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"missing or corrupt {path}: {exc}") from None
+
+
+def read_lines(path: str | Path) -> list[list[str]]:
+    """The non-empty lines of a text file, split on whitespace."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data not found: {path}")
+    try:
+        lines = [line.split() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise UserError(f"data {path} is empty")
+    return lines
+
+
+def is_ids(lines: list[list[str]]) -> bool:
+    return all(token.lstrip("-").isdigit() for line in lines for token in line)
+
+
+def ids_tensor(lines: list[list[str]], vocab_size: int, source: str) -> torch.Tensor:
+    """Lines of integer ids -> (N, L); different lengths or ids outside the vocabulary are a UserError."""
+    length = len(lines[0])
+    for number, line in enumerate(lines, 1):
+        if len(line) != length:
+            raise UserError(f"{source} line {number} has {len(line)} tokens, line 1 has {length}; "
+                            "token-id data needs sequences of one length")
+    tokens = torch.from_numpy(np.array(lines, dtype=np.int64))
+    bad = (tokens < 0) | (tokens >= vocab_size)
+    if bad.any():
+        row, col = bad.nonzero()[0].tolist()
+        raise UserError(f"{source} line {row + 1} has token id {tokens[row, col].item()} outside the vocabulary "
+                        f"[0, {vocab_size})")
+    return tokens

@@ -1,0 +1,87 @@
+"""The GPT as a sequence generator: every sequence starts from the start token ``bos``, which
+the generator may never produce (its logit is masked), and has a fixed length L = block_size.
+
+Shapes: B batch, L sequence length, V the model's vocabulary (data tokens + bos).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aigc.gpt.model import GPT, KVCache
+
+
+def with_bos(tokens: torch.Tensor, bos: int) -> torch.Tensor:
+    """The generator's inputs for tokens (B, L): bos, then all but the last token."""
+    return torch.cat([torch.full_like(tokens[:, :1], bos), tokens[:, :-1]], dim=1)
+
+
+def masked_logits(logits: torch.Tensor, bos: int, temperature: float = 1.0) -> torch.Tensor:
+    """Logits (..., V) with the start token made impossible, divided by the temperature."""
+    logits = logits.float() / temperature
+    logits[..., bos] = float("-inf")
+    return logits
+
+
+def token_log_probs(model: GPT, tokens: torch.Tensor, bos: int) -> torch.Tensor:
+    """log p(y_t | y_<t) for every token of tokens (B, L) -> (B, L)."""
+    logits, _ = model(with_bos(tokens, bos))  # (B, L, V)
+    log_probs = masked_logits(logits, bos).log_softmax(dim=-1)
+    return log_probs.gather(2, tokens[..., None]).squeeze(2)
+
+
+def mle_loss(model: GPT, tokens: torch.Tensor, bos: int) -> torch.Tensor:
+    """Mean next-token cross-entropy of tokens (B, L)."""
+    return -token_log_probs(model, tokens, bos).mean()
+
+
+@torch.no_grad()
+def nll(model: GPT, tokens: torch.Tensor, bos: int, batch_size: int = 500) -> float:
+    """Mean per-token negative log-likelihood (nats) of tokens (N, L) under the generator."""
+    was_training = model.training
+    model.eval()
+    total = sum(-token_log_probs(model, chunk, bos).sum().item() for chunk in tokens.split(batch_size))
+    model.train(was_training)
+    return total / tokens.numel()
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of probs (B, V) by inverting the cumulative distribution (B,).
+
+    Same distribution as ``torch.multinomial(probs, 1)``, about ten times faster on a CPU for
+    thousands of tokens; a token of probability 0 is never drawn (its cdf step is empty).
+    """
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]
+    index = torch.searchsorted(cdf, u, right=True).squeeze(1)  # (B,)
+    # u rounded up to the total (odds about 1e-7): take the likeliest token rather than none.
+    return torch.where(index < probs.size(1), index, probs.argmax(dim=-1))
+
+
+def sample_into(model: GPT, cache: KVCache, logits: torch.Tensor, out: torch.Tensor, start: int, bos: int,
+                temperature: float, generator: torch.Generator | None) -> None:
+    """Fill out[:, start:] by sampling, given the cache of everything before ``start`` and the
+    logits (B, V) that predict position ``start``."""
+    length = out.size(1)
+    for t in range(start, length):
+        out[:, t] = draw(masked_logits(logits, bos, temperature).softmax(dim=-1), generator)
+        if t < length - 1:
+            logits = model(out[:, t:t + 1], cache=cache)[0][:, -1]
+
+
+@torch.no_grad()
+def sample(model: GPT, n: int, bos: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+           batch_size: int = 1000) -> torch.Tensor:
+    """n sequences (n, L) of the generator's block_size tokens, sampled with its KV cache."""
+    was_training = model.training
+    model.eval()
+    device = model.transformer.wte.weight.device
+    chunks = []
+    for size in [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else []):
+        cache = KVCache(model.config, size, device, model.transformer.wte.weight.dtype)
+        logits = model(torch.full((size, 1), bos, device=device), cache=cache)[0][:, -1]  # (size, V)
+        out = torch.empty(size, model.config.block_size, dtype=torch.long, device=device)
+        sample_into(model, cache, logits, out, 0, bos, temperature, generator)
+        chunks.append(out)
+    model.train(was_training)
+    return torch.cat(chunks)

@@ -1,0 +1,78 @@
+"""SeqGAN's reward and policy gradient (Yu et al. 2017, eq. 4 and 8), with the GPT's KV cache.
+
+A sequence is scored by the discriminator only when complete, so the reward of token y_t is
+the mean verdict over ``rollouts`` completions of the prefix y_1..y_t sampled from the
+generator itself; the last token's reward is the verdict on the sequence. The generator
+reads every sequence once with a KV cache; each prefix's rollouts start from a copy of that
+cache's first t + 1 positions instead of re-reading the prefix.
+
+Every reward stays in the row of its own sample and the column of its own time step:
+rollout rows are laid out sample-major (rows b * N .. b * N + N - 1 belong to sample b).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from aigc.gpt.model import GPT, KVCache
+from aigc.textgan.generator import sample_into, token_log_probs, with_bos
+
+RewardFn = Callable[[torch.Tensor], torch.Tensor]  # sequences (B, L) -> verdicts (B,) in [0, 1]
+
+
+def prefix_cache(source: KVCache, config, t: int, repeats: int) -> KVCache:
+    """A cache holding the first t positions of ``source``, each row repeated ``repeats`` times."""
+    keys = source.keys[0]
+    cache = KVCache(config, keys.size(0) * repeats, keys.device, keys.dtype)
+    for layer in range(config.n_layer):
+        cache.keys[layer][:, :, :t] = source.keys[layer][:, :, :t].repeat_interleave(repeats, dim=0)
+        cache.values[layer][:, :, :t] = source.values[layer][:, :, :t].repeat_interleave(repeats, dim=0)
+    cache.length = t
+    return cache
+
+
+@torch.no_grad()
+def rollout_completions(model: GPT, tokens: torch.Tensor, bos: int, t: int, rollouts: int,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """``rollouts`` completions of every prefix tokens[:, :t] -> (B * rollouts, L), sample-major."""
+    B, L = tokens.shape
+    cache = KVCache(model.config, B, tokens.device, model.transformer.wte.weight.dtype)
+    logits = model(with_bos(tokens, bos)[:, :t + 1], cache=cache)[0][:, -1]  # (B, V): predicts y_{t+1}
+    return _complete(model, cache, logits, tokens, bos, t, rollouts, generator)
+
+
+def _complete(model: GPT, cache: KVCache, logits: torch.Tensor, tokens: torch.Tensor, bos: int, t: int,
+              rollouts: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Complete tokens[:, :t] given a cache of positions 0..t (bos, y_1..y_t) and the logits there."""
+    out = tokens.repeat_interleave(rollouts, dim=0).clone()  # (B * N, L); columns >= t get overwritten
+    branch = prefix_cache(cache, model.config, t + 1, rollouts)
+    sample_into(model, branch, logits.repeat_interleave(rollouts, dim=0), out, t, bos, 1.0, generator)
+    return out
+
+
+@torch.no_grad()
+def rollout_rewards(model: GPT, tokens: torch.Tensor, bos: int, reward: RewardFn, rollouts: int,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rewards (B, L): column t - 1 is the mean verdict over completions of tokens[:, :t]."""
+    was_training = model.training
+    model.eval()
+    B, L = tokens.shape
+    cache = KVCache(model.config, B, tokens.device, model.transformer.wte.weight.dtype)
+    logits = model(with_bos(tokens, bos), cache=cache)[0]  # (B, L, V): logits[:, t] predicts y_{t+1}
+    rewards = torch.empty(B, L, device=tokens.device)
+    for t in range(1, L):
+        completed = _complete(model, cache, logits[:, t], tokens, bos, t, rollouts, generator)
+        rewards[:, t - 1] = reward(completed).view(B, rollouts).mean(dim=1)
+    rewards[:, L - 1] = reward(tokens)
+    model.train(was_training)
+    return rewards
+
+
+def policy_gradient_loss(model: GPT, tokens: torch.Tensor, rewards: torch.Tensor, bos: int,
+                         baseline: bool) -> torch.Tensor:
+    """REINFORCE: -mean of log p(y_t | y_<t) * (reward_t - b_t); b_t is the batch's mean reward
+    at step t with ``baseline``, else 0 (SeqGAN)."""
+    advantage = rewards - rewards.mean(dim=0, keepdim=True) if baseline else rewards  # (B, L)
+    return -(token_log_probs(model, tokens, bos) * advantage.detach()).mean()

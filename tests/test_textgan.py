@@ -1,0 +1,247 @@
+"""Text GAN: the SeqGAN oracle port, reward alignment, rollouts, discriminators, BLEU, the recipe."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aigc.errors import UserError
+from aigc.gpt.model import GPT, GPTConfig
+from aigc.metrics.text_gan import bleu, self_bleu
+from aigc.textgan import generator as gen
+from aigc.textgan.discriminators import build_discriminator, discriminator_loss
+from aigc.textgan.oracle import Oracle
+from aigc.textgan.rollout import policy_gradient_loss, rollout_completions, rollout_rewards
+from aigc.textgan.train import load_run
+from conftest import assert_one_line_error
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: a second thread only busy-waits on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_gpt(vocab: int, length: int, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=vocab + 1, block_size=length, n_layer=1, n_head=2, n_embd=16))
+
+
+def write_oracle(path, vocab=12, emb=4, hidden=5, seed=0, **override) -> str:
+    rng = np.random.default_rng(seed)
+    shapes = {"emb": (vocab, emb), "Wo": (hidden, vocab), "bo": (vocab,)}
+    for gate in ("i", "f", "og", "c"):
+        shapes.update({f"W{gate}": (emb, hidden), f"U{gate}": (hidden, hidden), f"b{gate}": (hidden,)})
+    arrays = {name: rng.normal(0, 1, shape).astype(np.float32) for name, shape in shapes.items()}
+    arrays.update(override)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return str(path)
+
+
+# --- the oracle ---------------------------------------------------------------------------
+
+def test_oracle_port_matches_seqgan_check_value(shared_data):
+    oracle = Oracle.load(shared_data / "seqgan" / "oracle_params.npz")
+    tokens = torch.from_numpy(np.loadtxt(shared_data / "seqgan" / "oracle_train.txt", dtype=np.int64))
+    assert tokens.shape == (9984, 20)
+    assert oracle.nll(tokens) == pytest.approx(5.761, abs=0.01)
+
+
+def test_oracle_port_is_the_tensorflow_recurrence(tmp_path):
+    """The torch LSTM equals SeqGAN's equations written out with x @ W, h @ U."""
+    path = write_oracle(tmp_path / "o.npz")
+    p = {k: torch.from_numpy(v) for k, v in np.load(path).items()}
+    oracle = Oracle.load(path)
+    tokens = torch.tensor([[3, 7, 1, 0, 11]])
+    h = c = torch.zeros(1, 5)
+    expected, previous = [], 0
+    for token in tokens[0].tolist():
+        x = p["emb"][previous][None]
+        i, f = (torch.sigmoid(x @ p[f"W{g}"] + h @ p[f"U{g}"] + p[f"b{g}"]) for g in ("i", "f"))
+        o = torch.sigmoid(x @ p["Wog"] + h @ p["Uog"] + p["bog"])
+        c = f * c + i * torch.tanh(x @ p["Wc"] + h @ p["Uc"] + p["bc"])
+        h = o * torch.tanh(c)
+        expected.append(h @ p["Wo"] + p["bo"])
+        previous = token
+    torch.testing.assert_close(oracle(tokens)[0], torch.cat(expected), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"Uc": None}, "missing array(s) Uc"),
+    ({"Wi": np.zeros((5, 4), np.float32)}, "array 'Wi' has shape [5, 4], expected [4, 5]"),
+    ({"Wo": np.zeros((5, 11), np.float32)}, "array 'Wo' has shape [5, 11]"),
+])
+def test_bad_oracle_file_is_one_line(tmp_path, run_cli, override, message):
+    path = write_oracle(tmp_path / "o.npz", **override)
+    status, _, err = run_cli("textgan", "train", "--data", "oracle", "--oracle", path, "--out", tmp_path / "run")
+    assert_one_line_error(status, err, message)
+
+
+def test_oracle_file_that_is_not_npz(tmp_path, run_cli):
+    (tmp_path / "o.npz").write_text("not a zip")
+    status, _, err = run_cli("textgan", "train", "--data", "oracle", "--oracle", tmp_path / "o.npz",
+                             "--out", tmp_path / "run")
+    assert_one_line_error(status, err, "cannot read oracle parameters")
+
+
+# --- rollouts and rewards -------------------------------------------------------------------
+
+def test_rollouts_complete_the_prefix_without_changing_it():
+    model = tiny_gpt(vocab=7, length=6).eval()
+    tokens = gen.sample(model, 5, bos=7, generator=torch.Generator().manual_seed(1))  # (5, 6)
+    for t in range(1, 6):
+        out = rollout_completions(model, tokens, 7, t, rollouts=4, generator=torch.Generator().manual_seed(2))
+        assert out.shape == (20, 6)
+        assert torch.equal(out[:, :t], tokens.repeat_interleave(4, dim=0)[:, :t])  # sample-major, untouched
+        assert out.min() >= 0 and out.max() < 7  # never the start token
+        # The cached completion equals re-reading the whole context for every new token.
+        reference, g = tokens.repeat_interleave(4, dim=0).clone(), torch.Generator().manual_seed(2)
+        with torch.no_grad():
+            for s in range(t, 6):
+                logits = model(gen.with_bos(reference, 7)[:, :s + 1])[0][:, -1]
+                reference[:, s] = gen.draw(gen.masked_logits(logits, 7).softmax(-1), g)
+        assert torch.equal(out, reference)
+    assert not torch.equal(out[:, 1:], tokens.repeat_interleave(4, dim=0)[:, 1:])  # they do sample
+
+
+def test_each_reward_belongs_to_its_own_sample_and_step():
+    """A judge that likes token 3 at position 2: every reward from step 2 on is exactly that verdict."""
+    model = tiny_gpt(vocab=5, length=5)
+    tokens = gen.sample(model, 64, bos=5, generator=torch.Generator().manual_seed(0))
+    rewards = rollout_rewards(model, tokens, 5, lambda x: (x[:, 2] == 3).float(), rollouts=8,
+                              generator=torch.Generator().manual_seed(1))
+    liked = (tokens[:, 2] == 3).float()
+    assert 0 < liked.sum() < 64
+    for col in (2, 3, 4):
+        assert torch.equal(rewards[:, col], liked)
+    assert not torch.equal(rewards[:, 1], liked) and 0 < rewards[:, :2].mean() < 1  # before it: an estimate
+
+
+def exact_marginals(model: GPT, vocab: int, length: int) -> torch.Tensor:
+    """P(y_t = v) (L, V) by enumerating every sequence."""
+    every = torch.tensor(list(itertools.product(range(vocab), repeat=length)))  # (V^L, L)
+    with torch.no_grad():
+        p = gen.token_log_probs(model.eval(), every, vocab).sum(1).exp()  # (V^L,)
+    return torch.stack([torch.zeros(vocab).index_add_(0, every[:, t], p) for t in range(length)])
+
+
+def logit_ascent(aligned: bool, batch: int = 512) -> torch.Tensor:
+    """How the policy gradient pushes each (position, token) logit, summed over a batch (L, V)."""
+    vocab, length, position, token = 4, 4, 2, 1
+    model = tiny_gpt(vocab, length, seed=3).eval()
+    g = torch.Generator().manual_seed(0)
+    tokens = gen.sample(model, batch, vocab, generator=g)
+    rewards = rollout_rewards(model, tokens, vocab, lambda x: (x[:, position] == token).float(), 8, g)
+    if not aligned:  # the known bug: rewards scrambled across samples
+        rewards = rewards[torch.randperm(batch, generator=g)]
+    logits = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: logits.append(out))
+    loss = policy_gradient_loss(model, tokens, rewards, vocab, baseline=True)
+    hook.remove()
+    (gradient,) = torch.autograd.grad(loss, logits[0])  # (B, L, V + 1)
+    return -gradient.sum(0)[:, :vocab] * batch * length
+
+
+def test_policy_gradient_raises_exactly_the_rewarded_token_where_rewarded():
+    push = logit_ascent(aligned=True)
+    assert divmod(push.argmax().item(), 4) == (2, 1)
+    others = push.clone()
+    others[2, 1] = 0
+    assert push[2, 1] > 50 and others.max() < push[2, 1] / 4
+    scrambled = logit_ascent(aligned=False)
+    assert scrambled[2, 1].abs() < push[2, 1] / 4
+
+
+def test_policy_gradient_steps_make_the_rewarded_token_likely_there():
+    vocab, length = 4, 4
+    model = tiny_gpt(vocab, length, seed=3)
+    before = exact_marginals(model, vocab, length)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        tokens = gen.sample(model, 64, vocab, generator=g)
+        rewards = rollout_rewards(model, tokens, vocab, lambda x: (x[:, 2] == 1).float(), 4, g)
+        loss = policy_gradient_loss(model.eval(), tokens, rewards, vocab, baseline=True)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = exact_marginals(model, vocab, length)
+    assert after[2, 1] > 0.8 and after[2, 1] - before[2, 1] > 0.4
+
+
+# --- discriminators -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["cnn", "transformer"])
+def test_discriminator_learns_real_vs_shuffled(kind):
+    torch.manual_seed(0)
+    vocab, length = 20, 12
+
+    def real(n):  # arithmetic progressions mod vocab: order is everything
+        start, step = torch.randint(vocab, (n, 1)), torch.randint(1, 4, (n, 1))
+        return (start + step * torch.arange(length)) % vocab
+
+    def shuffled(x):
+        return x.gather(1, torch.rand(x.shape).argsort(dim=1))
+
+    disc = build_discriminator(kind, vocab, length)
+    optimizer = torch.optim.Adam(disc.parameters(), lr=2e-3)
+    for _ in range(120):
+        x = real(64)
+        loss, _ = discriminator_loss(disc, x, shuffled(x))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    disc.eval()
+    test = real(500)
+    with torch.no_grad():
+        accuracy = ((disc(test) > 0).float().mean() + (disc(shuffled(test)) < 0).float().mean()) / 2
+    assert accuracy > 0.9
+
+
+# --- BLEU and Self-BLEU ---------------------------------------------------------------------
+
+def words(*sentences: str) -> list[list[str]]:
+    return [s.split() for s in sentences]
+
+
+def test_bleu_hand_checked():
+    refs = words("a b c e")
+    assert bleu(words("a b c d"), refs, 2) == pytest.approx(math.sqrt(3 / 4 * 2 / 3))
+    assert bleu(words("a b c d"), refs, 3) == pytest.approx((3 / 4 * 2 / 3 * 1 / 2) ** (1 / 3))
+    # no 4-gram matches: smoothing method 1 counts 0.1 of the one 4-gram
+    assert bleu(words("a b c d"), refs, 4) == pytest.approx((3 / 4 * 2 / 3 * 1 / 2 * 0.1) ** (1 / 4))
+    assert bleu(words("a b"), refs, 2) == pytest.approx(math.exp(1 - 4 / 2))  # brevity penalty
+    assert bleu(words("a a a a"), refs, 2) == pytest.approx(math.sqrt(1 / 4 * 0.1 / 3))  # clipped counts
+    assert bleu(words("x y"), refs, 2) == 0.0  # no unigram at all
+    # several references: counts clip at the highest count in any one of them; the closest length wins
+    assert bleu(words("a a b c"), words("a b", "a a c d e"), 2) == pytest.approx(math.exp(1 - 5 / 4) * math.sqrt(2 / 3))
+    assert bleu(words("a b c d", "a b"), refs, 2) == pytest.approx((math.sqrt(1 / 2) + math.exp(-1)) / 2)
+
+
+def test_self_bleu_leaves_each_sentence_out():
+    sentences = words("a b c d", "a b c d", "e f g h")
+    assert self_bleu(sentences, 2) == pytest.approx(2 / 3)  # two exact twins, one stranger
+    assert self_bleu(words("a a b", "a b", "c a"), 2) == pytest.approx(
+        (math.sqrt(2 / 3 * 1 / 2) + 1 + math.sqrt(1 / 2 * 0.1)) / 3)  # "a a b" may not count its own second "a"
+
+
+def test_bleu_equals_nltk_sentence_bleu_method1():
+    bleu_score = pytest.importorskip("nltk.translate.bleu_score")
+    rng = np.random.default_rng(0)
+    vocabulary = list("abcdefg")
+    refs = [list(rng.choice(vocabulary, rng.integers(3, 9))) for _ in range(30)]
+    hyps = [list(rng.choice(vocabulary, rng.integers(1, 9))) for _ in range(20)]
+    method1 = bleu_score.SmoothingFunction().method1
+    for n in (2, 3, 4, 5):
+        expected = np.mean([bleu_score.sentence_bleu(refs, h, [1 / n] * n, smoothing_function=method1) for h in hyps])
+        assert bleu(hyps, refs, n) == pytest.approx(expected, abs=1e-12)
+        expected_self = np.mean([bleu_score.sentence_bleu(refs[:i] + refs[i + 1:], s, [1 / n] * n,
+                                                          smoothing_function=method1) for i, s in enumerate(refs)])
+        assert self_bleu(refs, n) == pytest.approx(expected_self, abs=1e-12)
