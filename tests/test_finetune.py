@@ -81,8 +81,10 @@ def test_completion_loss_counts_completion_tokens_only():
     logits, _ = gpt(x[:1])
     expected = torch.nn.functional.cross_entropy(logits[0, 2:], torch.tensor([8, 9, 10]))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-    # Changing the prompt's own continuation targets cannot change the loss; changing a completion token does.
-    assert model.loss([Encoded([5, 6, 7, 8, 9, 11], 3)], torch.device("cpu")).item() != pytest.approx(loss.item())
+    # The gradient reaches the logits of completion positions only.
+    leaf = logits.detach().requires_grad_()
+    torch.nn.functional.cross_entropy(leaf.flatten(0, 1), y[:1].flatten(), ignore_index=IGNORE).backward()
+    assert leaf.grad[0, :2].abs().sum() == 0 and (leaf.grad[0, 2:].abs().sum(dim=-1) > 0).all()
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora", "adapter"])

@@ -50,7 +50,7 @@ COMMANDS = [
             GptTrainConfig, "aigc.gpt.train:train"),
     Command("gpt", "generate", "continue a prompt with a trained GPT",
             GptGenerateConfig, "aigc.gpt.generation:generate_command"),
-    Command("gpt", "eval", "loss, perplexity and bits per byte of a GPT run on text",
+    Command("gpt", "eval", "loss, perplexity and bits per byte of a GPT run on text; BLEU, ROUGE, accuracy of a fine-tuned run",
             GptEvalConfig, "aigc.gpt.evaluate:evaluate_command"),
     Command("gpt", "finetune", "fine-tune a GPT run for a task (completion or classify): full, lora, adalora or adapter",
             GptFinetuneConfig, "aigc.gpt.finetune:finetune"),

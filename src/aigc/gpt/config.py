@@ -111,7 +111,8 @@ class GptEvalConfig:
     run: str | None = option(None, "GPT run directory (required)")
     data: str | None = option(None, "text file or folder to evaluate on (default: the run's validation split)")
     metrics: str = option("perplexity", "comma-separated metrics; perplexity gives loss, perplexity and bits "
-                                        f"per byte (choose from {', '.join(EVAL_METRICS)})")
+                                        f"per byte (choose from {', '.join(EVAL_METRICS)}); on a fine-tuned run: "
+                                        f"{', '.join(TASK_METRICS)} (accuracy also gives macro-F1)")
     checkpoint: str = option("best", "best or last checkpoint of the run", choices=CHECKPOINTS)
     batch_size: int = option(32, "windows per forward pass")
     json: str | None = option(None, "also write the results to this JSON file (and, for task metrics, the "
