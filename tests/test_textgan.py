@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from aigc.errors import UserError
 from aigc.gpt.model import GPT, GPTConfig
 from aigc.metrics.text_gan import bleu, self_bleu
 from aigc.textgan import generator as gen
@@ -245,3 +244,90 @@ def test_bleu_equals_nltk_sentence_bleu_method1():
         expected_self = np.mean([bleu_score.sentence_bleu(refs[:i] + refs[i + 1:], s, [1 / n] * n,
                                                           smoothing_function=method1) for i, s in enumerate(refs)])
         assert self_bleu(refs, n) == pytest.approx(expected_self, abs=1e-12)
+
+
+# --- the recipe -----------------------------------------------------------------------------
+
+SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--batch-size", "8", "--max-iters", "6",
+         "--d-pretrain-steps", "3", "--rollouts", "2", "--log-every", "2", "--eval-every", "4",
+         "--save-every", "3", "--device", "cpu"]
+
+
+def oracle_args(tmp_path) -> list[str]:
+    return ["--data", "oracle", "--oracle", write_oracle(tmp_path / "o.npz"), "--oracle-samples", "64",
+            "--oracle-length", "6"]
+
+
+def test_train_runs_every_phase_and_resume_continues_the_same_run(tmp_path, run_cli):
+    status, _, err = run_cli("textgan", "train", *oracle_args(tmp_path), *SMALL, "--adv-rounds", "3",
+                             "--mle-steps", "1", "--out", tmp_path / "full")
+    assert status == 0, err
+    lines = (tmp_path / "full" / "metrics.jsonl").read_text()
+    for key in ("mle_loss", "d_accuracy", "reward", "pg_loss", "nll_oracle", "val_nll"):
+        assert f'"{key}"' in lines
+    status, _, err = run_cli("textgan", "train", *oracle_args(tmp_path), *SMALL, "--adv-rounds", "1",
+                             "--mle-steps", "1", "--out", tmp_path / "split")
+    assert status == 0, err
+    status, _, err = run_cli("textgan", "train", "--resume", "--adv-rounds", "3", "--out", tmp_path / "split")
+    assert status == 0, err
+    full, split = (load_run(tmp_path / name)[0].state_dict() for name in ("full", "split"))
+    for name in full:
+        assert torch.equal(full[name], split[name]), name
+
+
+def test_words_data_base_run_and_constant_reward_control(tmp_path, run_cli):
+    data = tmp_path / "train.txt"
+    data.write_text("a man rides a horse .\na cat sits on a mat .\ntwo dogs play in the park .\n" * 10)
+    status, _, err = run_cli("textgan", "train", "--data", data, *SMALL, "--adv-rounds", "0", "--out", tmp_path / "mle")
+    assert status == 0, err
+    model, codec = load_run(tmp_path / "mle")
+    assert model.config.block_size == 8 and codec.decode(codec.encode([["a", "cat"]], 8)) == [["a", "cat"]]
+    status, _, err = run_cli("textgan", "train", "--data", data, "--base", tmp_path / "mle", *SMALL,
+                             "--adv-rounds", "2", "--reward", "constant", "--disc", "transformer",
+                             "--out", tmp_path / "control")
+    assert status == 0, err
+    assert not (tmp_path / "control" / "discriminator.safetensors").exists()
+    assert '"reward": 0.5' in (tmp_path / "control" / "metrics.jsonl").read_text()
+    # --base: no MLE phase, the generator starts where the base ended
+    assert '"mle_loss"' not in (tmp_path / "control" / "metrics.jsonl").read_text()
+
+    longer = tmp_path / "long.txt"
+    longer.write_text("a man rides a horse along the beach .\n")
+    status, _, err = run_cli("textgan", "train", "--data", longer, "--base", tmp_path / "mle", *SMALL,
+                             "--out", tmp_path / "long")
+    assert_one_line_error(status, err, "does not fit the generator's context of 8 tokens")
+
+
+def test_token_ids_outside_the_vocabulary_are_one_line(tmp_path, run_cli):
+    data = tmp_path / "ids.txt"
+    data.write_text("1 2 3\n4 12 5\n")
+    status, _, err = run_cli("textgan", "train", "--data", data, "--oracle", write_oracle(tmp_path / "o.npz"),
+                             "--out", tmp_path / "run")
+    assert_one_line_error(status, err, "line 2 has token id 12 outside the vocabulary [0, 12)")
+    status, _, err = run_cli("textgan", "train", "--data", data, "--vocab-size", "20", "--base", tmp_path / "nope",
+                             "--out", tmp_path / "run2")
+    assert_one_line_error(status, err, "run directory not found")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rollouts", "0"], "--rollouts must be at least 1, got 0"),
+    (["--data", "oracle"], "--data oracle needs --oracle"),
+])
+def test_bad_flags_are_one_line(tmp_path, run_cli, args, message):
+    data = tmp_path / "ids.txt"
+    data.write_text("1 2 3\n")
+    status, _, err = run_cli("textgan", "train", "--data", data, "--vocab-size", "5", "--out", tmp_path / "r", *args)
+    assert_one_line_error(status, err, message)
+
+
+def test_ids_of_unequal_length_and_longer_than_the_base_context(tmp_path, run_cli):
+    data = tmp_path / "ids.txt"
+    data.write_text("1 2 3\n4 5\n")
+    status, _, err = run_cli("textgan", "train", "--data", data, "--vocab-size", "6", "--out", tmp_path / "r")
+    assert_one_line_error(status, err, "line 2 has 2 tokens, line 1 has 3")
+    status, _, err = run_cli("textgan", "train", *oracle_args(tmp_path), *SMALL, "--adv-rounds", "0",
+                             "--out", tmp_path / "base")
+    assert status == 0, err
+    data.write_text("1 2 3 4 5 6 7\n")
+    status, _, err = run_cli("textgan", "train", "--data", data, "--base", tmp_path / "base", "--out", tmp_path / "r2")
+    assert_one_line_error(status, err, "sequences of 7 tokens but the base generator")

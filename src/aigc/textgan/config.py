@@ -54,7 +54,7 @@ class TextGanTrainConfig:
     save_every: int = option(250, "steps between checkpoints")
 
     def validate(self) -> None:
-        require(self.data is not None, "--data FILE|oracle is required")
+        require(self.data is not None or self.resume, "--data FILE|oracle is required")
         require(self.out is not None, "--out RUN is required")
         require(self.data != "oracle" or self.oracle is not None, "--data oracle needs --oracle oracle_params.npz")
         require(self.rollouts >= 1, f"--rollouts must be at least 1, got {self.rollouts}")

@@ -53,7 +53,7 @@ class TransformerDiscriminator(nn.Module):
                  dropout: float = 0.1):
         super().__init__()
         self.emb = nn.Embedding(vocab_size, dim)
-        self.pos = nn.Parameter(torch.randn(length, dim))  # the scale of nn.Embedding, so order is visible from the start
+        self.pos = nn.Parameter(torch.randn(length, dim))  # nn.Embedding's scale: order is visible from the start
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)

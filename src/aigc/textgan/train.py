@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from pathlib import Path
 
 import torch
@@ -170,7 +171,8 @@ class Trainer:
         try:
             while self.step < self.total:
                 phase = self.phase(self.step)
-                metrics = {"mle": self.mle_step, "d-pretrain": self.d_step, "adversarial": self.adversarial_round}[phase]()
+                step = {"mle": self.mle_step, "d-pretrain": self.d_step, "adversarial": self.adversarial_round}[phase]
+                metrics = step()
                 self.step += 1
                 self._check_finite(metrics)
                 self.means.add(metrics)
@@ -181,7 +183,8 @@ class Trainer:
                 if self.step % self.config.eval_every == 0 or end_of_phase:
                     evaluation = self.evaluate()
                     log.log(self.step, **evaluation)
-                    progress.write(f"step {self.step} ({phase}): " + ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items()))
+                    shown = ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items())
+                    progress.write(f"step {self.step} ({phase}): {shown}")
                 if self.step % self.config.save_every == 0 or end_of_phase:
                     self.checkpoint()
                 progress.update(self.step, **metrics)
@@ -205,14 +208,11 @@ class Trainer:
         return {"d_loss": loss.item(), "d_accuracy": accuracy}
 
     def adversarial_round(self) -> dict[str, float]:
-        metrics = RunningMeans()
-        for _ in range(self.config.g_steps):
-            metrics.add(self.policy_gradient_step())
-        for _ in range(self.config.mle_steps):
-            metrics.add(self.mle_step(self.config.g_lr))
-        for _ in range(self.config.d_steps if self.disc is not None else 0):
-            metrics.add(self.d_step())
-        return metrics.means()
+        steps = [self.policy_gradient_step() for _ in range(self.config.g_steps)]
+        steps += [self.mle_step(self.config.g_lr) for _ in range(self.config.mle_steps)]
+        steps += [self.d_step() for _ in range(self.config.d_steps if self.disc is not None else 0)]
+        names = dict.fromkeys(name for step in steps for name in step)  # each step reports some of them
+        return {name: statistics.fmean(step[name] for step in steps if name in step) for name in names}
 
     def policy_gradient_step(self) -> dict[str, float]:
         c = self.config
@@ -241,12 +241,14 @@ class Trainer:
         self.g_opt.step()
 
     def evaluate(self) -> dict[str, float]:
-        """Validation NLL of the generator and, with an oracle, NLL-oracle of its samples."""
+        """Validation NLL of the generator and, with an oracle, NLL-oracle of its samples (drawn
+        with a generator of their own: evaluating leaves the training trajectory alone)."""
         out = {}
         if len(self.val_seqs):
             out["val_nll"] = gen.nll(self.model, self.val_seqs, self.codec.bos)
         if self.oracle is not None:
-            samples = gen.sample(self.model, ORACLE_EVAL_SAMPLES, self.codec.bos)
+            generator = torch.Generator(self.val_seqs.device).manual_seed(self.config.seed)
+            samples = gen.sample(self.model, ORACLE_EVAL_SAMPLES, self.codec.bos, generator=generator)
             out["nll_oracle"] = self.oracle.nll(samples.cpu())
         return out
 
