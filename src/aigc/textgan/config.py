@@ -40,7 +40,8 @@ class TextGanTrainConfig:
     g_steps: int = option(1, "policy-gradient steps per round")
     g_lr: float = option(1e-4, "generator learning rate in the adversarial rounds")
     rollouts: int = option(16, "Monte-Carlo completions per prefix for the rewards")
-    baseline: bool = option(True, "subtract the batch's mean reward at each time step (variance reduction)")
+    baseline: bool = option(False, "subtract the batch's mean reward at each time step (variance reduction; "
+                                   "SeqGAN has none, and with it the constant-reward control learns nothing)")
     mle_steps: int = option(0, "MLE steps interleaved in each round (0: pure policy gradient)")
     d_steps: int = option(3, "discriminator steps per round, each on fresh generated negatives")
     reward: str = option("discriminator", "discriminator: SeqGAN; constant: the control that gives every "

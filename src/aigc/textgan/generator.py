@@ -23,10 +23,10 @@ def masked_logits(logits: torch.Tensor, bos: int, temperature: float = 1.0) -> t
     return logits
 
 
-def token_log_probs(model: GPT, tokens: torch.Tensor, bos: int) -> torch.Tensor:
-    """log p(y_t | y_<t) for every token of tokens (B, L) -> (B, L)."""
+def token_log_probs(model: GPT, tokens: torch.Tensor, bos: int, temperature: float = 1.0) -> torch.Tensor:
+    """log p(y_t | y_<t) for every token of tokens (B, L) -> (B, L), at a sampling temperature."""
     logits, _ = model(with_bos(tokens, bos))  # (B, L, V)
-    log_probs = masked_logits(logits, bos).log_softmax(dim=-1)
+    log_probs = masked_logits(logits, bos, temperature).log_softmax(dim=-1)
     return log_probs.gather(2, tokens[..., None]).squeeze(2)
 
 
@@ -36,11 +36,12 @@ def mle_loss(model: GPT, tokens: torch.Tensor, bos: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def nll(model: GPT, tokens: torch.Tensor, bos: int, batch_size: int = 500) -> float:
-    """Mean per-token negative log-likelihood (nats) of tokens (N, L) under the generator."""
+def nll(model: GPT, tokens: torch.Tensor, bos: int, temperature: float = 1.0, batch_size: int = 500) -> float:
+    """Mean per-token negative log-likelihood (nats) of tokens (N, L) under the generator sampling
+    at ``temperature``."""
     was_training = model.training
     model.eval()
-    total = sum(-token_log_probs(model, chunk, bos).sum().item() for chunk in tokens.split(batch_size))
+    total = sum(-token_log_probs(model, chunk, bos, temperature).sum().item() for chunk in tokens.split(batch_size))
     model.train(was_training)
     return total / tokens.numel()
 

@@ -1,0 +1,96 @@
+"""Shared by the text-GAN benchmarks: the three runs per seed (MLE, MLE + adversarial, the
+constant-reward control, both from the same MLE run), curves over temperatures, the plot."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from aigc.textgan.config import TextGanTrainConfig
+from aigc.textgan.train import load_run, train
+
+VARIANTS = ("mle", "adversarial", "constant")
+LABELS = {"mle": "MLE", "adversarial": "MLE + adversarial (SeqGAN rewards)", "constant": "MLE + constant-reward control"}
+
+
+def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int) -> dict[str, float]:
+    """Train the three variants of one seed under ``out/seed<seed>``; returns wall seconds of each."""
+    seconds = {}
+    mle_dir = out / f"seed{seed}" / "mle"
+    configs = {
+        "mle": replace(base_config, seed=seed, out=str(mle_dir), d_pretrain_steps=0, adv_rounds=0),
+        "adversarial": replace(base_config, seed=seed, out=str(mle_dir.with_name("adversarial")), base=str(mle_dir)),
+        "constant": replace(base_config, seed=seed, out=str(mle_dir.with_name("constant")), base=str(mle_dir),
+                            reward="constant"),
+    }
+    for variant in VARIANTS:
+        if (Path(configs[variant].out) / "model.safetensors").is_file():
+            print(f"seed {seed} {variant}: reusing {configs[variant].out}", flush=True)
+            continue
+        started = time.perf_counter()
+        train(configs[variant])
+        seconds[variant] = round(time.perf_counter() - started, 1)
+        print(f"seed {seed} {variant}: trained in {seconds[variant]} s", flush=True)
+    return seconds
+
+
+def load_variant(out: Path, seed: int, variant: str):
+    return load_run(out / f"seed{seed}" / variant)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(results: dict, metrics: tuple[str, ...]) -> dict:
+    """results[variant][temperature][seed][metric] -> mean and std over seeds per variant/temperature/metric."""
+    out = {}
+    for variant, by_temp in results.items():
+        out[variant] = {}
+        for temp, by_seed in by_temp.items():
+            out[variant][temp] = {m: mean_std([by_seed[s][m] for s in by_seed]) for m in metrics}
+    return out
+
+
+def plot_curves(summary: dict, x: str, y: str, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """One line per variant through its temperatures (labelled), seed-to-seed std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    for variant, by_temp in summary.items():
+        temps = sorted(by_temp, key=float)
+        xs = [by_temp[t][x][0] for t in temps]
+        ys = [by_temp[t][y][0] for t in temps]
+        ax.errorbar(xs, ys, xerr=[by_temp[t][x][1] for t in temps], yerr=[by_temp[t][y][1] for t in temps],
+                    marker="o", markersize=3, linewidth=1, capsize=2, label=LABELS[variant])
+        for t, xv, yv in zip(temps, xs, ys):
+            ax.annotate(t, (xv, yv), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
+    """y of the piecewise-linear curve (points sorted by x) at x; None outside its range."""
+    curve = sorted(curve)
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)

@@ -1,0 +1,136 @@
+"""Text GAN on COCO captions (the literature's "image_coco"): BLEU vs Self-BLEU across temperatures.
+
+Per seed, MLE on ``coco_captions/train.txt``, MLE then SeqGAN adversarial rounds, and MLE then the
+constant-reward control (all from the same MLE run). Each generator is sampled at several
+temperatures and scored, by the Texygen protocol, with
+  BLEU-2..5:       mean sentence BLEU (smoothing method 1) of each of --hypotheses generated
+                   sentences against the *whole* test file as references (quality);
+  Self-BLEU-2..4:  the same for --self-bleu-sentences generated sentences against each other
+                   (diversity; lower is more diverse);
+  NLL-test:        the tempered generator's per-token NLL of the test captions (<eos> included;
+                   test words never seen in training are <unk>, which the generator never learned).
+Words are the file's space-separated tokens (a final period stays on its word, as in the file).
+
+    flock /tmp/aigc-bench.lock python benchmarks/textgan_coco.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import OUT_DIR, machine  # noqa: E402
+from _textgan import VARIANTS, load_variant, plot_curves, set_threads, summarise, train_variants  # noqa: E402
+
+from aigc.metrics.text_gan import References, bleu, self_bleu  # noqa: E402
+from aigc.textgan import generator as gen  # noqa: E402
+from aigc.textgan.config import TextGanTrainConfig  # noqa: E402
+from aigc.textgan.data import UNK, read_lines  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COCO = ROOT.parent / "shared" / "data" / "coco_captions"
+PUBLISHED = {"MLE": (0.731, 0.497, 0.305, 0.189), "SeqGAN": (0.745, 0.498, 0.294, 0.180),
+             "LeakGAN": (0.746, 0.528, 0.355, 0.230), "RelGAN(100)": (0.849, 0.687, 0.502, 0.331)}
+METRICS = ("bleu2", "bleu3", "bleu4", "bleu5", "self_bleu2", "self_bleu3", "self_bleu4", "nll_test")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny setting that checks the script end to end")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--temperatures", default="0.7,0.8,0.9,1.0,1.1,1.2,1.3")
+    p.add_argument("--max-iters", type=int, default=3000, help="MLE steps")
+    p.add_argument("--adv-rounds", type=int, default=100)
+    p.add_argument("--d-pretrain-steps", type=int, default=300)
+    p.add_argument("--rollouts", type=int, default=16)
+    p.add_argument("--mle-steps", type=int, default=0, help="MLE steps interleaved in each round")
+    p.add_argument("--hypotheses", type=int, default=2000, help="generated sentences scored by BLEU")
+    p.add_argument("--self-bleu-sentences", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (small models: more only busy-wait)")
+    p.add_argument("--out", type=Path, default=OUT_DIR / "textgan_coco")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "textgan-coco.png")
+    args = p.parse_args()
+    if args.quick:
+        args.seeds, args.temperatures, args.hypotheses, args.self_bleu_sentences = "0,1,2", "0.8,1.0,1.2", 200, 200
+        args.max_iters, args.adv_rounds, args.d_pretrain_steps, args.rollouts = 200, 3, 20, 2
+        args.out, args.plot = args.out.with_name(args.out.name + "_quick"), args.out.with_name("textgan_coco_quick.png")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    started = time.perf_counter()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    temperatures = [t.strip() for t in args.temperatures.split(",")]
+    test_sentences = read_lines(COCO / "test.txt")
+    references = References(test_sentences, 5)
+    base = TextGanTrainConfig(data=str(COCO / "train.txt"), max_iters=args.max_iters, adv_rounds=args.adv_rounds,
+                              d_pretrain_steps=args.d_pretrain_steps, rollouts=args.rollouts,
+                              mle_steps=args.mle_steps, device="cpu", log_every=50, eval_every=500, save_every=500)
+    train_seconds = {seed: train_variants(base, args.out, seed) for seed in seeds}
+    results: dict = {v: {t: {} for t in temperatures} for v in VARIANTS}
+    for seed in seeds:
+        for variant in VARIANTS:
+            model, codec = load_variant(args.out, seed, variant)
+            test = codec.encode(test_sentences, model.config.block_size)
+            for i, temp in enumerate(temperatures):
+                g = torch.Generator().manual_seed(1000 * seed + i)
+                sentences = codec.decode(gen.sample(model, args.hypotheses, codec.bos, float(temp), generator=g))
+                results[variant][temp][seed] = {
+                    **{f"bleu{n}": bleu(sentences, references, n) for n in (2, 3, 4, 5)},
+                    **{f"self_bleu{n}": self_bleu(sentences[:args.self_bleu_sentences], n) for n in (2, 3, 4)},
+                    "nll_test": gen.nll(model, test, codec.bos, float(temp)),
+                    "empty": sum(not s for s in sentences) / len(sentences),
+                }
+            print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0", {}).get(seed)), flush=True)
+    summary = summarise(results, METRICS)
+    _, codec = load_variant(args.out, seeds[0], "mle")
+    oov = sum(w not in codec.words or w == UNK for s in test_sentences for w in s) / sum(map(len, test_sentences))
+    verdict = targets(summary)
+    print_table(summary, verdict, args, oov)
+    plot_curves(summary, "self_bleu4", "bleu4", "Self-BLEU-4 (lower is more diverse)", "BLEU-4 (higher is better)",
+                f"COCO captions, {len(seeds)} seeds, temperatures {temperatures[0]}-{temperatures[-1]}"
+                + (" (--quick)" if args.quick else ""), args.plot)
+    payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
+                                                   "train_config": base.__dict__},
+               "references": len(test_sentences), "test_oov_rate": oov, "published_bleu_2345": PUBLISHED,
+               "results": results, "summary": summary, "targets": verdict, "train_seconds": train_seconds,
+               "wall_seconds": round(time.perf_counter() - started, 1)}
+    path = args.out.with_suffix(".json")
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path} and {args.plot}; wall {payload['wall_seconds']} s")
+
+
+def targets(summary: dict) -> dict:
+    """Best adversarial BLEU-4 at a Self-BLEU-4 no worse than MLE's at temperature 1, vs RelGAN(100)'s 0.502."""
+    if "1.0" not in summary["mle"]:
+        return {}
+    limit = summary["mle"]["1.0"]["self_bleu4"][0]
+    eligible = {t: s["bleu4"][0] for t, s in summary["adversarial"].items() if s["self_bleu4"][0] <= limit}
+    best = max(eligible.items(), key=lambda item: item[1]) if eligible else None
+    return {"mle_self_bleu4_at_T1": limit, "best_adversarial_bleu4_within_that_diversity": best,
+            "beats_relgan_0.502": bool(best and best[1] > 0.502)}
+
+
+def print_table(summary: dict, verdict: dict, args: argparse.Namespace, oov: float) -> None:
+    print(f"\nBLEU: {args.hypotheses} generated sentences per point against all test captions; Self-BLEU over "
+          f"{args.self_bleu_sentences}; test tokens outside the training vocabulary: {oov:.2%}")
+    print("| generator | T | BLEU-2 | BLEU-3 | BLEU-4 | BLEU-5 | Self-BLEU-2 | Self-BLEU-3 | Self-BLEU-4 | NLL-test |")
+    print("|---|---|" + "---|" * 8)
+    for variant in VARIANTS:
+        for temp, s in summary[variant].items():
+            cells = " | ".join(f"{s[m][0]:.3f} ± {s[m][1]:.3f}" for m in METRICS)
+            print(f"| {variant} | {temp} | {cells} |")
+    print("published BLEU-2/3/4/5: " + ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in PUBLISHED.items()))
+    print("targets: " + json.dumps(verdict))
+
+
+if __name__ == "__main__":
+    main()

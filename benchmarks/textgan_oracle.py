@@ -1,0 +1,137 @@
+"""Text GAN on the SeqGAN synthetic oracle: does adversarial training beat MLE + temperature?
+
+Per seed, three generators: MLE on ``oracle_train.txt``; MLE then SeqGAN adversarial rounds
+(rollout rewards from a CNN discriminator); MLE then the same rounds with a constant reward
+(the control). Each is sampled at several temperatures and scored by
+  NLL-oracle: the oracle's per-token NLL of the generator's samples (quality; lower is better);
+  NLL-test:   the tempered generator's per-token NLL of fresh oracle samples (coverage; lower is better).
+The curves over temperature are the comparison that counts (Caccia et al. 2020). The final
+checkpoint of every run is scored; nothing is picked on test data.
+
+    flock /tmp/aigc-bench.lock python benchmarks/textgan_oracle.py            # full setting
+    flock /tmp/aigc-bench.lock python benchmarks/textgan_oracle.py --quick    # end-to-end check, minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import OUT_DIR, machine  # noqa: E402
+from _textgan import VARIANTS, interpolate, load_variant, plot_curves, set_threads, summarise, train_variants  # noqa: E402
+
+from aigc.textgan import generator as gen  # noqa: E402
+from aigc.textgan.config import TextGanTrainConfig  # noqa: E402
+from aigc.textgan.oracle import Oracle  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQGAN = ROOT.parent / "shared" / "data" / "seqgan"
+PUBLISHED = {"MLE (SeqGAN paper)": 9.038, "SeqGAN": 8.736, "RankGAN": 8.247, "LeakGAN": 7.038}
+LENGTH = 20
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny setting that checks the script end to end")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--temperatures", default="0.7,0.8,0.9,1.0,1.1,1.2,1.3")
+    p.add_argument("--max-iters", type=int, default=3000, help="MLE steps")
+    p.add_argument("--adv-rounds", type=int, default=100)
+    p.add_argument("--d-pretrain-steps", type=int, default=300)
+    p.add_argument("--rollouts", type=int, default=16)
+    p.add_argument("--mle-steps", type=int, default=0, help="MLE steps interleaved in each round")
+    p.add_argument("--samples", type=int, default=10_000, help="generated sequences per NLL-oracle, and fresh "
+                                                              "oracle sequences for NLL-test")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (small models: more only busy-wait)")
+    p.add_argument("--out", type=Path, default=OUT_DIR / "textgan_oracle")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "textgan-oracle.png")
+    args = p.parse_args()
+    if args.quick:
+        args.seeds, args.temperatures, args.samples = "0,1,2", "0.8,1.0,1.2", 1000
+        args.max_iters, args.adv_rounds, args.d_pretrain_steps, args.rollouts = 200, 4, 20, 4
+        args.out, args.plot = args.out.with_name(args.out.name + "_quick"), args.out.with_name("textgan_oracle_quick.png")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    started = time.perf_counter()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    temperatures = [t.strip() for t in args.temperatures.split(",")]
+    oracle = Oracle.load(SEQGAN / "oracle_params.npz")
+    test = oracle.sample(args.samples, LENGTH, torch.Generator().manual_seed(20_170_200))  # fresh, never trained on
+    base = TextGanTrainConfig(data=str(SEQGAN / "oracle_train.txt"), oracle=str(SEQGAN / "oracle_params.npz"),
+                              max_iters=args.max_iters, adv_rounds=args.adv_rounds,
+                              d_pretrain_steps=args.d_pretrain_steps, rollouts=args.rollouts,
+                              mle_steps=args.mle_steps, device="cpu", log_every=50, eval_every=500, save_every=500)
+
+    train_seconds = {seed: train_variants(base, args.out, seed) for seed in seeds}
+    results: dict = {v: {t: {} for t in temperatures} for v in VARIANTS}
+    for seed in seeds:
+        for variant in VARIANTS:
+            model, codec = load_variant(args.out, seed, variant)
+            for i, temp in enumerate(temperatures):
+                g = torch.Generator().manual_seed(1000 * seed + i)
+                samples = gen.sample(model, args.samples, codec.bos, float(temp), generator=g)
+                results[variant][temp][seed] = {"nll_oracle": oracle.nll(samples),
+                                                "nll_test": gen.nll(model, test, codec.bos, float(temp))}
+            print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0", {}).get(seed)), flush=True)
+    summary = summarise(results, ("nll_oracle", "nll_test"))
+    floor = oracle.nll(test)
+    verdict = targets(summary)
+    print_table(summary, floor, verdict)
+    plot_curves(summary, "nll_test", "nll_oracle", "NLL-test (coverage; lower is better)",
+                "NLL-oracle (quality; lower is better)",
+                f"SeqGAN oracle, {len(seeds)} seeds, temperatures {temperatures[0]}-{temperatures[-1]}"
+                + (" (--quick)" if args.quick else ""), args.plot)
+    payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
+                                                   "train_config": base.__dict__},
+               "oracle_nll_of_test": floor, "published_nll_oracle": PUBLISHED, "results": results,
+               "summary": summary, "targets": verdict, "train_seconds": train_seconds,
+               "wall_seconds": round(time.perf_counter() - started, 1)}
+    path = args.out.with_suffix(".json")
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path} and {args.plot}; wall {payload['wall_seconds']} s")
+
+
+def targets(summary: dict) -> dict:
+    """The issue's targets at temperature 1, and whether the adversarial curve beats MLE + temperature."""
+    t1 = {v: summary[v]["1.0"]["nll_oracle"] for v in VARIANTS} if "1.0" in summary["mle"] else None
+    out = {}
+    if t1:
+        (mle, mle_sd), (adv, adv_sd), (const, _) = t1["mle"], t1["adversarial"], t1["constant"]
+        out["mle_beats_seqgan_mle_9.038"] = mle < 9.038
+        out["adversarial_gain"] = mle - adv
+        out["seed_spread"] = max(mle_sd, adv_sd)
+        out["adversarial_gain_exceeds_spread"] = mle - adv > max(mle_sd, adv_sd)
+        out["adversarial_beats_seqgan_8.736"] = adv < 8.736
+        out["adversarial_beats_constant_control"] = adv < const
+    mle_curve = [(s["nll_test"][0], s["nll_oracle"][0]) for s in summary["mle"].values()]
+    above = {}
+    for temp, s in summary["adversarial"].items():
+        on_mle = interpolate(mle_curve, s["nll_test"][0])
+        above[temp] = None if on_mle is None else s["nll_oracle"][0] < on_mle
+    out["adversarial_point_better_than_mle_curve"] = above
+    return out
+
+
+def print_table(summary: dict, floor: float, verdict: dict) -> None:
+    print(f"\noracle's own NLL of the test samples (the floor): {floor:.3f}")
+    print("| generator | T | NLL-oracle | NLL-test |\n|---|---|---|---|")
+    for variant in VARIANTS:
+        for temp, s in summary[variant].items():
+            print(f"| {variant} | {temp} | {s['nll_oracle'][0]:.3f} ± {s['nll_oracle'][1]:.3f} | "
+                  f"{s['nll_test'][0]:.3f} ± {s['nll_test'][1]:.3f} |")
+    print("published NLL-oracle: " + ", ".join(f"{k} {v}" for k, v in PUBLISHED.items()))
+    print("targets: " + json.dumps(verdict))
+
+
+if __name__ == "__main__":
+    main()
