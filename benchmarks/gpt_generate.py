@@ -97,8 +97,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
     parser.add_argument("--shakespeare-tokens", type=int, default=500)
     parser.add_argument("--gpt2-tokens", type=int, default=200)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=str(HERE / "out" / "gpt_generate.json"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     machine = describe()
     bandwidth = memory_bandwidth()

@@ -126,7 +126,8 @@ def phase_recipe(overrides: dict, keep_run: str | None) -> dict:
 
 def run_phase(name: str, *args: str) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, __file__, "--phase", name, "--phase-out", out.name, *args]
+        command = [sys.executable, __file__, "--phase", name, "--phase-out", out.name,
+                   "--threads", str(torch.get_num_threads()), *args]
         subprocess.run(command, check=True)
         return json.loads(Path(out.name).read_text())
 
@@ -141,12 +142,16 @@ def main() -> None:
     parser.add_argument("--skip-budget", action="store_true", help="skip the time-budget run")
     parser.add_argument("--skip-fp32", action="store_true", help="skip the fp32 parity run")
     parser.add_argument("--compile", action="store_true", help="also run the default path with torch.compile")
+    parser.add_argument("--threads", type=int, help="torch threads in every phase (default: torch's choice); "
+                        "1 gives stable ratios when another process shares the cores")
     parser.add_argument("--keep-run", help="copy the default-path run here (for gpt_generate.py --run)")
     parser.add_argument("--out", default=str(HERE / "out" / "gpt_shakespeare.json"))
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--phase-out", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.phase:
         result = (phase_reference(args.reference_iters) if args.phase == "reference"
                   else phase_recipe(json.loads(args.overrides), args.keep_run))
