@@ -38,7 +38,7 @@ AREAS = {
 }
 
 COMMANDS = [
-    Command(None, "demo", "train a small conditional GAN on the bundled digits and draw a grid",
+    Command(None, "demo", "a minute each of GAN and GPT training on bundled data: a digit grid and generated text",
             DemoConfig, "aigc.demo:run_demo"),
     Command("gan", "train", "train a GAN (mlp or dcgan, optionally class-conditional)",
             GanTrainConfig, "aigc.gan.train:train"),
