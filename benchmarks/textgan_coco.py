@@ -50,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--d-pretrain-steps", type=int, default=300)
     p.add_argument("--rollouts", type=int, default=16)
     p.add_argument("--mle-steps", type=int, default=0, help="MLE steps interleaved in each round")
+    p.add_argument("--g-lr", type=float, default=3e-4, help="generator learning rate in the adversarial rounds")
+    p.add_argument("--d-lr", type=float, default=1e-3, help="discriminator learning rate")
     p.add_argument("--hypotheses", type=int, default=2000, help="generated sentences scored by BLEU")
     p.add_argument("--self-bleu-sentences", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1, help="torch threads (small models: more only busy-wait)")
@@ -73,7 +75,8 @@ def main() -> None:
     references = References(test_sentences, 5)
     base = TextGanTrainConfig(data=str(COCO / "train.txt"), max_iters=args.max_iters, adv_rounds=args.adv_rounds,
                               d_pretrain_steps=args.d_pretrain_steps, rollouts=args.rollouts,
-                              mle_steps=args.mle_steps, device="cpu", log_every=50, eval_every=500, save_every=500)
+                              mle_steps=args.mle_steps, g_lr=args.g_lr, d_lr=args.d_lr, device="cpu",
+                              log_every=50, eval_every=500, save_every=500)
     train_seconds = {seed: train_variants(base, args.out, seed) for seed in seeds}
     results: dict = {v: {t: {} for t in temperatures} for v in VARIANTS}
     for seed in seeds:

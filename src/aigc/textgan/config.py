@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aigc.config import option, require
-from aigc.devices import DEVICE_CHOICES
+from aigc.config import DEVICE_CHOICES
 
 DISCRIMINATORS = ("cnn", "transformer")
 REWARDS = ("discriminator", "constant")
@@ -34,7 +34,8 @@ class TextGanTrainConfig:
     val_fraction: float = option(0.05, "share of the training sequences held out for validation NLL")
     disc: str = option("cnn", "discriminator", choices=DISCRIMINATORS)
     d_pretrain_steps: int = option(300, "discriminator steps on real vs generated before the adversarial rounds")
-    d_lr: float = option(1e-4, "discriminator learning rate (Adam)")
+    d_lr: float = option(1e-3, "discriminator learning rate (Adam; SeqGAN's 1e-4 leaves it at chance after "
+                               "a few hundred steps on the oracle: SeqGAN itself takes tens of thousands)")
     adv_rounds: int = option(50, "adversarial rounds: each is --g-steps policy-gradient steps, --mle-steps "
                                  "MLE steps and --d-steps discriminator steps")
     g_steps: int = option(1, "policy-gradient steps per round")

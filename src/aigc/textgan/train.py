@@ -180,7 +180,7 @@ class Trainer:
                 if self.step % self.config.log_every == 0 or end_of_phase:
                     log.log(self.step, phase=phase, **self.means.means())
                     self.means.reset()
-                if self.step % self.config.eval_every == 0 or end_of_phase:
+                if (self.step % self.config.eval_every == 0 and phase != "d-pretrain") or end_of_phase:
                     evaluation = self.evaluate()
                     log.log(self.step, **evaluation)
                     shown = ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items())
