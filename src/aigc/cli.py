@@ -32,7 +32,7 @@ class Command:
 
 
 AREAS = {
-    "gan": "image GANs: train, sample",
+    "gan": "image GANs: train, sample, eval",
     "gpt": "GPT language models: train, generate, eval, finetune, merge, export-hf, import-hf",
     "textgan": "adversarial training of a GPT text generator (SeqGAN): train",
 }

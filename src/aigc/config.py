@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from aigc.errors import UserError
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # see aigc.devices.resolve_device
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -80,6 +82,13 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def format_default(value: Any) -> str:
+    """A default as --help shows it: strings with edge whitespace (e.g. a newline) quoted."""
+    if isinstance(value, str) and (not value or value.strip() != value):
+        return repr(value).replace("%", "%%")
+    return str(value).replace("%", "%%")
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per field of ``cls`` (defaults are SUPPRESSed so we see what was given)."""
     parser.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
@@ -89,7 +98,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         meta = field.metadata
         help_text = meta.get("help", "")
         if "default" not in help_text and "required" not in help_text:
-            help_text += f" (default: {field.default})"
+            help_text += f" (default: {format_default(field.default)})"
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": field.name}
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

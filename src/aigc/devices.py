@@ -8,8 +8,6 @@ import torch
 
 from aigc.errors import UserError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an unavailable explicit choice is a UserError."""

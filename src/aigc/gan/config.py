@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigc.config import option, require
-from aigc.devices import DEVICE_CHOICES
+from aigc.config import DEVICE_CHOICES, option, require
 
 MODELS = ("mlp", "dcgan")
 LOSS_NAMES = ("bce", "hinge", "wgan-gp")

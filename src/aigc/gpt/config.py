@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigc.config import option, parse_duration, require
-from aigc.devices import DEVICE_CHOICES
+from aigc.config import DEVICE_CHOICES, option, parse_duration, require
 
 TOKENIZERS = ("char", "bpe")
 CHECKPOINTS = ("best", "last")
