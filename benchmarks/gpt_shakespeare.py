@@ -117,8 +117,8 @@ def phase_recipe(overrides: dict, keep_run: str | None) -> dict:
             shutil.copytree(run, keep_run)
     steps = max(m["step"] for m in metrics)
     train_seconds = max(m.get("elapsed", 0) for m in metrics) - sum(m.get("eval_seconds", 0) for m in metrics)
-    return {"steps": steps, "ms_per_iter": steady_ms_per_iter(metrics), "ms_per_iter_overall": train_seconds / steps * 1e3,
-            "wall_s": wall, "train_s": train_seconds,
+    return {"steps": steps, "ms_per_iter": steady_ms_per_iter(metrics),
+            "ms_per_iter_overall": train_seconds / steps * 1e3, "wall_s": wall, "train_s": train_seconds,
             "val_curve": [[m["step"], round(m["val_loss"], 4)] for m in metrics if "val_loss" in m],
             "val_loss_full_split": full_val, "peak_rss_mb": peak_rss_mb()}
 
@@ -128,7 +128,8 @@ def steady_ms_per_iter(metrics: list[dict], skip: int = 100) -> float:
     logs = [m for m in metrics if "elapsed" in m]
     first = next((m for m in logs if m["step"] >= skip), logs[0])
     last = logs[-1]
-    evals = sum(m["eval_seconds"] for m in metrics if "eval_seconds" in m and first["step"] <= m["step"] < last["step"])
+    evals = sum(m["eval_seconds"] for m in metrics
+                if "eval_seconds" in m and first["step"] <= m["step"] < last["step"])  # in later "elapsed"
     return (last["elapsed"] - first["elapsed"] - evals) / max(1, last["step"] - first["step"]) * 1e3
 
 

@@ -134,5 +134,7 @@ def tiling_windows(tokens: np.ndarray, block_size: int) -> list[tuple[np.ndarray
     out = []
     for start in range(0, len(tokens) - 1, block_size):
         end = min(start + block_size, len(tokens) - 1)
-        out.append((np.asarray(tokens[start:end], dtype=np.int64), np.asarray(tokens[start + 1:end + 1], dtype=np.int64)))
+        x = np.asarray(tokens[start:end], dtype=np.int64)
+        y = np.asarray(tokens[start + 1:end + 1], dtype=np.int64)
+        out.append((x, y))
     return out

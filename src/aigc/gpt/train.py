@@ -209,7 +209,8 @@ def resumed_config(given: GptTrainConfig, saved: dict) -> GptTrainConfig:
     return GptTrainConfig(**{**values, "resume": True, "out": given.out})
 
 
-def _tokenizer_and_model_config(config: GptTrainConfig, data: bytes, run_dir: Path) -> tuple[Tokenizer, GPTConfig, Path | None]:
+def _tokenizer_and_model_config(config: GptTrainConfig, data: bytes,
+                                run_dir: Path) -> tuple[Tokenizer, GPTConfig, Path | None]:
     """The tokenizer (saved into the run), the model config, and the weights to start from if any."""
     if config.resume:
         run_config = read_run_config(run_dir, KIND)
