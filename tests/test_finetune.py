@@ -42,7 +42,7 @@ def root(tmp_path_factory):
         corpus = root / "corpus.txt"
         corpus.write_text("".join(f"{a} => {b}\n{a}, {a}.\n" for a, b in _pairs(400, 0)) + "good bad great awful\n")
         train(GptTrainConfig(data=str(corpus), out=str(root / "base"), n_layer=2, n_head=2, n_embd=32, block_size=48,
-                             batch_size=16, lr=1e-2, warmup_iters=5, max_iters=60, eval_interval=60, eval_iters=2,
+                             batch_size=16, lr=1e-2, warmup_iters=5, max_iters=40, eval_interval=40, eval_iters=2,
                              amp=False, device="cpu"))
         (root / "train.jsonl").write_text("".join(json.dumps({"prompt": a, "completion": b}) + "\n"
                                                   for a, b in _pairs(200, 1)))
