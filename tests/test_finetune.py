@@ -114,13 +114,19 @@ def test_merge_equals_the_unmerged_model():
     assert not torch.allclose(unmerged, small_gpt()(x)[0], atol=1e-3)  # the update did change the model
 
 
-def test_beam_of_width_one_is_greedy(root):
+def test_beam_of_width_one_is_greedy(root, run_cli):
     model, tokenizer, _ = load_run(root / "base")
     idx = torch.tensor([tokenizer.encode("cat dog => "), tokenizer.encode("fox owl => ")])  # (2, T)
     greedy = torch.stack(list(generate_tokens(model, idx, 12, Sampling(temperature=0))), dim=1).tolist()
     assert beam_search(model, idx, 12, beams=1) == greedy
     wide = beam_search(model, idx, 12, beams=4)
     assert [len(row) for row in wide] == [12, 12]  # no stop token given: decode to max_new_tokens
+
+    common = ("gpt", "generate", "--run", root / "base", "--prompt", "cat => ", "--max-new-tokens", "20")
+    _, greedy_text, _ = run_cli(*common, "--temperature", "0", "--stop", "\n")
+    status, beam_text, err = run_cli(*common, "--beams", "1")
+    assert status == 0, err
+    assert beam_text == greedy_text
 
 
 # ---------------------------------------------------------------- the recipe
