@@ -123,6 +123,23 @@ def table(results: dict, beams: int) -> str:
     return "\n".join(rows)
 
 
+def report(args, recipe: dict, machine: dict, base: Path, pretrain_seconds: float, results: dict,
+           test_sentences: int, total: float) -> None:
+    """Write the JSON and print the table so far (after every method: a stopped run keeps its results)."""
+    full_pipeline = (pretrain_seconds + results["full"]["finetune_seconds"] + results["full"]["score_seconds"]
+                     if "full" in results else None)
+    payload = {"machine": machine, "quick": args.quick, "recipe": recipe, "pretrain_seconds": pretrain_seconds,
+               "pretrain_val_loss": min(m["val_loss"] for m in read_metrics(base / "metrics.jsonl") if "val_loss" in m),
+               "full_pipeline_seconds": full_pipeline, "total_seconds": total, "test_sentences": test_sentences,
+               "results": results}
+    (Path(args.out).parent / "finetune_multi30k.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print()
+    print(table(results, recipe["beams"]))
+    print(f"\npretraining {pretrain_seconds / 60:.1f} min (val loss {payload['pretrain_val_loss']:.3f}); "
+          + (f"pretraining + full fine-tuning + scoring {full_pipeline / 60:.1f} min; " if full_pipeline else "")
+          + f"benchmark so far {total / 60:.1f} min; {test_sentences} test sentences", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a tiny model and few steps: checks the wiring")
@@ -162,20 +179,7 @@ def main() -> None:
         result["score_seconds"] = result["greedy"]["decode_seconds"] + result[beam]["decode_seconds"]
         print(f"{method}: BLEU greedy {result['greedy']['bleu']:.2f}, {beam} {result[beam]['bleu']:.2f} "
               f"({result['greedy']['bleu_signature']})", flush=True)
-
-    total = time.perf_counter() - started
-    full_pipeline = (pretrain_seconds + results["full"]["finetune_seconds"] + results["full"]["score_seconds"]
-                     if "full" in results else None)
-    payload = {"machine": machine, "quick": args.quick, "recipe": recipe, "pretrain_seconds": pretrain_seconds,
-               "pretrain_val_loss": min(m["val_loss"] for m in read_metrics(base / "metrics.jsonl") if "val_loss" in m),
-               "full_pipeline_seconds": full_pipeline, "total_seconds": total, "test_sentences": len(sources),
-               "results": results}
-    (work.parent / "finetune_multi30k.json").write_text(json.dumps(payload, indent=2) + "\n")
-    print()
-    print(table(results, recipe["beams"]))
-    print(f"\npretraining {pretrain_seconds / 60:.1f} min (val loss {payload['pretrain_val_loss']:.3f}); "
-          + (f"pretraining + full fine-tuning + scoring {full_pipeline / 60:.1f} min; " if full_pipeline else "")
-          + f"whole benchmark {total / 60:.1f} min; {len(sources)} test sentences")
+        report(args, recipe, machine, base, pretrain_seconds, results, len(sources), time.perf_counter() - started)
 
 
 if __name__ == "__main__":
