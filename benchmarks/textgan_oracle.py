@@ -116,12 +116,17 @@ def targets(summary: dict) -> dict:
         out["adversarial_gain_exceeds_spread"] = mle - adv > max(mle_sd, adv_sd)
         out["adversarial_beats_seqgan_8.736"] = adv < 8.736
         out["adversarial_beats_constant_control"] = adv < const
+    # A point beats the MLE curve when its NLL-oracle is lower than the MLE curve's at the same
+    # NLL-test by more than the point's seed-to-seed spread (None: outside the MLE curve's range).
     mle_curve = [(s["nll_test"][0], s["nll_oracle"][0]) for s in summary["mle"].values()]
-    above = {}
-    for temp, s in summary["adversarial"].items():
-        on_mle = interpolate(mle_curve, s["nll_test"][0])
-        above[temp] = None if on_mle is None else s["nll_oracle"][0] < on_mle
-    out["adversarial_point_better_than_mle_curve"] = above
+    for variant in ("adversarial", "constant"):
+        points = {}
+        for temp, s in summary[variant].items():
+            on_mle = interpolate(mle_curve, s["nll_test"][0])
+            points[temp] = None if on_mle is None else {
+                "nll_oracle": s["nll_oracle"][0], "mle_curve_there": on_mle,
+                "better": s["nll_oracle"][0] < on_mle - s["nll_oracle"][1]}
+        out[f"{variant}_vs_mle_curve"] = points
     return out
 
 
