@@ -331,3 +331,24 @@ def test_ids_of_unequal_length_and_longer_than_the_base_context(tmp_path, run_cl
     data.write_text("1 2 3 4 5 6 7\n")
     status, _, err = run_cli("textgan", "train", "--data", data, "--base", tmp_path / "base", "--out", tmp_path / "r2")
     assert_one_line_error(status, err, "sequences of 7 tokens but the base generator")
+
+
+def test_base_can_be_a_pretrained_gpt_run(tmp_path, run_cli):
+    text = tmp_path / "lines.txt"
+    text.write_text("the cat sat.\nthe dog ran.\na cat ran.\n" * 40)
+    status, _, err = run_cli("gpt", "train", "--data", text, "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                             "--block-size", "16", "--max-iters", "30", "--eval-interval", "30", "--eval-iters", "2",
+                             "--device", "cpu", "--out", tmp_path / "gpt")
+    assert status == 0, err
+    status, _, err = run_cli("textgan", "train", "--data", text, "--base", tmp_path / "gpt", *SMALL,
+                             "--adv-rounds", "1", "--out", tmp_path / "gan")
+    assert status == 0, err
+    model, codec = load_run(tmp_path / "gan")
+    assert codec.kind == "tokenizer" and model.config.vocab_size == codec.size + 1
+    tokens = codec.encode([["the", "cat", "sat."]], 16)
+    assert tokens[0, 12:].tolist() == [codec.eos] * 4 and codec.decode(tokens) == [["the", "cat", "sat."]]
+    samples = codec.decode(gen.sample(model, 4, codec.bos, generator=torch.Generator().manual_seed(0)))
+    assert len(samples) == 4 and all(isinstance(w, str) for s in samples for w in s)
+    text.write_text("the cat sat. the dog ran. a cat ran.\n")  # 36 characters
+    status, _, err = run_cli("textgan", "train", "--data", text, "--base", tmp_path / "gpt", "--out", tmp_path / "x")
+    assert_one_line_error(status, err, "does not fit the generator's context of 16 tokens")

@@ -22,8 +22,9 @@ class TextGanTrainConfig:
     oracle_samples: int = option(10_000, "sequences drawn from the oracle for --data oracle")
     oracle_length: int = option(20, "sequence length for --data oracle")
     vocab_size: int | None = option(None, "id range of token-id data without --oracle")
-    base: str | None = option(None, "start from the generator of this textgan run (e.g. an MLE-only run) "
-                                    "instead of MLE pretraining")
+    base: str | None = option(None, "start from this run's generator instead of MLE pretraining: a textgan run "
+                                    "(e.g. an MLE-only one) or a GPT run (`aigc gpt train`; --data is then text "
+                                    "lines in its tokens, each a sequence ended by a newline)")
     n_layer: int = option(2, "generator: Transformer blocks")
     n_head: int = option(4, "generator: attention heads")
     n_embd: int = option(64, "generator: embedding width")

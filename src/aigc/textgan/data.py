@@ -8,17 +8,20 @@ Two kinds of data, one ``Codec`` for each (saved into the run as ``vocab.json``)
   The vocabulary is the training file's words plus ``<eos>`` (ends a sentence and pads it to
   the fixed length, as Texygen does), ``<unk>`` (for words of other files it has never seen)
   and the start token ``bos``.
+- ``tokenizer``: lines of text in the tokens of a pretrained GPT run (``--base GPT_RUN``); the
+  newline token ends and pads a line, and the start token is one id past the GPT's vocabulary.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer
 from aigc.errors import UserError
 
 VOCAB_FILE = "vocab.json"
@@ -27,9 +30,10 @@ EOS, UNK = "<eos>", "<unk>"
 
 @dataclass
 class Codec:
-    kind: str  # "ids" or "words"
-    size: int  # tokens the data may contain (ids: the id range; words: words + <eos> + <unk>)
+    kind: str  # "ids", "words" or "tokenizer"
+    size: int  # tokens the data may contain (ids: the id range; words: words + <eos> + <unk>; the GPT's vocabulary)
     words: list[str] | None = None
+    tokenizer: Tokenizer | None = field(default=None, repr=False)
 
     @property
     def bos(self) -> int:
@@ -42,6 +46,9 @@ class Codec:
 
     @property
     def eos(self) -> int | None:
+        if self.tokenizer is not None:
+            newline = self.tokenizer.encode("\n")
+            return newline[0] if len(newline) == 1 else None
         return self.words.index(EOS) if self.words else None
 
     @classmethod
@@ -50,21 +57,28 @@ class Codec:
         return cls("words", len(words) + 2, [*words, EOS, UNK])
 
     def encode(self, sentences: list[list[str]], length: int) -> torch.Tensor:
-        """Sentences -> (N, length) ids, each ended and padded by <eos>; unknown words -> <unk>."""
-        index = {w: i for i, w in enumerate(self.words)}
-        unk, eos = index[UNK], index[EOS]
-        out = torch.full((len(sentences), length), eos, dtype=torch.long)
-        for row, sentence in enumerate(sentences):
-            if len(sentence) >= length:
-                raise UserError(f"a sentence of {len(sentence)} words does not fit the generator's context of "
-                                f"{length} tokens (words + <eos>)")
-            out[row, :len(sentence)] = torch.tensor([index.get(w, unk) for w in sentence], dtype=torch.long)
+        """Sentences -> (N, length) ids, each ended and padded by <eos> (or the newline token);
+        unknown words -> <unk>."""
+        if self.tokenizer is not None:
+            rows = [self.tokenizer.encode(" ".join(sentence)) for sentence in sentences]
+        else:
+            index = {w: i for i, w in enumerate(self.words)}
+            rows = [[index.get(w, index[UNK]) for w in sentence] for sentence in sentences]
+        out = torch.full((len(sentences), length), self.eos, dtype=torch.long)
+        for i, row in enumerate(rows):
+            if len(row) >= length:
+                raise UserError(f"a sentence of {len(row)} tokens does not fit the generator's context of "
+                                f"{length} tokens (with its end token)")
+            out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         return out
 
     def decode(self, tokens: torch.Tensor) -> list[list[str]]:
         """(N, L) ids -> sentences: words up to the first <eos> (ids: the ids as strings)."""
-        if self.words is None:
+        if self.kind == "ids":
             return [[str(t) for t in row] for row in tokens.tolist()]
+        if self.tokenizer is not None:
+            rows = [row[:row.index(self.eos)] if self.eos in row else row for row in tokens.tolist()]
+            return [self.tokenizer.decode(row).split() for row in rows]
         sentences = []
         for row in tokens.tolist():
             words = [self.words[t] for t in row]
@@ -75,15 +89,19 @@ class Codec:
         from aigc.runs import save_json
 
         save_json(run_dir / VOCAB_FILE, {"kind": self.kind, "size": self.size, "words": self.words})
+        if self.tokenizer is not None:
+            self.tokenizer.save(run_dir / TOKENIZER_FILE)
 
     @classmethod
     def load(cls, run_dir: Path) -> "Codec":
         path = run_dir / VOCAB_FILE
         try:
             saved = json.loads(path.read_text())
-            return cls(saved["kind"], int(saved["size"]), saved["words"])
+            kind, size, words = saved["kind"], int(saved["size"]), saved["words"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"missing or corrupt {path}: {exc}") from None
+        tokenizer = Tokenizer.load(run_dir / TOKENIZER_FILE) if kind == "tokenizer" else None
+        return cls(kind, size, words, tokenizer)
 
 
 def read_lines(path: str | Path) -> list[list[str]]:

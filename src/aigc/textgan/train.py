@@ -18,6 +18,7 @@ what gets reported: there is no best-of-run checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 from aigc.devices import resolve_device
 from aigc.errors import TrainingDiverged, UserError
 from aigc.gpt.checkpoints import load_into, model_config_of, save_model
+from aigc.gpt.checkpoints import load_run as load_gpt_run
 from aigc.gpt.model import GPT, GPTConfig
 from aigc.logging import MetricsLog, Progress, RunningMeans, plot_metrics, read_metrics
 from aigc.runs import (CONFIG_FILE, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, load_state, load_weights,
@@ -54,7 +56,7 @@ def train(config: TextGanTrainConfig) -> Path:
     torch.manual_seed(config.seed)
 
     oracle = Oracle.load(config.oracle) if config.oracle else None
-    base = load_run(config.base) if config.base else None
+    base = load_base(config.base) if config.base else None
     codec, sequences = load_sequences(config, oracle, base)
     train_seqs, val_seqs = split(sequences, config.val_fraction, config.seed)
     model_config = base[0].config if base else GPTConfig(
@@ -87,7 +89,9 @@ def load_sequences(config: TextGanTrainConfig, oracle: Oracle | None,
                                                                        generator)
     else:
         lines = read_lines(config.data)
-        if is_ids(lines):
+        if base is not None and base[1].kind == "tokenizer":
+            codec, tokens = base[1], base[1].encode(lines, base[0].config.block_size)
+        elif is_ids(lines):
             codec = Codec("ids", _id_range(config, oracle, base))
             tokens = ids_tensor(lines, codec.size, config.data)
         else:
@@ -298,6 +302,31 @@ def resumed_config(given: TextGanTrainConfig, saved: dict) -> TextGanTrainConfig
             raise UserError(f"cannot resume with {flag} {now}: the run was trained with {before}")
         values[field.name] = now if changed or field.name in ("out", "resume") else before
     return TextGanTrainConfig(**values)
+
+
+def load_base(run: str | Path) -> tuple[GPT, Codec]:
+    """The generator to start from: a textgan run's, or a pretrained GPT run's grown by one
+    embedding row for the start token (a copy of the newline token's: lines start after one)."""
+    run = Path(run)
+    if _run_kind(run) != "gpt":
+        return load_run(run)
+    gpt, tokenizer, _ = load_gpt_run(run, "best")
+    codec = Codec("tokenizer", gpt.config.vocab_size, tokenizer=tokenizer)
+    if codec.eos is None:
+        raise UserError(f"the tokenizer of {run} has no single newline token to end lines with")
+    model = GPT(dataclasses.replace(gpt.config, vocab_size=codec.model_vocab))
+    weights = gpt.weights()
+    wte = weights["transformer.wte.weight"]  # (V, C)
+    weights["transformer.wte.weight"] = torch.cat([wte, wte[codec.eos:codec.eos + 1]])  # (V + 1, C)
+    model.load_weights(weights)
+    return model, codec
+
+
+def _run_kind(run: Path) -> str | None:
+    try:
+        return json.loads((run / CONFIG_FILE).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_run says what is wrong
 
 
 def load_run(run: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Codec]:
