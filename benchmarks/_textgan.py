@@ -14,7 +14,8 @@ from aigc.textgan.config import TextGanTrainConfig
 from aigc.textgan.train import load_run, train
 
 VARIANTS = ("mle", "adversarial", "constant")
-LABELS = {"mle": "MLE", "adversarial": "MLE + adversarial (SeqGAN rewards)", "constant": "MLE + constant-reward control"}
+LABELS = {"mle": "MLE", "adversarial": "MLE + adversarial (SeqGAN rewards)",
+          "constant": "MLE + constant-reward control"}
 
 
 def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int) -> dict[str, float]:

@@ -61,7 +61,8 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.seeds, args.temperatures, args.hypotheses, args.self_bleu_sentences = "0,1,2", "0.8,1.0,1.2", 200, 200
         args.max_iters, args.adv_rounds, args.d_pretrain_steps, args.rollouts = 200, 3, 20, 2
-        args.out, args.plot = args.out.with_name(args.out.name + "_quick"), args.out.with_name("textgan_coco_quick.png")
+        args.out = args.out.with_name(args.out.name + "_quick")
+        args.plot = args.out.with_name("textgan_coco_quick.png")
     return args
 
 

@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT_DIR, machine  # noqa: E402
-from _textgan import VARIANTS, interpolate, load_variant, plot_curves, set_threads, summarise, train_variants  # noqa: E402
+from _textgan import (VARIANTS, interpolate, load_variant, plot_curves, set_threads, summarise,  # noqa: E402
+                      train_variants)
 
 from aigc.textgan import generator as gen  # noqa: E402
 from aigc.textgan.config import TextGanTrainConfig  # noqa: E402
@@ -57,7 +58,8 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.seeds, args.temperatures, args.samples = "0,1,2", "0.8,1.0,1.2", 1000
         args.max_iters, args.adv_rounds, args.d_pretrain_steps, args.rollouts = 200, 4, 20, 4
-        args.out, args.plot = args.out.with_name(args.out.name + "_quick"), args.out.with_name("textgan_oracle_quick.png")
+        args.out = args.out.with_name(args.out.name + "_quick")
+        args.plot = args.out.with_name("textgan_oracle_quick.png")
     return args
 
 

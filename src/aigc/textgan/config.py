@@ -67,7 +67,8 @@ class TextGanTrainConfig:
         for name in ("max_iters", "d_pretrain_steps", "adv_rounds", "g_steps", "mle_steps", "d_steps"):
             require(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must not be negative")
         require(self.vocab_size is None or self.vocab_size > 0, "--vocab-size must be positive")
-        require(self.n_embd % self.n_head == 0, f"--n-embd ({self.n_embd}) must be a multiple of --n-head ({self.n_head})")
+        require(self.n_embd % self.n_head == 0,
+                f"--n-embd ({self.n_embd}) must be a multiple of --n-head ({self.n_head})")
         require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         require(0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         require(min(self.lr, self.d_lr, self.g_lr) > 0, "learning rates must be positive")
