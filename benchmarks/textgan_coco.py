@@ -78,9 +78,9 @@ def main() -> None:
                               d_pretrain_steps=args.d_pretrain_steps, rollouts=args.rollouts,
                               mle_steps=args.mle_steps, g_lr=args.g_lr, d_lr=args.d_lr, device="cpu",
                               log_every=50, eval_every=500, save_every=500)
-    train_seconds = {seed: train_variants(base, args.out, seed) for seed in seeds}
-    results: dict = {v: {t: {} for t in temperatures} for v in VARIANTS}
-    for seed in seeds:
+    train_seconds, results = {}, {v: {t: {} for t in temperatures} for v in VARIANTS}
+    for seed in seeds:  # results are written after every seed, so a stopped run keeps what it measured
+        train_seconds[seed] = train_variants(base, args.out, seed)
         for variant in VARIANTS:
             model, codec = load_variant(args.out, seed, variant)
             test = codec.encode(test_sentences, model.config.block_size)
@@ -94,22 +94,22 @@ def main() -> None:
                     "empty": sum(not s for s in sentences) / len(sentences),
                 }
             print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0", {}).get(seed)), flush=True)
-    summary = summarise(results, METRICS)
-    _, codec = load_variant(args.out, seeds[0], "mle")
-    oov = sum(w not in codec.words or w == UNK for s in test_sentences for w in s) / sum(map(len, test_sentences))
-    verdict = targets(summary)
-    print_table(summary, verdict, args, oov)
-    plot_curves(summary, "self_bleu4", "bleu4", "Self-BLEU-4 (lower is more diverse)", "BLEU-4 (higher is better)",
-                f"COCO captions, {len(seeds)} seeds, temperatures {temperatures[0]}-{temperatures[-1]}"
-                + (" (--quick)" if args.quick else ""), args.plot)
-    payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
-                                                   "train_config": base.__dict__},
-               "references": len(test_sentences), "test_oov_rate": oov, "published_bleu_2345": PUBLISHED,
-               "results": results, "summary": summary, "targets": verdict, "train_seconds": train_seconds,
-               "wall_seconds": round(time.perf_counter() - started, 1)}
-    path = args.out.with_suffix(".json")
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {path} and {args.plot}; wall {payload['wall_seconds']} s")
+        summary = summarise(results, METRICS)
+        known = set(codec.words) - {UNK}
+        oov = sum(w not in known for s in test_sentences for w in s) / sum(map(len, test_sentences))
+        verdict = targets(summary)
+        print_table(summary, verdict, args, oov)
+        plot_curves(summary, "self_bleu4", "bleu4", "Self-BLEU-4 (lower is more diverse)", "BLEU-4 (higher is better)",
+                    f"COCO captions, seeds {', '.join(map(str, train_seconds))}, temperatures "
+                    f"{temperatures[0]}-{temperatures[-1]}" + (" (--quick)" if args.quick else ""), args.plot)
+        payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
+                                                       "train_config": base.__dict__},
+                   "seeds_done": list(train_seconds), "references": len(test_sentences), "test_oov_rate": oov,
+                   "published_bleu_2345": PUBLISHED, "results": results, "summary": summary, "targets": verdict,
+                   "train_seconds": train_seconds, "wall_seconds": round(time.perf_counter() - started, 1)}
+        path = args.out.with_suffix(".json")
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {path} and {args.plot}; wall {payload['wall_seconds']} s", flush=True)
 
 
 def targets(summary: dict) -> dict:

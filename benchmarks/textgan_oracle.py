@@ -77,9 +77,10 @@ def main() -> None:
                               mle_steps=args.mle_steps, g_lr=args.g_lr, d_lr=args.d_lr, device="cpu",
                               log_every=50, eval_every=500, save_every=500)
 
-    train_seconds = {seed: train_variants(base, args.out, seed) for seed in seeds}
-    results: dict = {v: {t: {} for t in temperatures} for v in VARIANTS}
-    for seed in seeds:
+    floor = oracle.nll(test)
+    train_seconds, results = {}, {v: {t: {} for t in temperatures} for v in VARIANTS}
+    for seed in seeds:  # results are written after every seed, so a stopped run keeps what it measured
+        train_seconds[seed] = train_variants(base, args.out, seed)
         for variant in VARIANTS:
             model, codec = load_variant(args.out, seed, variant)
             for i, temp in enumerate(temperatures):
@@ -88,22 +89,21 @@ def main() -> None:
                 results[variant][temp][seed] = {"nll_oracle": oracle.nll(samples),
                                                 "nll_test": gen.nll(model, test, codec.bos, float(temp))}
             print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0", {}).get(seed)), flush=True)
-    summary = summarise(results, ("nll_oracle", "nll_test"))
-    floor = oracle.nll(test)
-    verdict = targets(summary)
-    print_table(summary, floor, verdict)
-    plot_curves(summary, "nll_test", "nll_oracle", "NLL-test (coverage; lower is better)",
-                "NLL-oracle (quality; lower is better)",
-                f"SeqGAN oracle, {len(seeds)} seeds, temperatures {temperatures[0]}-{temperatures[-1]}"
-                + (" (--quick)" if args.quick else ""), args.plot)
-    payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
-                                                   "train_config": base.__dict__},
-               "oracle_nll_of_test": floor, "published_nll_oracle": PUBLISHED, "results": results,
-               "summary": summary, "targets": verdict, "train_seconds": train_seconds,
-               "wall_seconds": round(time.perf_counter() - started, 1)}
-    path = args.out.with_suffix(".json")
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {path} and {args.plot}; wall {payload['wall_seconds']} s")
+        summary = summarise(results, ("nll_oracle", "nll_test"))
+        verdict = targets(summary)
+        print_table(summary, floor, verdict)
+        plot_curves(summary, "nll_test", "nll_oracle", "NLL-test (coverage; lower is better)",
+                    "NLL-oracle (quality; lower is better)",
+                    f"SeqGAN oracle, seeds {', '.join(map(str, train_seconds))}, temperatures "
+                    f"{temperatures[0]}-{temperatures[-1]}" + (" (--quick)" if args.quick else ""), args.plot)
+        payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
+                                                       "train_config": base.__dict__},
+                   "seeds_done": list(train_seconds), "oracle_nll_of_test": floor, "published_nll_oracle": PUBLISHED,
+                   "results": results, "summary": summary, "targets": verdict, "train_seconds": train_seconds,
+                   "wall_seconds": round(time.perf_counter() - started, 1)}
+        path = args.out.with_suffix(".json")
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {path} and {args.plot}; wall {payload['wall_seconds']} s", flush=True)
 
 
 def targets(summary: dict) -> dict:
