@@ -59,12 +59,10 @@ def train(config: TextGanTrainConfig) -> Path:
     base = load_base(config.base) if config.base else None
     codec, sequences = load_sequences(config, oracle, base)
     train_seqs, val_seqs = split(sequences, config.val_fraction, config.seed)
-    model_config = base[0].config if base else GPTConfig(
+    model = base[0] if base else GPT(GPTConfig(
         vocab_size=codec.model_vocab, block_size=sequences.size(1), n_layer=config.n_layer,
-        n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout)
-    model = GPT(model_config).to(device)
-    if base:
-        model.load_weights(base[0].weights())
+        n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout))
+    model, model_config = model.to(device), model.config
     disc = None if config.reward == "constant" else build_discriminator(config.disc, codec.model_vocab,
                                                                          sequences.size(1)).to(device)
     save_json(run_dir / CONFIG_FILE, {"kind": KIND, "model": dataclasses.asdict(model_config),
