@@ -104,7 +104,8 @@ def time_evaluator() -> dict:
 def markdown(payload: dict) -> str:
     floor = next(iter(payload["results"].values()))["eval"]["real_floor"]
     lines = [
-        f"Measured {payload['date']} on {payload['machine']['cpu']} ({payload['machine']['cores']} cores, "
+        f"Trained {payload['date']}" + (f", evaluated {payload['evaluated']}" if "evaluated" in payload else "")
+        + f" on {payload['machine']['cpu']} ({payload['machine']['cores']} cores, "
         f"{payload['threads']} torch thread(s); fp32 matmul peak {payload['matmul_gflops']:.0f} GFLOP/s), "
         f"{payload['budget_s']:.0f} s of training per setup on mnist5k, seed {payload['seed']}. "
         f"Evaluator `{payload['evaluator']['key']}`: trained in {payload['evaluator']['train_seconds']:.0f} s, "
