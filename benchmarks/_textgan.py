@@ -84,13 +84,28 @@ def plot_curves(summary: dict, x: str, y: str, xlabel: str, ylabel: str, title: 
     plt.close(fig)
 
 
-def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
-    """y of the piecewise-linear curve (points sorted by x) at x; None outside its range."""
-    curve = sorted(curve)
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
-        if x0 <= x <= x1:
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return None
+def best_on_curve(curve: list[tuple[float, float]], x: float, steps: int = 100) -> float | None:
+    """The lowest y that the piecewise-linear curve (points in temperature order) reaches at
+    an x no higher than ``x``; None when it never gets that low in x. With both axes "lower is
+    better", a point (x, y) lies above (beats) the curve when y is lower than this."""
+    points = [curve[0]] + [(x0 + (x1 - x0) * k / steps, y0 + (y1 - y0) * k / steps)
+                           for (x0, y0), (x1, y1) in zip(curve, curve[1:]) for k in range(1, steps + 1)]
+    reachable = [py for px, py in points if px <= x]
+    return min(reachable) if reachable else None
+
+
+def compare_with_curve(summary: dict, variant: str, x: str, y: str, sign: float) -> dict:
+    """For each temperature of ``variant``: its point, the best ``y`` the MLE curve reaches at no
+    worse ``x``, and whether the point beats that by more than its seed-to-seed spread.
+    ``sign`` is 1 when lower ``y`` is better and -1 when higher is (x: lower is better)."""
+    temps = sorted(summary["mle"], key=float)
+    curve = [(summary["mle"][t][x][0], sign * summary["mle"][t][y][0]) for t in temps]
+    out = {}
+    for temp, s in summary[variant].items():
+        best = best_on_curve(curve, s[x][0])
+        out[temp] = {x: s[x][0], y: s[y][0], "mle_curve_best": None if best is None else sign * best,
+                     "better": best is None or sign * s[y][0] < best - s[y][1]}
+    return out
 
 
 def set_threads(threads: int) -> None:

@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT_DIR, machine  # noqa: E402
-from _textgan import VARIANTS, load_variant, plot_curves, set_threads, summarise, train_variants  # noqa: E402
+from _textgan import (VARIANTS, compare_with_curve, load_variant, plot_curves, set_threads,  # noqa: E402
+                      summarise, train_variants)
 
 from aigc.metrics.text_gan import References, bleu, self_bleu  # noqa: E402
 from aigc.textgan import generator as gen  # noqa: E402
@@ -120,7 +121,9 @@ def targets(summary: dict) -> dict:
     eligible = {t: s["bleu4"][0] for t, s in summary["adversarial"].items() if s["self_bleu4"][0] <= limit}
     best = max(eligible.items(), key=lambda item: item[1]) if eligible else None
     return {"mle_self_bleu4_at_T1": limit, "best_adversarial_bleu4_within_that_diversity": best,
-            "beats_relgan_0.502": bool(best and best[1] > 0.502)}
+            "beats_relgan_0.502": bool(best and best[1] > 0.502),
+            **{f"{variant}_vs_mle_curve": compare_with_curve(summary, variant, "self_bleu4", "bleu4", -1.0)
+               for variant in ("adversarial", "constant")}}
 
 
 def print_table(summary: dict, verdict: dict, args: argparse.Namespace, oov: float) -> None:

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT_DIR, machine  # noqa: E402
-from _textgan import (VARIANTS, interpolate, load_variant, plot_curves, set_threads, summarise,  # noqa: E402
-                      train_variants)
+from _textgan import (VARIANTS, compare_with_curve, load_variant, plot_curves, set_threads,  # noqa: E402
+                      summarise, train_variants)
 
 from aigc.textgan import generator as gen  # noqa: E402
 from aigc.textgan.config import TextGanTrainConfig  # noqa: E402
@@ -118,17 +118,10 @@ def targets(summary: dict) -> dict:
         out["adversarial_gain_exceeds_spread"] = mle - adv > max(mle_sd, adv_sd)
         out["adversarial_beats_seqgan_8.736"] = adv < 8.736
         out["adversarial_beats_constant_control"] = adv < const
-    # A point beats the MLE curve when its NLL-oracle is lower than the MLE curve's at the same
-    # NLL-test by more than the point's seed-to-seed spread (None: outside the MLE curve's range).
-    mle_curve = [(s["nll_test"][0], s["nll_oracle"][0]) for s in summary["mle"].values()]
+    # A point beats the MLE curve when no MLE temperature reaches its NLL-test (coverage) with an
+    # NLL-oracle within the point's seed spread of its own.
     for variant in ("adversarial", "constant"):
-        points = {}
-        for temp, s in summary[variant].items():
-            on_mle = interpolate(mle_curve, s["nll_test"][0])
-            points[temp] = None if on_mle is None else {
-                "nll_oracle": s["nll_oracle"][0], "mle_curve_there": on_mle,
-                "better": s["nll_oracle"][0] < on_mle - s["nll_oracle"][1]}
-        out[f"{variant}_vs_mle_curve"] = points
+        out[f"{variant}_vs_mle_curve"] = compare_with_curve(summary, variant, "nll_test", "nll_oracle", 1.0)
     return out
 
 
