@@ -90,7 +90,14 @@ def test_oracle_file_that_is_not_npz(tmp_path, run_cli):
     assert_one_line_error(status, err, "cannot read oracle parameters")
 
 
-# --- rollouts and rewards -------------------------------------------------------------------
+# --- sampling, rollouts and rewards --------------------------------------------------------
+
+def test_draw_samples_the_given_distribution_and_never_a_zero_probability_token():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0]).expand(200_000, 5)
+    counts = torch.bincount(gen.draw(probs, torch.Generator().manual_seed(0)), minlength=5).float()
+    assert counts[1] == 0 and counts[4] == 0
+    torch.testing.assert_close(counts / counts.sum(), probs[0], atol=0.005, rtol=0)
+
 
 def test_rollouts_complete_the_prefix_without_changing_it():
     model = tiny_gpt(vocab=7, length=6).eval()
