@@ -24,6 +24,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two busy-waiting threads can run 40x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run ``aigc`` in-process: returns (exit status, stdout, stderr)."""

@@ -17,13 +17,7 @@ from aigc.metrics.image import (c2st, frechet_distance, label_accuracy, mode_cov
 TINY_RECIPE = ev.EvaluatorRecipe(epochs=1, width=4, features=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two busy-waiting threads can run 40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
