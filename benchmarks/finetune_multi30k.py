@@ -16,8 +16,11 @@ time budget (its rank budget needs a known length).
 
     flock /tmp/aigc-bench.lock python benchmarks/finetune_multi30k.py            # the full benchmark
     flock /tmp/aigc-bench.lock python benchmarks/finetune_multi30k.py --quick    # a few minutes: wiring only
+    # more methods on an earlier run's pretrained GPT (pretraining is not repeated nor timed again):
+    flock /tmp/aigc-bench.lock python benchmarks/finetune_multi30k.py --methods adalora,adapter \
+        --pretrained benchmarks/out/finetune_multi30k/pretrain --out benchmarks/out/finetune_multi30k_more
 
-Writes ``benchmarks/out/finetune_multi30k.json`` (machine, settings, results), the runs and the
+Writes ``<out>.json`` (by default ``benchmarks/out/finetune_multi30k.json``) (machine, settings, results), the runs and the
 test-set translations under ``benchmarks/out/finetune_multi30k/``, and prints a Markdown table.
 """
 
@@ -48,19 +51,26 @@ from aigc.metrics import text as text_metrics  # noqa: E402
 DATA = HERE.parents[1] / "shared" / "data" / "multi30k"
 METHODS = ("full", "lora", "adalora", "adapter")
 
+# Learning rates from 500-step probes on a pretrained base (validation loss at step 500, see
+# docs/benchmarks-finetune.md); LoRA's rank is the largest power of two under 5% of the parameters.
+LR_FULL, LR_LORA, LR_ADAPTER = 1e-3, 5e-3, 5e-3
+METHOD_SETTINGS = dict(
+    full=dict(lr=LR_FULL), lora=dict(lr=LR_LORA, rank=16, alpha=32.0), adalora=dict(lr=LR_LORA, rank=16, alpha=32.0),
+    adapter=dict(lr=LR_ADAPTER),
+)
 FULL = dict(
     vocab_size=8000, n_layer=4, n_head=4, n_embd=256, block_size=128, dropout=0.1,
     pretrain=dict(batch_size=32, lr=1e-3, min_lr=1e-4, warmup_iters=200, time_budget=15 * 60, eval_interval=500,
                   eval_iters=20),
     finetune=dict(batch_size=32, warmup_iters=100, time_budget=35 * 60, eval_interval=500, eval_examples=500),
-    test_limit=None, beams=4,
+    methods=METHOD_SETTINGS, test_limit=None, beams=4,
 )
 QUICK = dict(
     vocab_size=1000, n_layer=2, n_head=2, n_embd=64, block_size=128, dropout=0.0,
     pretrain=dict(batch_size=16, lr=3e-3, min_lr=3e-4, warmup_iters=20, max_iters=150, eval_interval=150,
                   eval_iters=4),
     finetune=dict(batch_size=16, warmup_iters=10, max_iters=60, eval_interval=60, eval_examples=64),
-    test_limit=100, beams=4,
+    methods=METHOD_SETTINGS, test_limit=100, beams=4,
 )
 
 
@@ -83,7 +93,7 @@ def pretrain(recipe: dict, work: Path) -> tuple[Path, float]:
 
 
 def finetune_method(recipe: dict, base: Path, method: str, work: Path, max_iters: int | None) -> tuple[Path, float]:
-    settings = dict(recipe["finetune"])
+    settings = {**recipe["finetune"], **recipe["methods"][method]}
     if max_iters is not None:  # adalora: a fixed step count instead of the time budget
         settings.pop("time_budget", None)
         settings["max_iters"] = max_iters
@@ -128,11 +138,12 @@ def report(args, recipe: dict, machine: dict, base: Path, pretrain_seconds: floa
     """Write the JSON and print the table so far (after every method: a stopped run keeps its results)."""
     full_pipeline = (pretrain_seconds + results["full"]["finetune_seconds"] + results["full"]["score_seconds"]
                      if "full" in results else None)
-    payload = {"machine": machine, "quick": args.quick, "recipe": recipe, "pretrain_seconds": pretrain_seconds,
+    payload = {"machine": machine, "quick": args.quick, "recipe": recipe, "pretrained": str(base),
+               "pretrain_seconds": pretrain_seconds,
                "pretrain_val_loss": min(m["val_loss"] for m in read_metrics(base / "metrics.jsonl") if "val_loss" in m),
                "full_pipeline_seconds": full_pipeline, "total_seconds": total, "test_sentences": test_sentences,
                "results": results}
-    (Path(args.out).parent / "finetune_multi30k.json").write_text(json.dumps(payload, indent=2) + "\n")
+    Path(args.out).with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     print()
     print(table(results, recipe["beams"]))
     print(f"\npretraining {pretrain_seconds / 60:.1f} min (val loss {payload['pretrain_val_loss']:.3f}); "
@@ -146,6 +157,10 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from " + ", ".join(METHODS))
     parser.add_argument("--pretrain-budget", help="override the pretraining time budget (e.g. 15m)")
     parser.add_argument("--finetune-budget", help="override each fine-tuning time budget (e.g. 35m)")
+    parser.add_argument("--pretrained", help="reuse this pretraining run (a previous run's <out>/pretrain) "
+                        "instead of pretraining; its time is then read from its metrics")
+    parser.add_argument("--adalora-steps", type=int, help="AdaLoRA's step count when lora is not in the same run "
+                        "(default: the steps LoRA reached, else 3000)")
     parser.add_argument("--out", default=str(HERE / "out" / "finetune_multi30k"))
     args = parser.parse_args()
     from aigc.config import parse_duration
@@ -164,7 +179,11 @@ def main() -> None:
     started = time.perf_counter()
     machine = {**describe(), "matmul_fp32_gflops": matmul_peak(torch.float32)}
 
-    base, pretrain_seconds = pretrain(recipe, work)
+    if args.pretrained:
+        base = Path(args.pretrained).resolve()
+        pretrain_seconds = max(m.get("elapsed", 0.0) for m in read_metrics(base / "metrics.jsonl"))
+    else:
+        base, pretrain_seconds = pretrain(recipe, work)
     sources, references = lines("test_2016_flickr.de.gz"), lines("test_2016_flickr.en.gz")
     if recipe["test_limit"]:
         sources, references = sources[:recipe["test_limit"]], references[:recipe["test_limit"]]
@@ -172,7 +191,7 @@ def main() -> None:
     for method in methods:
         fixed_steps = results["lora"]["steps"] if method == "adalora" and "lora" in results else None
         if method == "adalora" and fixed_steps is None:
-            fixed_steps = recipe["finetune"].get("max_iters") or 3000
+            fixed_steps = args.adalora_steps or recipe["finetune"].get("max_iters") or 3000
         run, seconds = finetune_method(recipe, base, method, work, fixed_steps)
         results[method] = {"finetune_seconds": seconds, **score(run, sources, references, recipe["beams"], work)}
         result, beam = results[method], f"beam{recipe['beams']}"
