@@ -159,6 +159,24 @@ def test_lora_run_saves_a_small_adapter_merges_and_learns(root, tmp_path, run_cl
     assert 0 <= results["bleu"] <= 100 and results["rougeL"] > 0
 
 
+def test_generate_and_perplexity_read_an_unmerged_run_as_its_merge(root, tmp_path, run_cli):
+    run = finetune(tiny(root, tmp_path / "lora", method="lora", max_iters=10, lr=1e-2))
+    assert run_cli("gpt", "merge", "--run", run, "--out", tmp_path / "merged")[0] == 0
+    texts, perplexities = [], []
+    for source in (run, tmp_path / "merged"):
+        status, out, err = run_cli("gpt", "generate", "--run", source, "--prompt", "cat dog => ",
+                                   "--max-new-tokens", "6", "--temperature", "0")
+        assert status == 0, err
+        texts.append(out)
+        status, out, err = run_cli("gpt", "eval", "--run", source, "--data", root / "corpus.txt", "--device", "cpu")
+        assert status == 0, err
+        perplexities.append(out)
+    assert texts[0] == texts[1] and "cat dog => " in texts[0]
+    assert perplexities[0] == perplexities[1]
+    status, _, err = run_cli("gpt", "eval", "--run", run)
+    assert_one_line_error(status, err, "is a fine-tuned run; pass --data FILE")
+
+
 def test_adapter_round_trip(root, tmp_path):
     run = finetune(tiny(root, tmp_path / "adapter", method="adapter", max_iters=10, lr=1e-2))
     saved = load_finetuned(run, "last")
@@ -212,6 +230,8 @@ def test_classification_learns_a_separable_set(root, tmp_path, run_cli):
     unseen.write_text(json.dumps({"text": "cat dog", "label": "neutral"}) + "\n")
     status, _, err = run_cli("gpt", "eval", "--run", run, "--metrics", "accuracy", "--data", unseen)
     assert_one_line_error(status, err, "'neutral' never seen in training")
+    status, _, err = run_cli("gpt", "generate", "--run", run)
+    assert_one_line_error(status, err, "is a classify run: its output is a label, not text")
 
 
 # ---------------------------------------------------------------- bad input
@@ -256,6 +276,9 @@ def test_adapters_cannot_be_merged(root, tmp_path, run_cli):
     status, _, err = run_cli("gpt", "merge", "--run", run, "--out", tmp_path / "m")
     assert_one_line_error(status, err, "cannot be merged")
     assert not (tmp_path / "m").exists()
+    status, _, err = run_cli("gpt", "export-hf", "--run", run, "--out", tmp_path / "hf")
+    assert_one_line_error(status, err, "fine-tuned with adapters, which have no place in a GPT-2 layout")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_every_method_is_covered():

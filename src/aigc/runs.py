@@ -110,8 +110,8 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
     return out
 
 
-def read_run_config(run: str | Path, kind: str) -> dict:
-    """The ``config.json`` of a run directory, checked to be of ``kind``."""
+def read_run_config(run: str | Path, kind: str | tuple[str, ...]) -> dict:
+    """The ``config.json`` of a run directory, checked to be of ``kind`` (or one of several)."""
     run = Path(run)
     path = run / CONFIG_FILE
     if not run.is_dir():
@@ -124,8 +124,9 @@ def read_run_config(run: str | Path, kind: str) -> dict:
         raise UserError(f"corrupt {path}: {exc}") from None
     if not isinstance(config, dict) or "kind" not in config:
         raise UserError(f"{path} does not describe an aigc run")
-    if config["kind"] != kind:
-        raise UserError(f"{run} holds a {config['kind']!r} run, not a {kind!r} run")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if config["kind"] not in kinds:
+        raise UserError(f"{run} holds a {config['kind']!r} run, not a {' or '.join(map(repr, kinds))} run")
     return config
 
 

@@ -15,6 +15,7 @@ from aigc.gpt.model import GPT, GPTConfig
 from aigc.runs import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_run_config, save_json, save_weights
 
 KIND = "gpt"
+FINETUNE_KIND = "gpt-finetune"
 BEST_FILE = "best.safetensors"
 
 
@@ -51,11 +52,18 @@ def load_into(model: GPT, path: Path) -> int:
     return int(metadata.get("step", 0))
 
 
-def load_run(run: str | Path, checkpoint: str = "best",
-             device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
-    """The model (in eval mode, on ``device``), tokenizer and config.json of a GPT run."""
+def load_run(run: str | Path, checkpoint: str = "best", device: torch.device | str = "cpu",
+             plain: bool = False) -> tuple[GPT, Tokenizer, dict]:
+    """The model (in eval mode, on ``device``), tokenizer and config.json of a GPT run.
+
+    A completion run of ``aigc gpt finetune`` loads too, as its base with the fine-tuned weights:
+    LoRA/AdaLoRA folded in, adapters kept (``plain``: refuse them, for callers that need GPT-2's
+    exact layout).
+    """
     run = Path(run)
-    run_config = read_run_config(run, KIND)
+    run_config = read_run_config(run, (KIND, FINETUNE_KIND))
+    if run_config["kind"] == FINETUNE_KIND:
+        return _load_finetuned_lm(run, checkpoint, device, plain)
     model = GPT(model_config_of(run_config, run))
     load_into(model, weights_path(run, checkpoint))
     tokenizer = Tokenizer.load(run / TOKENIZER_FILE)
@@ -63,3 +71,19 @@ def load_run(run: str | Path, checkpoint: str = "best",
         raise UserError(f"{run / TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but the model only "
                         f"{model.config.vocab_size}")
     return model.to(device).eval(), tokenizer, run_config
+
+
+def _load_finetuned_lm(run: Path, checkpoint: str, device: torch.device | str,
+                       plain: bool) -> tuple[GPT, Tokenizer, dict]:
+    from aigc.gpt.finetune import load_finetuned  # it imports this module
+
+    finetuned = load_finetuned(run, checkpoint)
+    if finetuned.task.kind != "completion":
+        raise UserError(f"{run} is a {finetuned.task.kind} run: its output is a label, not text; "
+                        "score it with `aigc gpt eval --metrics accuracy`")
+    method = finetuned.tuned.settings.name
+    if method == "adapter" and plain:
+        raise UserError(f"{run} was fine-tuned with adapters, which have no place in a GPT-2 layout; "
+                        "fine-tune with --method full, lora or adalora to export it")
+    gpt = finetuned.model.gpt if method == "adapter" else finetuned.tuned.merged()
+    return gpt.to(device).eval(), finetuned.tokenizer, finetuned.run_config

@@ -75,7 +75,8 @@ class GptTrainConfig:
 
 @dataclass
 class GptGenerateConfig:
-    run: str | None = option(None, "GPT run directory (from `aigc gpt train` or `aigc gpt import-hf`; required)")
+    run: str | None = option(None, "GPT run directory (from `aigc gpt train`, `aigc gpt import-hf`, or a "
+                                   "completion run of `aigc gpt finetune`; required)")
     prompt: str = option("\n", "text to continue")
     max_new_tokens: int = option(200, "tokens to generate per sample")
     temperature: float = option(0.8, "sampling temperature; 0 picks the most likely token (greedy)")

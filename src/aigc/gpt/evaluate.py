@@ -98,6 +98,8 @@ def _eval_tokens(config: GptEvalConfig, tokenizer: Tokenizer, run_config: dict, 
     if config.data is not None:
         tokens = text.encode_cached(text.read_text(config.data), tokenizer, config.data)
         what = config.data
+    elif run_config["kind"] != "gpt":
+        raise UserError(f"{config.run} is a fine-tuned run; pass --data FILE, a text file to measure perplexity on")
     else:
         train = run_config.get("train") or {}
         if "data" not in train:

@@ -25,7 +25,8 @@ import torch
 from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer
 from aigc.devices import autocast, resolve_device
 from aigc.errors import TrainingDiverged, UserError
-from aigc.gpt.checkpoints import BEST_FILE, KIND as GPT_KIND, load_into, model_config_of, save_model, weights_path
+from aigc.gpt.checkpoints import (BEST_FILE, FINETUNE_KIND as KIND, KIND as GPT_KIND, load_into, model_config_of,
+                                  save_model, weights_path)
 from aigc.gpt.config import GptFinetuneConfig
 from aigc.gpt.model import GPT, GPTConfig
 from aigc.gpt.peft_methods import MethodSettings, Tuned, apply_method, count_parameters, extra_tensors
@@ -36,7 +37,7 @@ from aigc.logging import MetricsLog, Progress, plot_metrics, read_metrics
 from aigc.runs import (CONFIG_FILE, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, load_state, load_weights,
                        prepare_run_dir, read_run_config, save_json, save_state, save_weights, unique_dir)
 
-KIND = "gpt-finetune"
+
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_BEST_FILE = "adapter-best.safetensors"
 DEFAULT_MAX_ITERS = 1000

@@ -83,7 +83,7 @@ def _quiet_transformers() -> None:
 def export_hf(config: GptExportHfConfig) -> Path:
     """``aigc gpt export-hf``: a folder ``GPT2LMHeadModel.from_pretrained`` loads offline."""
     _quiet_transformers()
-    model, tokenizer, _ = load_run(config.run, config.checkpoint)
+    model, tokenizer, _ = load_run(config.run, config.checkpoint, plain=True)
     out = prepare_run_dir(config.out, resume=False)
     to_hf(model).save_pretrained(out)
     _hf_tokenizer(tokenizer).save_pretrained(out)
