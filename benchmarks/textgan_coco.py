@@ -11,7 +11,7 @@ temperatures and scored, by the Texygen protocol, with
                    test words never seen in training are <unk>, which the generator never learned).
 Words are the file's space-separated tokens (a final period stays on its word, as in the file).
 
-    flock /tmp/aigc-bench.lock python benchmarks/textgan_coco.py [--quick]
+    flock /tmp/aigc-bench.lock python benchmarks/textgan_coco.py [--quick] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT_DIR, machine  # noqa: E402
-from _textgan import (VARIANTS, compare_with_curve, load_variant, plot_curves, set_threads,  # noqa: E402
-                      summarise, train_variants)
+from _textgan import (VARIANTS, compare_with_curve, load_variant, measure_seeds, plot_curves,  # noqa: E402
+                      set_threads, summarise, train_variants)
 
 from aigc.metrics.text_gan import References, bleu, self_bleu  # noqa: E402
 from aigc.textgan import generator as gen  # noqa: E402
@@ -56,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--hypotheses", type=int, default=2000, help="generated sentences scored by BLEU")
     p.add_argument("--self-bleu-sentences", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1, help="torch threads (small models: more only busy-wait)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds measured at once, each in its own process with "
+                   "--threads threads (2 on a 2-core machine halves the wall time)")
     p.add_argument("--out", type=Path, default=OUT_DIR / "textgan_coco")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "textgan-coco.png")
     args = p.parse_args()
@@ -67,45 +70,64 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def train_config(args: argparse.Namespace) -> TextGanTrainConfig:
+    return TextGanTrainConfig(data=str(COCO / "train.txt"), max_iters=args.max_iters, adv_rounds=args.adv_rounds,
+                              d_pretrain_steps=args.d_pretrain_steps, rollouts=args.rollouts,
+                              mle_steps=args.mle_steps, g_lr=args.g_lr, d_lr=args.d_lr, device="cpu",
+                              log_every=50, eval_every=500, save_every=500)
+
+
+def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
+    """Train one seed's three generators and score each at every temperature:
+    (training seconds per variant, results[variant][temperature][metric])."""
+    set_threads(args.threads)
+    test_sentences = read_lines(COCO / "test.txt")
+    references = References(test_sentences, 5)
+    seconds = train_variants(train_config(args), args.out, seed)
+    results: dict[str, dict] = {}
+    for variant in VARIANTS:
+        model, codec = load_variant(args.out, seed, variant)
+        test = codec.encode(test_sentences, model.config.block_size)
+        results[variant] = {}
+        for i, temp in enumerate(args.temperatures.split(",")):
+            g = torch.Generator().manual_seed(1000 * seed + i)
+            sentences = codec.decode(gen.sample(model, args.hypotheses, codec.bos, float(temp), generator=g))
+            results[variant][temp] = {
+                **{f"bleu{n}": bleu(sentences, references, n) for n in (2, 3, 4, 5)},
+                **{f"self_bleu{n}": self_bleu(sentences[:args.self_bleu_sentences], n) for n in (2, 3, 4)},
+                "nll_test": gen.nll(model, test, codec.bos, float(temp)),
+                "empty": sum(not s for s in sentences) / len(sentences),
+            }
+        print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0")), flush=True)
+    return seconds, results
+
+
 def main() -> None:
     args = parse_args()
     set_threads(args.threads)
     started = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
-    temperatures = [t.strip() for t in args.temperatures.split(",")]
+    temperatures = args.temperatures.split(",")
     test_sentences = read_lines(COCO / "test.txt")
-    references = References(test_sentences, 5)
-    base = TextGanTrainConfig(data=str(COCO / "train.txt"), max_iters=args.max_iters, adv_rounds=args.adv_rounds,
-                              d_pretrain_steps=args.d_pretrain_steps, rollouts=args.rollouts,
-                              mle_steps=args.mle_steps, g_lr=args.g_lr, d_lr=args.d_lr, device="cpu",
-                              log_every=50, eval_every=500, save_every=500)
     train_seconds, results = {}, {v: {t: {} for t in temperatures} for v in VARIANTS}
-    for seed in seeds:  # results are written after every seed, so a stopped run keeps what it measured
-        train_seconds[seed] = train_variants(base, args.out, seed)
-        for variant in VARIANTS:
-            model, codec = load_variant(args.out, seed, variant)
-            test = codec.encode(test_sentences, model.config.block_size)
-            for i, temp in enumerate(temperatures):
-                g = torch.Generator().manual_seed(1000 * seed + i)
-                sentences = codec.decode(gen.sample(model, args.hypotheses, codec.bos, float(temp), generator=g))
-                results[variant][temp][seed] = {
-                    **{f"bleu{n}": bleu(sentences, references, n) for n in (2, 3, 4, 5)},
-                    **{f"self_bleu{n}": self_bleu(sentences[:args.self_bleu_sentences], n) for n in (2, 3, 4)},
-                    "nll_test": gen.nll(model, test, codec.bos, float(temp)),
-                    "empty": sum(not s for s in sentences) / len(sentences),
-                }
-            print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0", {}).get(seed)), flush=True)
+    # results are written after every seed, so a stopped run keeps what it measured
+    for seed, seconds, by_variant in measure_seeds(partial(measure_seed, args), seeds, args.jobs):
+        train_seconds[seed] = seconds
+        for variant, by_temp in by_variant.items():
+            for temp, metrics in by_temp.items():
+                results[variant][temp][seed] = metrics
         summary = summarise(results, METRICS)
-        known = set(codec.words) - {UNK}
+        known = set(load_variant(args.out, seed, "mle")[1].words) - {UNK}
         oov = sum(w not in known for s in test_sentences for w in s) / sum(map(len, test_sentences))
         verdict = targets(summary)
         print_table(summary, verdict, args, oov)
+        done = sorted(train_seconds)
         plot_curves(summary, "self_bleu4", "bleu4", "Self-BLEU-4 (lower is more diverse)", "BLEU-4 (higher is better)",
-                    f"COCO captions, seeds {', '.join(map(str, train_seconds))}, temperatures "
+                    f"COCO captions, seeds {', '.join(map(str, done))}, temperatures "
                     f"{temperatures[0]}-{temperatures[-1]}" + (" (--quick)" if args.quick else ""), args.plot)
         payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
-                                                       "train_config": base.__dict__},
-                   "seeds_done": list(train_seconds), "references": len(test_sentences), "test_oov_rate": oov,
+                                                       "train_config": train_config(args).__dict__},
+                   "seeds_done": done, "references": len(test_sentences), "test_oov_rate": oov,
                    "published_bleu_2345": PUBLISHED, "results": results, "summary": summary, "targets": verdict,
                    "train_seconds": train_seconds, "wall_seconds": round(time.perf_counter() - started, 1)}
         path = args.out.with_suffix(".json")

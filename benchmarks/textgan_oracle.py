@@ -8,7 +8,7 @@ Per seed, three generators: MLE on ``oracle_train.txt``; MLE then SeqGAN adversa
 The curves over temperature are the comparison that counts (Caccia et al. 2020). The final
 checkpoint of every run is scored; nothing is picked on test data.
 
-    flock /tmp/aigc-bench.lock python benchmarks/textgan_oracle.py            # full setting
+    flock /tmp/aigc-bench.lock python benchmarks/textgan_oracle.py --jobs 2   # full setting, 2 seeds at a time
     flock /tmp/aigc-bench.lock python benchmarks/textgan_oracle.py --quick    # end-to-end check, minutes
 """
 
@@ -18,14 +18,15 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT_DIR, machine  # noqa: E402
-from _textgan import (VARIANTS, compare_with_curve, load_variant, plot_curves, set_threads,  # noqa: E402
-                      summarise, train_variants)
+from _textgan import (VARIANTS, compare_with_curve, load_variant, measure_seeds, plot_curves,  # noqa: E402
+                      set_threads, summarise, train_variants)
 
 from aigc.textgan import generator as gen  # noqa: E402
 from aigc.textgan.config import TextGanTrainConfig  # noqa: E402
@@ -52,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=10_000, help="generated sequences per NLL-oracle, and fresh "
                                                               "oracle sequences for NLL-test")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small models: more only busy-wait)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds measured at once, each in its own process with "
+                   "--threads threads (2 on a 2-core machine halves the wall time)")
     p.add_argument("--out", type=Path, default=OUT_DIR / "textgan_oracle")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "textgan-oracle.png")
     args = p.parse_args()
@@ -63,42 +66,65 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    args = parse_args()
-    set_threads(args.threads)
-    started = time.perf_counter()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    temperatures = [t.strip() for t in args.temperatures.split(",")]
-    oracle = Oracle.load(SEQGAN / "oracle_params.npz")
-    test = oracle.sample(args.samples, LENGTH, torch.Generator().manual_seed(20_170_200))  # fresh, never trained on
-    base = TextGanTrainConfig(data=str(SEQGAN / "oracle_train.txt"), oracle=str(SEQGAN / "oracle_params.npz"),
+def train_config(args: argparse.Namespace) -> TextGanTrainConfig:
+    return TextGanTrainConfig(data=str(SEQGAN / "oracle_train.txt"), oracle=str(SEQGAN / "oracle_params.npz"),
                               max_iters=args.max_iters, adv_rounds=args.adv_rounds,
                               d_pretrain_steps=args.d_pretrain_steps, rollouts=args.rollouts,
                               mle_steps=args.mle_steps, g_lr=args.g_lr, d_lr=args.d_lr, device="cpu",
                               log_every=50, eval_every=500, save_every=500)
 
+
+def oracle_and_test(samples: int) -> tuple[Oracle, torch.Tensor]:
+    """The oracle and ``samples`` fresh sequences of it (a fixed seed, never trained on)."""
+    oracle = Oracle.load(SEQGAN / "oracle_params.npz")
+    return oracle, oracle.sample(samples, LENGTH, torch.Generator().manual_seed(20_170_200))
+
+
+def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
+    """Train one seed's three generators and score each at every temperature:
+    (training seconds per variant, results[variant][temperature][metric])."""
+    set_threads(args.threads)
+    oracle, test = oracle_and_test(args.samples)
+    seconds = train_variants(train_config(args), args.out, seed)
+    results: dict[str, dict] = {}
+    for variant in VARIANTS:
+        model, codec = load_variant(args.out, seed, variant)
+        results[variant] = {}
+        for i, temp in enumerate(args.temperatures.split(",")):
+            g = torch.Generator().manual_seed(1000 * seed + i)
+            samples = gen.sample(model, args.samples, codec.bos, float(temp), generator=g)
+            results[variant][temp] = {"nll_oracle": oracle.nll(samples),
+                                      "nll_test": gen.nll(model, test, codec.bos, float(temp))}
+        print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0")), flush=True)
+    return seconds, results
+
+
+def main() -> None:
+    args = parse_args()
+    set_threads(args.threads)
+    started = time.perf_counter()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    temperatures = args.temperatures.split(",")
+    oracle, test = oracle_and_test(args.samples)
     floor = oracle.nll(test)
     train_seconds, results = {}, {v: {t: {} for t in temperatures} for v in VARIANTS}
-    for seed in seeds:  # results are written after every seed, so a stopped run keeps what it measured
-        train_seconds[seed] = train_variants(base, args.out, seed)
-        for variant in VARIANTS:
-            model, codec = load_variant(args.out, seed, variant)
-            for i, temp in enumerate(temperatures):
-                g = torch.Generator().manual_seed(1000 * seed + i)
-                samples = gen.sample(model, args.samples, codec.bos, float(temp), generator=g)
-                results[variant][temp][seed] = {"nll_oracle": oracle.nll(samples),
-                                                "nll_test": gen.nll(model, test, codec.bos, float(temp))}
-            print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0", {}).get(seed)), flush=True)
+    # results are written after every seed, so a stopped run keeps what it measured
+    for seed, seconds, by_variant in measure_seeds(partial(measure_seed, args), seeds, args.jobs):
+        train_seconds[seed] = seconds
+        for variant, by_temp in by_variant.items():
+            for temp, metrics in by_temp.items():
+                results[variant][temp][seed] = metrics
         summary = summarise(results, ("nll_oracle", "nll_test"))
         verdict = targets(summary)
         print_table(summary, floor, verdict)
+        done = sorted(train_seconds)
         plot_curves(summary, "nll_test", "nll_oracle", "NLL-test (coverage; lower is better)",
                     "NLL-oracle (quality; lower is better)",
-                    f"SeqGAN oracle, seeds {', '.join(map(str, train_seconds))}, temperatures "
+                    f"SeqGAN oracle, seeds {', '.join(map(str, done))}, temperatures "
                     f"{temperatures[0]}-{temperatures[-1]}" + (" (--quick)" if args.quick else ""), args.plot)
         payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
-                                                       "train_config": base.__dict__},
-                   "seeds_done": list(train_seconds), "oracle_nll_of_test": floor, "published_nll_oracle": PUBLISHED,
+                                                       "train_config": train_config(args).__dict__},
+                   "seeds_done": done, "oracle_nll_of_test": floor, "published_nll_oracle": PUBLISHED,
                    "results": results, "summary": summary, "targets": verdict, "train_seconds": train_seconds,
                    "wall_seconds": round(time.perf_counter() - started, 1)}
         path = args.out.with_suffix(".json")
