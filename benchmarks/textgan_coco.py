@@ -129,7 +129,8 @@ def main() -> None:
                                                        "train_config": train_config(args).__dict__},
                    "seeds_done": done, "references": len(test_sentences), "test_oov_rate": oov,
                    "published_bleu_2345": PUBLISHED, "results": results, "summary": summary, "targets": verdict,
-                   "train_seconds": train_seconds, "wall_seconds": round(time.perf_counter() - started, 1)}
+                   "train_seconds": {seed: train_seconds[seed] for seed in done},
+                   "wall_seconds": round(time.perf_counter() - started, 1)}
         path = args.out.with_suffix(".json")
         path.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"wrote {path} and {args.plot}; wall {payload['wall_seconds']} s", flush=True)

@@ -125,7 +125,8 @@ def main() -> None:
         payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
                                                        "train_config": train_config(args).__dict__},
                    "seeds_done": done, "oracle_nll_of_test": floor, "published_nll_oracle": PUBLISHED,
-                   "results": results, "summary": summary, "targets": verdict, "train_seconds": train_seconds,
+                   "results": results, "summary": summary, "targets": verdict,
+                   "train_seconds": {seed: train_seconds[seed] for seed in done},
                    "wall_seconds": round(time.perf_counter() - started, 1)}
         path = args.out.with_suffix(".json")
         path.write_text(json.dumps(payload, indent=2) + "\n")
