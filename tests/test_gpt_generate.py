@@ -100,7 +100,7 @@ def test_cli_generate_bad_input(run, run_cli, args, message):
 def test_not_a_gpt_run(run_cli, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"kind": "gan"}))
     status, _, err = run_cli("gpt", "generate", "--run", tmp_path)
-    assert status == 2 and "'gan' run, not a 'gpt' run" in err
+    assert status == 2 and "'gan' run, not a 'gpt' or 'gpt-finetune' run" in err
     status, _, err = run_cli("gpt", "eval", "--run", tmp_path / "missing")
     assert status == 2 and "run directory not found" in err
 
