@@ -206,6 +206,8 @@ def test_resume_continues_the_same_trajectory(root, tmp_path):
     full = finetune(tiny(root, tmp_path / "full", method="lora", max_iters=8, eval_interval=4, lr=1e-2))
     half = tiny(root, tmp_path / "half", method="lora", max_iters=4, lr_decay_iters=8, eval_interval=4, lr=1e-2)
     finetune(half)
+    with pytest.raises(UserError, match="cannot resume with --rank 4: the run was trained with 2"):
+        finetune(replace(half, max_iters=8, resume=True, rank=4))
     resumed = finetune(replace(half, max_iters=8, resume=True))
     expected = [m.get("loss") for m in read_metrics(full / "metrics.jsonl")]
     assert [m.get("loss") for m in read_metrics(resumed / "metrics.jsonl")] == expected

@@ -275,6 +275,8 @@ def test_train_runs_every_phase_and_resume_continues_the_same_run(tmp_path, run_
     status, _, err = run_cli("textgan", "train", *oracle_args(tmp_path), *SMALL, "--adv-rounds", "1",
                              "--mle-steps", "1", "--out", tmp_path / "split")
     assert status == 0, err
+    status, _, err = run_cli("textgan", "train", "--resume", "--rollouts", "5", "--out", tmp_path / "split")
+    assert_one_line_error(status, err, "cannot resume with --rollouts 5: the run was trained with")
     status, _, err = run_cli("textgan", "train", "--resume", "--adv-rounds", "3", "--out", tmp_path / "split")
     assert status == 0, err
     full, split = (load_run(tmp_path / name)[0].state_dict() for name in ("full", "split"))

@@ -163,6 +163,20 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def resumed(given: Any, saved: dict[str, Any], may_change: Callable[[str], bool]) -> Any:
+    """The config to resume a run with: its saved settings (``saved``, the config it was started
+    with) overridden by those given now that differ from their defaults. Changing a setting that
+    ``may_change`` refuses (one that defines the run: model shape, data, seed...) is an error."""
+    values = {}
+    for field in dataclasses.fields(given):
+        now, before = getattr(given, field.name), saved.get(field.name, field.default)
+        changed = now != field.default and now != before
+        if changed and not may_change(field.name):
+            raise UserError(f"cannot resume with {flag_name(field.name)} {now}: the run was trained with {before}")
+        values[field.name] = now if changed else before
+    return type(given)(**{**values, "resume": True, "out": given.out})
+
+
 def require(condition: bool, message: str) -> None:
     """Raise a UserError with ``message`` unless ``condition`` holds (for ``validate()``)."""
     if not condition:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from aigc.errors import UserError
 
@@ -90,6 +91,18 @@ def load_state(path: str | Path) -> dict:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise UserError(f"corrupt resume state {path}: {exc}") from None
+
+
+@contextmanager
+def restoring_state(run_dir: str | Path) -> Iterator[dict]:
+    """The saved state of ``run_dir`` to restore a run from: an entry missing or of the wrong
+    shape while it is put back means a damaged file, reported as one clear line."""
+    path = Path(run_dir) / STATE_FILE
+    saved = load_state(path)
+    try:
+        yield saved
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise UserError(f"corrupt resume state {path}: {exc}") from None
 
 

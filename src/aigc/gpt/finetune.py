@@ -17,11 +17,12 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from aigc.config import resumed
 from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer
 from aigc.devices import autocast, resolve_device
 from aigc.errors import TrainingDiverged, UserError
@@ -34,8 +35,8 @@ from aigc.gpt.tasks import (ClassificationHead, Encoded, ExampleBatches, Task, T
                             read_jsonl, read_pairs)
 from aigc.gpt.train import Schedule
 from aigc.logging import MetricsLog, Progress, plot_metrics, read_metrics
-from aigc.runs import (CONFIG_FILE, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, load_state, load_weights,
-                       prepare_run_dir, read_run_config, save_json, save_state, save_weights, unique_dir)
+from aigc.runs import (CONFIG_FILE, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, load_weights, prepare_run_dir,
+                       read_run_config, restoring_state, save_json, save_state, save_weights, unique_dir)
 
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -224,8 +225,7 @@ def _checkpoint(run_dir: Path, config, model: TaskModel, tuned: Tuned, optimizer
 
 
 def _restore(run_dir: Path, model: TaskModel, tuned: Tuned, optimizer, batches: ExampleBatches) -> dict:
-    saved = load_state(run_dir / STATE_FILE)
-    try:
+    with restoring_state(run_dir) as saved:
         load_task_weights(run_dir, model, tuned.settings.name, "last")
         optimizer.load_state_dict(saved["optimizer"])
         batches.load_state_dict(saved["batches"])
@@ -233,21 +233,11 @@ def _restore(run_dir: Path, model: TaskModel, tuned: Tuned, optimizer, batches: 
         torch.set_rng_state(saved["torch_rng"])
         return {"step": int(saved["step"]), "elapsed": float(saved["elapsed"]),
                 "best_val_loss": float(saved["best_val_loss"])}
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise UserError(f"corrupt resume state {run_dir / STATE_FILE}: {exc}") from None
 
 
 def _resumed_config(given: GptFinetuneConfig, saved: dict) -> GptFinetuneConfig:
     """The saved run's settings, overridden by flags given now; changing what defines the run is an error."""
-    values = {}
-    for field in fields(GptFinetuneConfig):
-        now, before = getattr(given, field.name), saved.get(field.name, field.default)
-        changed = now != field.default and now != before
-        if changed and field.name in RUN_DEFINING:
-            flag = "--" + field.name.replace("_", "-")
-            raise UserError(f"cannot resume with {flag} {now}: the run was trained with {before}")
-        values[field.name] = now if changed else before
-    return GptFinetuneConfig(**{**values, "resume": True, "out": given.out})
+    return resumed(given, saved, lambda name: name not in RUN_DEFINING)
 
 
 # ---------------------------------------------------------------- loading fine-tuned runs

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from aigc.config import resumed
 from aigc.data import text
 from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer, train_tokenizer
 from aigc.devices import autocast, resolve_device
@@ -25,8 +26,8 @@ from aigc.gpt.checkpoints import (BEST_FILE, KIND, load_into, model_config_of, s
 from aigc.gpt.config import GptTrainConfig
 from aigc.gpt.model import GPT, GPTConfig
 from aigc.logging import MetricsLog, Progress, plot_metrics, read_metrics
-from aigc.runs import METRICS_FILE, STATE_FILE, WEIGHTS_FILE, load_state, prepare_run_dir, read_run_config, \
-    save_state, unique_dir
+from aigc.runs import (METRICS_FILE, STATE_FILE, WEIGHTS_FILE, prepare_run_dir, read_run_config, restoring_state,
+                       save_state, unique_dir)
 
 DEFAULT_MAX_ITERS = 2000
 # Settings that define what a run is: a resumed run keeps them, and asking for other values is an error.
@@ -181,32 +182,19 @@ def _checkpoint(run_dir: Path, model: GPT, optimizer, sampler, state: dict, val_
 
 
 def _restore(run_dir: Path, model: GPT, optimizer, sampler) -> dict:
-    saved = load_state(run_dir / STATE_FILE)
-    try:
+    with restoring_state(run_dir) as saved:
         load_into(model, run_dir / WEIGHTS_FILE)
         optimizer.load_state_dict(saved["optimizer"])
         sampler.load_state_dict(saved["sampler"])
         torch.set_rng_state(saved["torch_rng"])
         return {"step": int(saved["step"]), "elapsed": float(saved["elapsed"]),
                 "best_val_loss": float(saved["best_val_loss"])}
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise UserError(f"corrupt resume state {run_dir / STATE_FILE}: {exc}") from None
 
 
 def resumed_config(given: GptTrainConfig, saved: dict) -> GptTrainConfig:
-    """The saved run's settings, overridden by flags given now (those that differ from the defaults).
-
-    Asking to change a setting that defines the run (model shape, data, tokenizer, seed) is an error.
-    """
-    values = {}
-    for field in fields(GptTrainConfig):
-        now, before = getattr(given, field.name), saved.get(field.name, field.default)
-        changed = now != field.default and now != before
-        if changed and field.name in RUN_DEFINING:
-            flag = "--" + field.name.replace("_", "-")
-            raise UserError(f"cannot resume with {flag} {now}: the run was trained with {before}")
-        values[field.name] = now if changed else before
-    return GptTrainConfig(**{**values, "resume": True, "out": given.out})
+    """The saved run's settings, overridden by flags given now; changing what defines the run
+    (model shape, data, tokenizer, seed) is an error."""
+    return resumed(given, saved, lambda name: name not in RUN_DEFINING)
 
 
 def _tokenizer_and_model_config(config: GptTrainConfig, data: bytes,

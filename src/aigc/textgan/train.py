@@ -25,14 +25,15 @@ from pathlib import Path
 
 import torch
 
+from aigc.config import resumed
 from aigc.devices import resolve_device
 from aigc.errors import TrainingDiverged, UserError
 from aigc.gpt.checkpoints import load_into, model_config_of, save_model
 from aigc.gpt.checkpoints import load_run as load_gpt_run
 from aigc.gpt.model import GPT, GPTConfig
 from aigc.logging import MetricsLog, Progress, RunningMeans, plot_metrics, read_metrics
-from aigc.runs import (CONFIG_FILE, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, load_state, load_weights,
-                       prepare_run_dir, read_run_config, save_json, save_state, save_weights)
+from aigc.runs import (CONFIG_FILE, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, load_weights, prepare_run_dir,
+                       read_run_config, restoring_state, save_json, save_state, save_weights)
 from aigc.textgan import generator as gen
 from aigc.textgan.config import CONSTANT_REWARD, TextGanTrainConfig
 from aigc.textgan.data import Codec, ids_tensor, is_ids, read_lines
@@ -274,8 +275,7 @@ class Trainer:
         })
 
     def restore(self) -> None:
-        saved = load_state(self.run_dir / STATE_FILE)
-        try:
+        with restoring_state(self.run_dir) as saved:
             load_into(self.model, self.run_dir / WEIGHTS_FILE)
             if self.disc is not None:
                 self.disc.load_state_dict(load_weights(self.run_dir / DISC_FILE)[0])
@@ -285,21 +285,11 @@ class Trainer:
             torch.set_rng_state(saved["torch_rng"])
             self.means.load_state_dict(saved["means"])
             self.step = int(saved["step"])
-        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-            raise UserError(f"corrupt resume state {self.run_dir / STATE_FILE}: {exc}") from None
 
 
 def resumed_config(given: TextGanTrainConfig, saved: dict) -> TextGanTrainConfig:
     """The saved run's settings; flags given now may change only RESUME_OVERRIDABLE ones."""
-    values = {}
-    for field in dataclasses.fields(TextGanTrainConfig):
-        now, before = getattr(given, field.name), saved.get(field.name, field.default)
-        changed = now != field.default and now != before
-        if changed and field.name not in RESUME_OVERRIDABLE:
-            flag = "--" + field.name.replace("_", "-")
-            raise UserError(f"cannot resume with {flag} {now}: the run was trained with {before}")
-        values[field.name] = now if changed or field.name in ("out", "resume") else before
-    return TextGanTrainConfig(**values)
+    return resumed(given, saved, lambda name: name in RESUME_OVERRIDABLE)
 
 
 def load_base(run: str | Path) -> tuple[GPT, Codec]:
