@@ -42,20 +42,34 @@ def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int) -> dic
     return seconds
 
 
-def measure_seeds(measure: Callable[[int], tuple[dict, dict]], seeds: list[int],
-                  jobs: int) -> Iterator[tuple[int, dict, dict]]:
-    """``(seed, *measure(seed))`` for every seed, as each finishes, ``jobs`` seeds at a time in
-    worker processes. Seeds are independent runs, so on a 2-core machine two one-thread
-    workers halve the wall time where one process with two threads would mostly busy-wait."""
+def measure_seeds(measure: Callable[[int], tuple[dict, dict]], seeds: list[int], temperatures: list[str],
+                  jobs: int) -> Iterator[tuple[dict, dict]]:
+    """Run ``measure(seed)`` (training seconds, results[variant][temperature]) for every seed,
+    ``jobs`` seeds at a time in worker processes, and after each one finishes yield all measured
+    so far: results[variant][temperature][seed] and training seconds by seed, in seed order.
+    Seeds are independent runs, so on a 2-core machine two one-thread workers halve the wall
+    time where one process with two threads would mostly busy-wait."""
+    results = {v: {t: {} for t in temperatures} for v in VARIANTS}
+    train_seconds = {}
+    for seed, (seconds, by_variant) in _each_seed(measure, seeds, jobs):
+        train_seconds[seed] = seconds
+        for variant, by_temp in by_variant.items():
+            for temp, metrics in by_temp.items():
+                results[variant][temp][seed] = metrics
+        yield results, dict(sorted(train_seconds.items()))
+
+
+def _each_seed(measure: Callable[[int], tuple[dict, dict]], seeds: list[int],
+               jobs: int) -> Iterator[tuple[int, tuple[dict, dict]]]:
     if jobs == 1:
         for seed in seeds:
-            yield seed, *measure(seed)
+            yield seed, measure(seed)
         return
     # spawn, not fork: a forked child inherits torch's OpenMP state from the parent
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = {pool.submit(measure, seed): seed for seed in seeds}
         for done in as_completed(pending):
-            yield pending[done], *done.result()
+            yield pending[done], done.result()
 
 
 def load_variant(out: Path, seed: int, variant: str):

@@ -109,19 +109,14 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     temperatures = args.temperatures.split(",")
     test_sentences = read_lines(COCO / "test.txt")
-    train_seconds, results = {}, {v: {t: {} for t in temperatures} for v in VARIANTS}
     # results are written after every seed, so a stopped run keeps what it measured
-    for seed, seconds, by_variant in measure_seeds(partial(measure_seed, args), seeds, args.jobs):
-        train_seconds[seed] = seconds
-        for variant, by_temp in by_variant.items():
-            for temp, metrics in by_temp.items():
-                results[variant][temp][seed] = metrics
+    for results, train_seconds in measure_seeds(partial(measure_seed, args), seeds, temperatures, args.jobs):
         summary = summarise(results, METRICS)
-        known = set(load_variant(args.out, seed, "mle")[1].words) - {UNK}
+        known = set(load_variant(args.out, next(iter(train_seconds)), "mle")[1].words) - {UNK}
         oov = sum(w not in known for s in test_sentences for w in s) / sum(map(len, test_sentences))
         verdict = targets(summary)
         print_table(summary, verdict, args, oov)
-        done = sorted(train_seconds)
+        done = list(train_seconds)
         plot_curves(summary, "self_bleu4", "bleu4", "Self-BLEU-4 (lower is more diverse)", "BLEU-4 (higher is better)",
                     f"COCO captions, seeds {', '.join(map(str, done))}, temperatures "
                     f"{temperatures[0]}-{temperatures[-1]}" + (" (--quick)" if args.quick else ""), args.plot)
@@ -129,7 +124,7 @@ def main() -> None:
                                                        "train_config": train_config(args).__dict__},
                    "seeds_done": done, "references": len(test_sentences), "test_oov_rate": oov,
                    "published_bleu_2345": PUBLISHED, "results": results, "summary": summary, "targets": verdict,
-                   "train_seconds": {seed: train_seconds[seed] for seed in done},
+                   "train_seconds": train_seconds,
                    "wall_seconds": round(time.perf_counter() - started, 1)}
         path = args.out.with_suffix(".json")
         path.write_text(json.dumps(payload, indent=2) + "\n")

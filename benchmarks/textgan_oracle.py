@@ -107,17 +107,12 @@ def main() -> None:
     temperatures = args.temperatures.split(",")
     oracle, test = oracle_and_test(args.samples)
     floor = oracle.nll(test)
-    train_seconds, results = {}, {v: {t: {} for t in temperatures} for v in VARIANTS}
     # results are written after every seed, so a stopped run keeps what it measured
-    for seed, seconds, by_variant in measure_seeds(partial(measure_seed, args), seeds, args.jobs):
-        train_seconds[seed] = seconds
-        for variant, by_temp in by_variant.items():
-            for temp, metrics in by_temp.items():
-                results[variant][temp][seed] = metrics
+    for results, train_seconds in measure_seeds(partial(measure_seed, args), seeds, temperatures, args.jobs):
         summary = summarise(results, ("nll_oracle", "nll_test"))
         verdict = targets(summary)
         print_table(summary, floor, verdict)
-        done = sorted(train_seconds)
+        done = list(train_seconds)
         plot_curves(summary, "nll_test", "nll_oracle", "NLL-test (coverage; lower is better)",
                     "NLL-oracle (quality; lower is better)",
                     f"SeqGAN oracle, seeds {', '.join(map(str, done))}, temperatures "
@@ -126,7 +121,7 @@ def main() -> None:
                                                        "train_config": train_config(args).__dict__},
                    "seeds_done": done, "oracle_nll_of_test": floor, "published_nll_oracle": PUBLISHED,
                    "results": results, "summary": summary, "targets": verdict,
-                   "train_seconds": {seed: train_seconds[seed] for seed in done},
+                   "train_seconds": train_seconds,
                    "wall_seconds": round(time.perf_counter() - started, 1)}
         path = args.out.with_suffix(".json")
         path.write_text(json.dumps(payload, indent=2) + "\n")
