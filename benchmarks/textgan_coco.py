@@ -88,14 +88,17 @@ def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
     for variant in VARIANTS:
         model, codec = load_variant(args.out, seed, variant)
         test = codec.encode(test_sentences, model.config.block_size)
+        temperatures = args.temperatures.split(",")
+        nll_test = gen.nll_at_temperatures(model, test, codec.bos, [float(t) for t in temperatures])
         results[variant] = {}
-        for i, temp in enumerate(args.temperatures.split(",")):
+        for i, temp in enumerate(temperatures):
             g = torch.Generator().manual_seed(1000 * seed + i)
-            sentences = codec.decode(gen.sample(model, args.hypotheses, codec.bos, float(temp), generator=g))
+            sentences = codec.decode(gen.sample(model, args.hypotheses, codec.bos, float(temp), generator=g,
+                                                eos=codec.eos))
             results[variant][temp] = {
                 **{f"bleu{n}": bleu(sentences, references, n) for n in (2, 3, 4, 5)},
                 **{f"self_bleu{n}": self_bleu(sentences[:args.self_bleu_sentences], n) for n in (2, 3, 4)},
-                "nll_test": gen.nll(model, test, codec.bos, float(temp)),
+                "nll_test": nll_test[i],
                 "empty": sum(not s for s in sentences) / len(sentences),
             }
         print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0")), flush=True)

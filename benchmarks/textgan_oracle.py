@@ -89,12 +89,13 @@ def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
     results: dict[str, dict] = {}
     for variant in VARIANTS:
         model, codec = load_variant(args.out, seed, variant)
+        temperatures = args.temperatures.split(",")
+        nll_test = gen.nll_at_temperatures(model, test, codec.bos, [float(t) for t in temperatures])
         results[variant] = {}
-        for i, temp in enumerate(args.temperatures.split(",")):
+        for i, temp in enumerate(temperatures):
             g = torch.Generator().manual_seed(1000 * seed + i)
             samples = gen.sample(model, args.samples, codec.bos, float(temp), generator=g)
-            results[variant][temp] = {"nll_oracle": oracle.nll(samples),
-                                      "nll_test": gen.nll(model, test, codec.bos, float(temp))}
+            results[variant][temp] = {"nll_oracle": oracle.nll(samples), "nll_test": nll_test[i]}
         print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0")), flush=True)
     return seconds, results
 

@@ -99,6 +99,19 @@ def test_draw_samples_the_given_distribution_and_never_a_zero_probability_token(
     torch.testing.assert_close(counts / counts.sum(), probs[0], atol=0.005, rtol=0)
 
 
+def test_nll_at_each_temperature_is_that_of_the_tempered_softmax():
+    model = tiny_gpt(vocab=6, length=5)
+    tokens = gen.sample(model, 40, bos=6, generator=torch.Generator().manual_seed(0))
+    temperatures = [0.5, 1.0, 1.7]
+    with torch.no_grad():
+        logits = model.eval()(gen.with_bos(tokens, 6))[0][..., :6]  # (B, L, 6): the start token left out
+    expected = [-(logits / t).log_softmax(-1).gather(2, tokens[..., None]).mean().item() for t in temperatures]
+    measured = gen.nll_at_temperatures(model, tokens, 6, temperatures, batch_size=16)
+    assert measured == pytest.approx(expected, rel=1e-5)
+    assert abs(measured[0] - measured[2]) > 0.01  # the temperature matters
+    assert gen.nll(model, tokens, 6, 1.7) == pytest.approx(expected[2], rel=1e-5)
+
+
 def test_rollouts_complete_the_prefix_without_changing_it():
     model = tiny_gpt(vocab=7, length=6).eval()
     tokens = gen.sample(model, 5, bos=7, generator=torch.Generator().manual_seed(1))  # (5, 6)
@@ -128,6 +141,48 @@ def test_each_reward_belongs_to_its_own_sample_and_step():
     for col in (2, 3, 4):
         assert torch.equal(rewards[:, col], liked)
     assert not torch.equal(rewards[:, 1], liked) and 0 < rewards[:, :2].mean() < 1  # before it: an estimate
+
+
+def first_end(tokens: torch.Tensor, eos: int) -> torch.Tensor:
+    """Index of each row's first ``eos`` (B,); the row length where it has none."""
+    is_end = torch.cat([tokens == eos, torch.ones_like(tokens[:, :1], dtype=torch.bool)], dim=1)
+    return is_end.int().argmax(dim=1)
+
+
+def test_the_end_token_is_absorbing_and_changes_nothing_before_it():
+    model, eos = tiny_gpt(vocab=5, length=8), 0
+    free = gen.sample(model, 300, bos=5, generator=torch.Generator().manual_seed(0))
+    ended = gen.sample(model, 300, bos=5, generator=torch.Generator().manual_seed(0), eos=eos)
+    ends = first_end(ended, eos)
+    assert 0 < (ends < 8).float().mean() < 1
+    after = torch.arange(8)[None, :] > ends[:, None]  # (B, L)
+    assert torch.all(ended[after] == eos)
+    assert torch.any(free[after] != eos)  # without it the model does write on
+    up_to_end = ~after
+    assert torch.equal(free[up_to_end], ended[up_to_end])  # the same draws until a row ends
+
+
+def test_ended_prefixes_are_rewarded_with_the_sequence_verdict_and_not_rolled_out():
+    model, eos, rollouts = tiny_gpt(vocab=5, length=8), 0, 4
+    tokens = gen.sample(model, 64, bos=5, generator=torch.Generator().manual_seed(0), eos=eos)
+    judged = []
+
+    def judge(x: torch.Tensor) -> torch.Tensor:
+        judged.append(len(x))
+        return (x[:, 1] == 3).float() + 0.1 * (x == eos).sum(dim=1) / 8  # depends on the padding too
+
+    rewards = rollout_rewards(model, tokens, 5, judge, rollouts, torch.Generator().manual_seed(1), eos=eos)
+    ends = first_end(tokens, eos)
+    ended = torch.arange(8)[None, :] >= ends[:, None]  # (B, L): prefix tokens[:, :t + 1] holds eos
+    verdicts = judge(tokens)
+    assert torch.equal(rewards[ended], verdicts[:, None].expand(-1, 8)[ended])
+    open_prefixes = (~ended[:, :-1]).sum().item()  # columns 0 .. L - 2 are rolled out while open
+    assert judged[1:-1] and sum(judged[1:-1]) == open_prefixes * rollouts
+    for t in range(1, 8):
+        out = rollout_completions(model, tokens, 5, t, rollouts, torch.Generator().manual_seed(t), eos=eos)
+        assert torch.equal(out[:, :t], tokens.repeat_interleave(rollouts, dim=0)[:, :t])
+        out_ends = first_end(out, eos)
+        assert torch.all(out[torch.arange(8)[None, :] > out_ends[:, None]] == eos)
 
 
 def exact_marginals(model: GPT, vocab: int, length: int) -> torch.Tensor:

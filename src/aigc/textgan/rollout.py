@@ -22,50 +22,62 @@ from aigc.textgan.generator import sample_into, token_log_probs, with_bos
 RewardFn = Callable[[torch.Tensor], torch.Tensor]  # sequences (B, L) -> verdicts (B,) in [0, 1]
 
 
-def prefix_cache(source: KVCache, config, t: int, repeats: int) -> KVCache:
-    """A cache holding the first t positions of ``source``, each row repeated ``repeats`` times."""
-    keys = source.keys[0]
+def prefix_cache(source: KVCache, config, t: int, repeats: int, rows: torch.Tensor | None = None) -> KVCache:
+    """A cache holding the first t positions of ``source`` (only its ``rows``, when given), each
+    row repeated ``repeats`` times."""
+    keys = source.keys[0] if rows is None else source.keys[0][rows]
     cache = KVCache(config, keys.size(0) * repeats, keys.device, keys.dtype)
     for layer in range(config.n_layer):
-        cache.keys[layer][:, :, :t] = source.keys[layer][:, :, :t].repeat_interleave(repeats, dim=0)
-        cache.values[layer][:, :, :t] = source.values[layer][:, :, :t].repeat_interleave(repeats, dim=0)
+        for target, cached in ((cache.keys, source.keys), (cache.values, source.values)):
+            prefix = cached[layer][:, :, :t] if rows is None else cached[layer][rows, :, :t]
+            target[layer][:, :, :t] = prefix.repeat_interleave(repeats, dim=0)
     cache.length = t
     return cache
 
 
 @torch.no_grad()
 def rollout_completions(model: GPT, tokens: torch.Tensor, bos: int, t: int, rollouts: int,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+                        generator: torch.Generator | None = None, eos: int | None = None) -> torch.Tensor:
     """``rollouts`` completions of every prefix tokens[:, :t] -> (B * rollouts, L), sample-major."""
     B, L = tokens.shape
     cache = KVCache(model.config, B, tokens.device, model.transformer.wte.weight.dtype)
     logits = model(with_bos(tokens, bos)[:, :t + 1], cache=cache)[0][:, -1]  # (B, V): predicts y_{t+1}
-    return _complete(model, cache, logits, tokens, bos, t, rollouts, generator)
+    return _complete(model, cache, logits, tokens, bos, t, rollouts, generator, eos)
 
 
 def _complete(model: GPT, cache: KVCache, logits: torch.Tensor, tokens: torch.Tensor, bos: int, t: int,
-              rollouts: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Complete tokens[:, :t] given a cache of positions 0..t (bos, y_1..y_t) and the logits there."""
+              rollouts: int, generator: torch.Generator | None, eos: int | None,
+              rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Complete tokens[:, :t] given a cache of positions 0..t (bos, y_1..y_t) and the logits there
+    (``rows``: the rows of the cache that ``tokens`` and ``logits`` are)."""
     out = tokens.repeat_interleave(rollouts, dim=0).clone()  # (B * N, L); columns >= t get overwritten
-    branch = prefix_cache(cache, model.config, t + 1, rollouts)
-    sample_into(model, branch, logits.repeat_interleave(rollouts, dim=0), out, t, bos, 1.0, generator)
+    branch = prefix_cache(cache, model.config, t + 1, rollouts, rows)
+    sample_into(model, branch, logits.repeat_interleave(rollouts, dim=0), out, t, bos, 1.0, generator, eos)
     return out
 
 
 @torch.no_grad()
 def rollout_rewards(model: GPT, tokens: torch.Tensor, bos: int, reward: RewardFn, rollouts: int,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Rewards (B, L): column t - 1 is the mean verdict over completions of tokens[:, :t]."""
+                    generator: torch.Generator | None = None, eos: int | None = None) -> torch.Tensor:
+    """Rewards (B, L): column t - 1 is the mean verdict over completions of tokens[:, :t].
+
+    With the absorbing end token ``eos``, a prefix that holds it has one completion, the
+    sequence itself, so its reward is the sequence's verdict and no rollouts are run for it.
+    """
     was_training = model.training
     model.eval()
     B, L = tokens.shape
     cache = KVCache(model.config, B, tokens.device, model.transformer.wte.weight.dtype)
     logits = model(with_bos(tokens, bos), cache=cache)[0]  # (B, L, V): logits[:, t] predicts y_{t+1}
-    rewards = torch.empty(B, L, device=tokens.device)
+    verdicts = reward(tokens)  # (B,)
+    rewards = verdicts[:, None].repeat(1, L)  # (B, L); the columns of open prefixes are replaced below
+    ended = (tokens == eos).cumsum(dim=1) > 0 if eos is not None else torch.zeros_like(tokens, dtype=torch.bool)
     for t in range(1, L):
-        completed = _complete(model, cache, logits[:, t], tokens, bos, t, rollouts, generator)
-        rewards[:, t - 1] = reward(completed).view(B, rollouts).mean(dim=1)
-    rewards[:, L - 1] = reward(tokens)
+        rows = (~ended[:, t - 1]).nonzero().squeeze(1)  # samples whose prefix tokens[:, :t] is still open
+        if len(rows) == 0:
+            break
+        completed = _complete(model, cache, logits[rows, t], tokens[rows], bos, t, rollouts, generator, eos, rows)
+        rewards[rows, t - 1] = reward(completed).view(len(rows), rollouts).mean(dim=1)
     model.train(was_training)
     return rewards
 

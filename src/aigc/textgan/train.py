@@ -202,7 +202,8 @@ class Trainer:
         return {"mle_loss": loss.item()}
 
     def d_step(self) -> dict[str, float]:
-        fake = gen.sample(self.model, self.config.batch_size, self.codec.bos, batch_size=self.config.batch_size)
+        fake = gen.sample(self.model, self.config.batch_size, self.codec.bos, batch_size=self.config.batch_size,
+                          eos=self.codec.eos)
         self.disc.train()
         loss, accuracy = discriminator_loss(self.disc, self.batches.next(), fake)
         self.d_opt.zero_grad(set_to_none=True)
@@ -219,11 +220,13 @@ class Trainer:
 
     def policy_gradient_step(self) -> dict[str, float]:
         c = self.config
-        fake = gen.sample(self.model, c.batch_size, self.codec.bos, batch_size=c.batch_size)  # (B, L)
+        fake = gen.sample(self.model, c.batch_size, self.codec.bos, batch_size=c.batch_size,
+                          eos=self.codec.eos)  # (B, L)
         if self.disc is None:
             rewards = torch.full(fake.shape, CONSTANT_REWARD, device=fake.device)
         else:
-            rewards = rollout_rewards(self.model, fake, self.codec.bos, self.verdict, c.rollouts)  # (B, L)
+            rewards = rollout_rewards(self.model, fake, self.codec.bos, self.verdict, c.rollouts,
+                                      eos=self.codec.eos)  # (B, L)
         self.model.eval()  # the policy that sampled: no dropout
         loss = policy_gradient_loss(self.model, fake, rewards, self.codec.bos, c.baseline)
         self._generator_update(loss, c.g_lr)
@@ -251,7 +254,8 @@ class Trainer:
             out["val_nll"] = gen.nll(self.model, self.val_seqs, self.codec.bos)
         if self.oracle is not None:
             generator = torch.Generator(self.val_seqs.device).manual_seed(self.config.seed)
-            samples = gen.sample(self.model, ORACLE_EVAL_SAMPLES, self.codec.bos, generator=generator)
+            samples = gen.sample(self.model, ORACLE_EVAL_SAMPLES, self.codec.bos, generator=generator,
+                                 eos=self.codec.eos)
             out["nll_oracle"] = self.oracle.nll(samples.cpu())
         return out
 
