@@ -3,22 +3,94 @@ constant-reward control, both from the same MLE run), curves over temperatures, 
 
 from __future__ import annotations
 
+import argparse
+import json
 import multiprocessing
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from _common import OUT_DIR, machine
 
 from aigc.textgan.config import TextGanTrainConfig
 from aigc.textgan.train import load_run, train
 
+ROOT = Path(__file__).resolve().parents[1]
+
 VARIANTS = ("mle", "adversarial", "constant")
 LABELS = {"mle": "MLE", "adversarial": "MLE + adversarial (SeqGAN rewards)",
           "constant": "MLE + constant-reward control"}
+
+
+def benchmark_arguments(description: str, name: str) -> argparse.ArgumentParser:
+    """The settings both benchmarks take, at their full values; each script adds its scoring ones.
+    Results go to ``benchmarks/out/<name>`` and the plot to ``docs/img/<name with dashes>.png``."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny setting that checks the script end to end")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--temperatures", default="0.7,0.8,0.9,1.0,1.1,1.2,1.3")
+    p.add_argument("--max-iters", type=int, default=3000, help="MLE steps")
+    p.add_argument("--adv-rounds", type=int, default=100)
+    p.add_argument("--d-pretrain-steps", type=int, default=300)
+    p.add_argument("--rollouts", type=int, default=16)
+    p.add_argument("--mle-steps", type=int, default=0, help="MLE steps interleaved in each round")
+    p.add_argument("--g-lr", type=float, default=3e-4, help="generator learning rate in the adversarial rounds")
+    p.add_argument("--d-lr", type=float, default=1e-3, help="discriminator learning rate")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (small models: more only busy-wait)")
+    p.add_argument("--jobs", type=int, default=1, help="seeds measured at once, each in its own process with "
+                   "--threads threads (2 or 3 on a 2-core machine: see README)")
+    p.add_argument("--out", type=Path, default=OUT_DIR / name)
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / f"{name.replace('_', '-')}.png")
+    return p
+
+
+def use_quick_setting(args: argparse.Namespace, **setting) -> None:
+    """--quick: the given tiny setting, with results and plot beside (not over) the real ones."""
+    for name, value in setting.items():
+        setattr(args, name, value)
+    args.out = args.out.with_name(args.out.name + "_quick")
+    args.plot = args.out.with_name(args.out.name + ".png")
+
+
+def train_settings(args: argparse.Namespace) -> dict:
+    """The ``TextGanTrainConfig`` fields that both benchmarks set from their arguments."""
+    return dict(max_iters=args.max_iters, adv_rounds=args.adv_rounds, d_pretrain_steps=args.d_pretrain_steps,
+                rollouts=args.rollouts, mle_steps=args.mle_steps, g_lr=args.g_lr, d_lr=args.d_lr, device="cpu",
+                log_every=50, eval_every=500, save_every=500)
+
+
+def run_benchmark(args: argparse.Namespace, measure: Callable[[argparse.Namespace, int], tuple[dict, dict]],
+                  metrics: tuple[str, ...], train_config: TextGanTrainConfig,
+                  report: Callable[[dict, list[int]], dict]) -> None:
+    """Measure every seed with ``measure(args, seed)``; after each one, summarise the seeds done
+    over ``metrics``, let ``report(summary, seeds_done)`` print and plot them and return its own
+    fields, and write ``<out>.json``: a stopped run keeps what it measured."""
+    set_threads(args.threads)
+    started = time.perf_counter()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for results, train_seconds in measure_seeds(partial(measure, args), seeds, args.temperatures.split(","),
+                                                args.jobs):
+        summary = summarise(results, metrics)
+        done = list(train_seconds)
+        fields = report(summary, done)
+        payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
+                                                       "train_config": train_config.__dict__},
+                   "seeds_done": done, **fields, "results": results, "summary": summary,
+                   "train_seconds": train_seconds, "wall_seconds": round(time.perf_counter() - started, 1)}
+        path = args.out.with_suffix(".json")
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {path} and {args.plot}; wall {payload['wall_seconds']} s", flush=True)
+
+
+def plot_title(dataset: str, args: argparse.Namespace, seeds_done: list[int]) -> str:
+    temperatures = args.temperatures.split(",")
+    return (f"{dataset}, seeds {', '.join(map(str, seeds_done))}, temperatures {temperatures[0]}-{temperatures[-1]}"
+            + (" (--quick)" if args.quick else ""))
 
 
 def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int) -> dict[str, float]:

@@ -79,7 +79,7 @@ def main() -> None:
     results = {model: measure(model, args.batch_size, args.windows, args.steps_per_window, args.warmup)
                for model in ("mlp", "dcgan")}
     print(f"machine: {machine()['cpu']}, {machine()['torch_threads']} threads, torch {torch.__version__}")
-    print(f"| model | reference fp32 img/s | aigc default img/s | speedup | ms/step ref -> aigc |")
+    print("| model | reference fp32 img/s | aigc default img/s | speedup | ms/step ref -> aigc |")
     print("|---|---|---|---|---|")
     for model, r in results.items():
         ref, ours = r["reference fp32"], r["aigc default"]

@@ -19,62 +19,38 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT_DIR, machine  # noqa: E402
-from _textgan import (VARIANTS, compare_with_curve, load_variant, measure_seeds, plot_curves,  # noqa: E402
-                      set_threads, summarise, train_variants)
+from _textgan import (VARIANTS, benchmark_arguments, compare_with_curve, load_variant, plot_curves,  # noqa: E402
+                      plot_title, run_benchmark, set_threads, train_settings, train_variants, use_quick_setting)
 
 from aigc.metrics.text_gan import References, bleu, self_bleu  # noqa: E402
 from aigc.textgan import generator as gen  # noqa: E402
 from aigc.textgan.config import TextGanTrainConfig  # noqa: E402
 from aigc.textgan.data import UNK, read_lines  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-COCO = ROOT.parent / "shared" / "data" / "coco_captions"
+COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_captions"
 PUBLISHED = {"MLE": (0.731, 0.497, 0.305, 0.189), "SeqGAN": (0.745, 0.498, 0.294, 0.180),
              "LeakGAN": (0.746, 0.528, 0.355, 0.230), "RelGAN(100)": (0.849, 0.687, 0.502, 0.331)}
 METRICS = ("bleu2", "bleu3", "bleu4", "bleu5", "self_bleu2", "self_bleu3", "self_bleu4", "nll_test")
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny setting that checks the script end to end")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--temperatures", default="0.7,0.8,0.9,1.0,1.1,1.2,1.3")
-    p.add_argument("--max-iters", type=int, default=3000, help="MLE steps")
-    p.add_argument("--adv-rounds", type=int, default=100)
-    p.add_argument("--d-pretrain-steps", type=int, default=300)
-    p.add_argument("--rollouts", type=int, default=16)
-    p.add_argument("--mle-steps", type=int, default=0, help="MLE steps interleaved in each round")
-    p.add_argument("--g-lr", type=float, default=3e-4, help="generator learning rate in the adversarial rounds")
-    p.add_argument("--d-lr", type=float, default=1e-3, help="discriminator learning rate")
+    p = benchmark_arguments(__doc__, "textgan_coco")
     p.add_argument("--hypotheses", type=int, default=2000, help="generated sentences scored by BLEU")
     p.add_argument("--self-bleu-sentences", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (small models: more only busy-wait)")
-    p.add_argument("--jobs", type=int, default=1, help="seeds measured at once, each in its own process with "
-                   "--threads threads (2 on a 2-core machine halves the wall time)")
-    p.add_argument("--out", type=Path, default=OUT_DIR / "textgan_coco")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "textgan-coco.png")
     args = p.parse_args()
     if args.quick:
-        args.seeds, args.temperatures, args.hypotheses, args.self_bleu_sentences = "0,1,2", "0.8,1.0,1.2", 200, 200
-        args.max_iters, args.adv_rounds, args.d_pretrain_steps, args.rollouts = 200, 3, 20, 2
-        args.out = args.out.with_name(args.out.name + "_quick")
-        args.plot = args.out.with_name("textgan_coco_quick.png")
+        use_quick_setting(args, seeds="0,1,2", temperatures="0.8,1.0,1.2", hypotheses=200, self_bleu_sentences=200,
+                          max_iters=200, adv_rounds=3, d_pretrain_steps=20, rollouts=2)
     return args
 
 
 def train_config(args: argparse.Namespace) -> TextGanTrainConfig:
-    return TextGanTrainConfig(data=str(COCO / "train.txt"), max_iters=args.max_iters, adv_rounds=args.adv_rounds,
-                              d_pretrain_steps=args.d_pretrain_steps, rollouts=args.rollouts,
-                              mle_steps=args.mle_steps, g_lr=args.g_lr, d_lr=args.d_lr, device="cpu",
-                              log_every=50, eval_every=500, save_every=500)
+    return TextGanTrainConfig(data=str(COCO / "train.txt"), **train_settings(args))
 
 
 def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
@@ -107,31 +83,19 @@ def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
 
 def main() -> None:
     args = parse_args()
-    set_threads(args.threads)
-    started = time.perf_counter()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    temperatures = args.temperatures.split(",")
     test_sentences = read_lines(COCO / "test.txt")
-    # results are written after every seed, so a stopped run keeps what it measured
-    for results, train_seconds in measure_seeds(partial(measure_seed, args), seeds, temperatures, args.jobs):
-        summary = summarise(results, METRICS)
-        known = set(load_variant(args.out, next(iter(train_seconds)), "mle")[1].words) - {UNK}
+
+    def report(summary: dict, seeds_done: list[int]) -> dict:
+        known = set(load_variant(args.out, seeds_done[0], "mle")[1].words) - {UNK}
         oov = sum(w not in known for s in test_sentences for w in s) / sum(map(len, test_sentences))
         verdict = targets(summary)
         print_table(summary, verdict, args, oov)
-        done = list(train_seconds)
         plot_curves(summary, "self_bleu4", "bleu4", "Self-BLEU-4 (lower is more diverse)", "BLEU-4 (higher is better)",
-                    f"COCO captions, seeds {', '.join(map(str, done))}, temperatures "
-                    f"{temperatures[0]}-{temperatures[-1]}" + (" (--quick)" if args.quick else ""), args.plot)
-        payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
-                                                       "train_config": train_config(args).__dict__},
-                   "seeds_done": done, "references": len(test_sentences), "test_oov_rate": oov,
-                   "published_bleu_2345": PUBLISHED, "results": results, "summary": summary, "targets": verdict,
-                   "train_seconds": train_seconds,
-                   "wall_seconds": round(time.perf_counter() - started, 1)}
-        path = args.out.with_suffix(".json")
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {path} and {args.plot}; wall {payload['wall_seconds']} s", flush=True)
+                    plot_title("COCO captions", args, seeds_done), args.plot)
+        return {"references": len(test_sentences), "test_oov_rate": oov, "published_bleu_2345": PUBLISHED,
+                "targets": verdict}
+
+    run_benchmark(args, measure_seed, METRICS, train_config(args), report)
 
 
 def targets(summary: dict) -> dict:

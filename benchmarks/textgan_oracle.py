@@ -17,61 +17,37 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT_DIR, machine  # noqa: E402
-from _textgan import (VARIANTS, compare_with_curve, load_variant, measure_seeds, plot_curves,  # noqa: E402
-                      set_threads, summarise, train_variants)
+from _textgan import (VARIANTS, benchmark_arguments, compare_with_curve, load_variant, plot_curves,  # noqa: E402
+                      plot_title, run_benchmark, set_threads, train_settings, train_variants, use_quick_setting)
 
 from aigc.textgan import generator as gen  # noqa: E402
 from aigc.textgan.config import TextGanTrainConfig  # noqa: E402
 from aigc.textgan.oracle import Oracle  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SEQGAN = ROOT.parent / "shared" / "data" / "seqgan"
+SEQGAN = Path(__file__).resolve().parents[2] / "shared" / "data" / "seqgan"
 PUBLISHED = {"MLE (SeqGAN paper)": 9.038, "SeqGAN": 8.736, "RankGAN": 8.247, "LeakGAN": 7.038}
 LENGTH = 20
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny setting that checks the script end to end")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--temperatures", default="0.7,0.8,0.9,1.0,1.1,1.2,1.3")
-    p.add_argument("--max-iters", type=int, default=3000, help="MLE steps")
-    p.add_argument("--adv-rounds", type=int, default=100)
-    p.add_argument("--d-pretrain-steps", type=int, default=300)
-    p.add_argument("--rollouts", type=int, default=16)
-    p.add_argument("--mle-steps", type=int, default=0, help="MLE steps interleaved in each round")
-    p.add_argument("--g-lr", type=float, default=3e-4, help="generator learning rate in the adversarial rounds")
-    p.add_argument("--d-lr", type=float, default=1e-3, help="discriminator learning rate")
+    p = benchmark_arguments(__doc__, "textgan_oracle")
     p.add_argument("--samples", type=int, default=10_000, help="generated sequences per NLL-oracle, and fresh "
                                                               "oracle sequences for NLL-test")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (small models: more only busy-wait)")
-    p.add_argument("--jobs", type=int, default=1, help="seeds measured at once, each in its own process with "
-                   "--threads threads (2 on a 2-core machine halves the wall time)")
-    p.add_argument("--out", type=Path, default=OUT_DIR / "textgan_oracle")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "textgan-oracle.png")
     args = p.parse_args()
     if args.quick:
-        args.seeds, args.temperatures, args.samples = "0,1,2", "0.8,1.0,1.2", 1000
-        args.max_iters, args.adv_rounds, args.d_pretrain_steps, args.rollouts = 200, 4, 20, 4
-        args.out = args.out.with_name(args.out.name + "_quick")
-        args.plot = args.out.with_name("textgan_oracle_quick.png")
+        use_quick_setting(args, seeds="0,1,2", temperatures="0.8,1.0,1.2", samples=1000, max_iters=200,
+                          adv_rounds=4, d_pretrain_steps=20, rollouts=4)
     return args
 
 
 def train_config(args: argparse.Namespace) -> TextGanTrainConfig:
     return TextGanTrainConfig(data=str(SEQGAN / "oracle_train.txt"), oracle=str(SEQGAN / "oracle_params.npz"),
-                              max_iters=args.max_iters, adv_rounds=args.adv_rounds,
-                              d_pretrain_steps=args.d_pretrain_steps, rollouts=args.rollouts,
-                              mle_steps=args.mle_steps, g_lr=args.g_lr, d_lr=args.d_lr, device="cpu",
-                              log_every=50, eval_every=500, save_every=500)
+                              **train_settings(args))
 
 
 def oracle_and_test(samples: int) -> tuple[Oracle, torch.Tensor]:
@@ -103,30 +79,17 @@ def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
 def main() -> None:
     args = parse_args()
     set_threads(args.threads)
-    started = time.perf_counter()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    temperatures = args.temperatures.split(",")
     oracle, test = oracle_and_test(args.samples)
     floor = oracle.nll(test)
-    # results are written after every seed, so a stopped run keeps what it measured
-    for results, train_seconds in measure_seeds(partial(measure_seed, args), seeds, temperatures, args.jobs):
-        summary = summarise(results, ("nll_oracle", "nll_test"))
+
+    def report(summary: dict, seeds_done: list[int]) -> dict:
         verdict = targets(summary)
         print_table(summary, floor, verdict)
-        done = list(train_seconds)
         plot_curves(summary, "nll_test", "nll_oracle", "NLL-test (coverage; lower is better)",
-                    "NLL-oracle (quality; lower is better)",
-                    f"SeqGAN oracle, seeds {', '.join(map(str, done))}, temperatures "
-                    f"{temperatures[0]}-{temperatures[-1]}" + (" (--quick)" if args.quick else ""), args.plot)
-        payload = {"machine": machine(), "settings": {**vars(args), "out": str(args.out), "plot": str(args.plot),
-                                                       "train_config": train_config(args).__dict__},
-                   "seeds_done": done, "oracle_nll_of_test": floor, "published_nll_oracle": PUBLISHED,
-                   "results": results, "summary": summary, "targets": verdict,
-                   "train_seconds": train_seconds,
-                   "wall_seconds": round(time.perf_counter() - started, 1)}
-        path = args.out.with_suffix(".json")
-        path.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {path} and {args.plot}; wall {payload['wall_seconds']} s", flush=True)
+                    "NLL-oracle (quality; lower is better)", plot_title("SeqGAN oracle", args, seeds_done), args.plot)
+        return {"oracle_nll_of_test": floor, "published_nll_oracle": PUBLISHED, "targets": verdict}
+
+    run_benchmark(args, measure_seed, ("nll_oracle", "nll_test"), train_config(args), report)
 
 
 def targets(summary: dict) -> dict:
