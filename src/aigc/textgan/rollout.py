@@ -25,12 +25,13 @@ RewardFn = Callable[[torch.Tensor], torch.Tensor]  # sequences (B, L) -> verdict
 def prefix_cache(source: KVCache, config, t: int, repeats: int, rows: torch.Tensor | None = None) -> KVCache:
     """A cache holding the first t positions of ``source`` (only its ``rows``, when given), each
     row repeated ``repeats`` times."""
-    keys = source.keys[0] if rows is None else source.keys[0][rows]
-    cache = KVCache(config, keys.size(0) * repeats, keys.device, keys.dtype)
+    keys = source.keys[0]
+    selected = slice(None) if rows is None else rows
+    count = keys.size(0) if rows is None else len(rows)
+    cache = KVCache(config, count * repeats, keys.device, keys.dtype)
     for layer in range(config.n_layer):
         for target, cached in ((cache.keys, source.keys), (cache.values, source.values)):
-            prefix = cached[layer][:, :, :t] if rows is None else cached[layer][rows, :, :t]
-            target[layer][:, :, :t] = prefix.repeat_interleave(repeats, dim=0)
+            target[layer][:, :, :t] = cached[layer][selected, :, :t].repeat_interleave(repeats, dim=0)
     cache.length = t
     return cache
 
