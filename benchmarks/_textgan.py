@@ -17,8 +17,10 @@ from typing import Callable, Iterator
 import torch
 from _common import OUT_DIR, machine
 
+from aigc import runs
 from aigc.textgan.config import TextGanTrainConfig
-from aigc.textgan.train import load_run, train
+from aigc.textgan.loading import load_textgan
+from aigc.textgan.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +106,7 @@ def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int) -> dic
                             reward="constant"),
     }
     for variant in VARIANTS:
-        if (Path(configs[variant].out) / "model.safetensors").is_file():
+        if (Path(configs[variant].out) / runs.POINTER_FILE).is_file():
             print(f"seed {seed} {variant}: reusing {configs[variant].out}", flush=True)
             continue
         started = time.perf_counter()
@@ -145,7 +147,8 @@ def _each_seed(measure: Callable[[int], tuple[dict, dict]], seeds: list[int],
 
 
 def load_variant(out: Path, seed: int, variant: str):
-    return load_run(out / f"seed{seed}" / variant)
+    loaded = load_textgan(out / f"seed{seed}" / variant)
+    return loaded.model, loaded.codec
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

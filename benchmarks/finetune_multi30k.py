@@ -41,7 +41,8 @@ sys.path.insert(0, str(HERE))
 from _machine import describe, matmul_peak  # noqa: E402
 
 from aigc.gpt.config import GptFinetuneConfig, GptTrainConfig  # noqa: E402
-from aigc.gpt.finetune import finetune, load_finetuned  # noqa: E402
+from aigc.gpt.finetune import finetune  # noqa: E402
+from aigc.gpt.loading import load_finetuned  # noqa: E402
 from aigc.gpt.peft_methods import count_parameters  # noqa: E402
 from aigc.gpt.task_eval import complete  # noqa: E402
 from aigc.gpt.train import train  # noqa: E402

@@ -2,8 +2,7 @@
 
 Trains, on mnist5k and for ``--budget`` seconds each, ``mlp``+``bce``, ``dcgan``+``bce``,
 ``dcgan``+``hinge``+spectral norm, ``dcgan``+``wgan-gp`` and the conditional ``dcgan``, by
-calling ``GanTrainer.train_step`` until the time is up (the training recipe counts steps, not
-seconds). Each run is then evaluated against the MNIST test set (``../shared/data/mnist``) with
+``aigc gan train --time-budget`` (the budget includes the sample grids and checkpoints). Each run is then evaluated against the MNIST test set (``../shared/data/mnist``) with
 ``aigc.gan.evaluate.evaluate_run``: FID on evaluator features, C2ST, precision/recall, mode
 coverage, label accuracy, each beside its real-data floor. It also times the evaluator's
 training from an empty cache and measures its accuracy on the whole test set, and the
@@ -18,7 +17,6 @@ sample grid per setup under ``docs/img/`` and the results section of
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -29,12 +27,14 @@ from pathlib import Path
 import torch
 
 from _common import OUT_DIR, machine, matmul_peak_gflops, write_json
-from aigc import __version__, runs
+from aigc import runs
 from aigc.data.images import load_images, save_grid
 from aigc.gan.config import GanEvalConfig, GanTrainConfig
 from aigc.gan.evaluate import DEFAULT_RECIPE, evaluate_run
-from aigc.gan.sample import generate_images, load_generator, sample_labels
-from aigc.gan.train import GanTrainer, _model_config
+from aigc.gan.loading import load_generator
+from aigc.gan.sample import generate_images, sample_labels
+from aigc.gan.train import train
+from aigc.logging import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist"
@@ -56,23 +56,16 @@ def train_for(name: str, budget: float, seed: int) -> dict:
     """Train one setup for ``budget`` seconds, save it as a run, and return its speed."""
     out = OUT / name
     shutil.rmtree(out, ignore_errors=True)
-    cfg = GanTrainConfig(data="mnist5k", out=str(out), device="cpu", seed=seed, **SETUPS[name])
-    data = load_images(cfg.data)
-    model_cfg = _model_config(cfg, data)
-    trainer = GanTrainer(cfg, model_cfg, data, torch.device("cpu"))
-    runs.prepare_run_dir(out, resume=False)
-    runs.save_json(out / runs.CONFIG_FILE, {  # what ``aigc gan train`` writes
-        "kind": "gan", "aigc_version": __version__, "model": model_cfg.to_dict(),
-        "train": dataclasses.asdict(cfg), "class_names": data.class_names, "data_source": data.source})
+    cfg = GanTrainConfig(data="mnist5k", out=str(out), device="cpu", seed=seed, time_budget=budget, **SETUPS[name])
     start = time.perf_counter()
-    while time.perf_counter() - start < budget:
-        values = trainer.train_step()
+    train(cfg)
     seconds = time.perf_counter() - start
-    trainer.save(out)
-    print(f"{name}: {trainer.step} steps in {seconds:.0f} s, last losses "
-          + " ".join(f"{k}={v:.3g}" for k, v in values.items()), flush=True)
-    return {"steps": trainer.step, "seconds": seconds, "epochs": trainer.sampler.epoch,
-            "images_per_s": trainer.step * cfg.batch_size * trainer.n_critic / seconds}
+    last = [m for m in read_metrics(out / runs.METRICS_FILE) if "d_loss" in m][-1]
+    steps, n_critic = last["step"], 5 if cfg.loss == "wgan-gp" else 1
+    print(f"{name}: {steps} steps in {seconds:.0f} s, last losses d_loss={last['d_loss']:.3g} "
+          f"g_loss={last['g_loss']:.3g}", flush=True)
+    return {"steps": steps, "seconds": seconds, "epochs": last["epoch"],
+            "images_per_s": steps * cfg.batch_size * n_critic / seconds}
 
 
 def save_pictures(name: str) -> dict[str, str]:

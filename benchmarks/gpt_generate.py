@@ -44,9 +44,9 @@ def best_of(repeats: int, measure) -> tuple[float, list[int]]:
 
 def shakespeare(run: str | None, new_tokens: int, repeats: int) -> dict:
     if run:
-        from aigc.gpt.checkpoints import load_run
+        from aigc.gpt.loading import load_gpt
 
-        model, _, _ = load_run(run)
+        model = load_gpt(run).model
         what = f"trained run {run}"
     else:
         torch.manual_seed(0)

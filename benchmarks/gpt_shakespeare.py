@@ -96,7 +96,7 @@ def phase_reference(iters: int) -> dict:
 def phase_recipe(overrides: dict, keep_run: str | None) -> dict:
     """Our recipe, `aigc gpt train`, in-process; returns timing and validation losses."""
     from aigc.data import text
-    from aigc.gpt.checkpoints import load_run
+    from aigc.gpt.loading import load_gpt
     from aigc.gpt.config import GptTrainConfig
     from aigc.gpt.evaluate import EvalInput, perplexity
     from aigc.gpt.train import train
@@ -110,7 +110,8 @@ def phase_recipe(overrides: dict, keep_run: str | None) -> dict:
         run = train(config)
         wall = time.perf_counter() - start
         metrics = read_metrics(run / "metrics.jsonl")
-        model, tokenizer, _ = load_run(run, "last")
+        loaded = load_gpt(run, "last")
+        model, tokenizer = loaded.model, loaded.tokenizer
         val_tokens = text.split(text.encode_cached(DATA.read_bytes(), tokenizer))[1]
         full_val = perplexity(EvalInput(model, tokenizer, val_tokens, batch_size=64))["loss"]
         if keep_run:

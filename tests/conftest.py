@@ -60,3 +60,10 @@ def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def checkpoint_file(run: Path, name: str = "model.safetensors", which: str = "last") -> Path:
+    """A file of a run's last (or best) checkpoint."""
+    from aigc.runs import checkpoint_dir
+
+    return checkpoint_dir(run, which) / name

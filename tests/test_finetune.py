@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from aigc.errors import UserError
-from aigc.gpt.checkpoints import load_run
 from aigc.gpt.config import GptFinetuneConfig, GptTrainConfig
-from aigc.gpt.finetune import ADAPTER_FILE, finetune, load_finetuned
+from aigc.gpt.finetune import finetune
+from aigc.gpt.loading import ADAPTER_FILE, load_finetuned, load_gpt
 from aigc.gpt.generation import Sampling, beam_search, generate_tokens
 from aigc.gpt.model import GPT, GPTConfig
 from aigc.gpt.peft_methods import METHODS, MethodSettings, apply_method, count_parameters
@@ -20,7 +20,7 @@ from aigc.gpt.tasks import IGNORE, Encoded, TaskModel, completion_batch
 from aigc.gpt.train import train
 from aigc.logging import read_metrics
 from aigc.runs import load_weights
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, checkpoint_file
 
 WORDS = ["cat", "dog", "bird", "fish", "cow", "pig", "hen", "fox", "owl", "bee", "ant", "elk"]
 
@@ -115,7 +115,8 @@ def test_merge_equals_the_unmerged_model():
 
 
 def test_beam_of_width_one_is_greedy(root, run_cli):
-    model, tokenizer, _ = load_run(root / "base")
+    base = load_gpt(root / "base")
+    model, tokenizer = base.model, base.tokenizer
     idx = torch.tensor([tokenizer.encode("cat dog => "), tokenizer.encode("fox owl => ")])  # (2, T)
     greedy = torch.stack(list(generate_tokens(model, idx, 12, Sampling(temperature=0))), dim=1).tolist()
     assert beam_search(model, idx, 12, beams=1) == greedy
@@ -135,12 +136,13 @@ def test_lora_run_saves_a_small_adapter_merges_and_learns(root, tmp_path, run_cl
     run = finetune(tiny(root, tmp_path / "lora", method="lora", max_iters=60, lr=1e-2, eval_interval=30))
     losses = [m["val_loss"] for m in read_metrics(run / "metrics.jsonl") if "val_loss" in m]
     assert losses[-1] < losses[0]
-    assert not (run / "model.safetensors").exists()
-    assert (run / ADAPTER_FILE).stat().st_size < 0.5 * (root / "base" / "model.safetensors").stat().st_size
+    assert not checkpoint_file(run).exists()
+    assert checkpoint_file(run, ADAPTER_FILE).stat().st_size < 0.5 * checkpoint_file(root / "base").stat().st_size
 
     status, out, err = run_cli("gpt", "merge", "--run", run, "--out", tmp_path / "merged")
     assert status == 0, err
-    merged, _, merged_config = load_run(tmp_path / "merged")
+    loaded = load_gpt(tmp_path / "merged")
+    merged, merged_config = loaded.model, loaded.run_config
     assert merged_config["task"]["kind"] == "completion"
     finetuned = load_finetuned(run)
     x = torch.tensor([finetuned.tokenizer.encode("cat dog => CAT")])
@@ -180,7 +182,7 @@ def test_generate_and_perplexity_read_an_unmerged_run_as_its_merge(root, tmp_pat
 def test_adapter_round_trip(root, tmp_path):
     run = finetune(tiny(root, tmp_path / "adapter", method="adapter", max_iters=10, lr=1e-2))
     saved = load_finetuned(run, "last")
-    tensors, _ = load_weights(run / ADAPTER_FILE)
+    tensors, _ = load_weights(checkpoint_file(run, ADAPTER_FILE))
     assert tensors and all(".adapter." in n or ".ln_" in n for n in tensors)
     loaded = dict(saved.model.named_parameters())
     for name, tensor in tensors.items():
@@ -188,7 +190,7 @@ def test_adapter_round_trip(root, tmp_path):
     x = torch.tensor([saved.tokenizer.encode("cat dog => ")])
     again = load_finetuned(run, "last")
     torch.testing.assert_close(again.model.gpt(x)[0], saved.model.gpt(x)[0])
-    base, _, _ = load_run(root / "base")
+    base = load_gpt(root / "base").model
     assert not torch.allclose(base(x)[0], saved.model.gpt(x)[0], atol=1e-4)
 
 

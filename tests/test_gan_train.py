@@ -9,10 +9,12 @@ from aigc import runs
 from aigc.data.images import load_images
 from aigc.errors import TrainingDiverged
 from aigc.gan.config import GanTrainConfig
-from aigc.gan.sample import generate_images, load_generator
+from aigc.gan.loading import load_generator
+from aigc.gan.sample import generate_images
 from aigc.gan.train import GanTrainer, _model_config, train
+from aigc.training import loop
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, checkpoint_file
 
 FAST = dict(width=16, log_every=5, sample_every=1000, save_every=1000)
 
@@ -42,11 +44,11 @@ def test_run_directory_contents(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["kind"] == "gan" and config["model"]["num_classes"] == 10
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_000005.png", "step_000010.png"]
-    assert (out / "losses.png").is_file() and (out / "tb").is_dir()
+    assert (out / "loss.png").is_file() and (out / "tb").is_dir()
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [5, 10]
     assert {"d_loss", "g_loss", "d_real", "d_fake", "images_per_s"} <= set(lines[0])
-    _, metadata = runs.load_weights(out / "model.safetensors")
+    _, metadata = runs.load_weights(checkpoint_file(out))
     assert metadata["step"] == "10"
 
 
@@ -56,8 +58,8 @@ def test_resume_continues_the_same_trajectory_bit_for_bit(tmp_path, loss, extra)
     straight = small_train(tmp_path / "straight", 12, loss=loss, **extra)
     half = small_train(tmp_path / "resumed", 6, loss=loss, **extra)
     train(GanTrainConfig(out=str(half), steps=12, resume=True, **FAST))
-    a, _ = runs.load_weights(straight / "model.safetensors")
-    b, _ = runs.load_weights(half / "model.safetensors")
+    a, _ = runs.load_weights(checkpoint_file(straight))
+    b, _ = runs.load_weights(checkpoint_file(half))
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
@@ -69,23 +71,30 @@ def test_resume_continues_the_same_trajectory_bit_for_bit(tmp_path, loss, extra)
 
 def test_epochs_count_discriminator_batches(tmp_path):
     out = small_train(tmp_path / "run", None, epochs=1, batch_size=500, loss="wgan-gp", model="mlp", log_every=1)
-    _, metadata = runs.load_weights(out / "model.safetensors")
+    _, metadata = runs.load_weights(checkpoint_file(out))
     assert metadata["step"] == "2"  # 10 batches per epoch / 5 critic updates per step
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     data = load_images("mnist5k")
-    cfg = GanTrainConfig(out=str(tmp_path), steps=100, model="mlp", width=16, amp=False)
-    trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
-    trainer.train_step()
-    trainer.save(tmp_path)
-    saved = (tmp_path / "model.safetensors").read_bytes()
-    with torch.no_grad():
-        for p in trainer.generator.parameters():
-            p.fill_(float("nan"))
+    cfg = GanTrainConfig(out=str(tmp_path), steps=100, model="mlp", width=16, amp=False, save_every=1)
+    trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"), tmp_path)
+    plan = loop.Plan(cfg.steps, None, log_every=1, eval_every=None, save_every=1)
+    original_step = trainer.train_step
+
+    def poisoned_step(step, elapsed):
+        if step == 1:  # the second step starts from weights that are all NaN
+            with torch.no_grad():
+                for p in trainer.generator.parameters():
+                    p.fill_(float("nan"))
+        return original_step(step, elapsed)
+
+    trainer.train_step = poisoned_step
     with pytest.raises(TrainingDiverged, match="diverged at step 2"):
-        trainer.train_step()
-    assert (tmp_path / "model.safetensors").read_bytes() == saved
+        loop.run(trainer, plan, tmp_path, loop.Start())
+    assert runs.read_pointer(tmp_path)["step"] == 1
+    tensors, _ = runs.load_weights(checkpoint_file(tmp_path))
+    assert all(torch.isfinite(t).all() for t in tensors.values())
 
 
 # --- sampling ------------------------------------------------------------------------------
@@ -159,7 +168,7 @@ def test_run_that_is_not_a_run(run_cli, tmp_path):
 
 def test_corrupt_weights(run_cli, tmp_path):
     run = small_train(tmp_path / "run", 2)
-    weights = run / "model.safetensors"
+    weights = checkpoint_file(run)
     weights.write_bytes(weights.read_bytes()[:200])
     assert_one_line_error(*run_cli("gan", "sample", "--run", run, "--out", tmp_path / "x.png")[::2], "corrupt")
     assert_one_line_error(*run_cli("gan", "train", "--out", run, "--steps", 4, "--resume")[::2], "corrupt")
@@ -168,9 +177,9 @@ def test_corrupt_weights(run_cli, tmp_path):
 
 def test_existing_out_is_refused_without_resume(run_cli, tmp_path):
     run = small_train(tmp_path / "run", 2)
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert_one_line_error(*run_cli("gan", "train", "--out", run, "--steps", 4)[::2], "--resume")
-    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
 def test_bad_flag_values(run_cli, tmp_path):

@@ -12,6 +12,7 @@ from aigc.errors import UserError
 from aigc.gpt.config import GptTrainConfig
 from aigc.gpt.generation import Generator, Sampling
 from aigc.gpt.train import train
+from conftest import checkpoint_file
 
 TEXT = "to be or not to be, that is the question.\n" * 150
 
@@ -105,14 +106,15 @@ def test_not_a_gpt_run(run_cli, tmp_path):
     assert status == 2 and "run directory not found" in err
 
 
-@pytest.mark.parametrize("name, message", [("best.safetensors", "corrupt weights file"),
+@pytest.mark.parametrize("name, message", [("best weights", "corrupt weights file"),
                                            ("tokenizer.json", "corrupt tokenizer file")])
 def test_corrupt_run_files(run, run_cli, tmp_path, name, message):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    (copy / name).write_bytes((copy / name).read_bytes()[:100])
+    path = checkpoint_file(copy, which="best") if name == "best weights" else copy / name
+    path.write_bytes(path.read_bytes()[:100])
     status, _, err = run_cli("gpt", "generate", "--run", copy, "--max-new-tokens", "3")
     assert status == 2 and message in err and err.count("\n") == 1
 
@@ -122,7 +124,7 @@ def test_corrupt_resume_state(run, run_cli, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    (copy / "state.pt").write_bytes(b"not a checkpoint")
+    checkpoint_file(copy, "state.pt").write_bytes(b"not a checkpoint")
     status, _, err = run_cli("gpt", "train", "--out", copy, "--resume", "--max-iters", "200")
     assert status == 2 and "corrupt resume state" in err
 

@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from aigc.data.tokenizers import train_tokenizer  # noqa: E402
-from aigc.gpt.checkpoints import load_run, save_model, write_run_config  # noqa: E402
+from aigc.gpt.loading import load_gpt, save_inference_run  # noqa: E402
 from aigc.gpt.model import GPT, GPTConfig  # noqa: E402
 
 TEXT = "Some text for a tiny tokenizer: naïve café, 123 + 456 = 579.\n" * 30
@@ -23,9 +23,7 @@ def make_run(path, kind: str):
     for p in model.parameters():  # not just the init: biases and LayerNorms nonzero too
         p.data.normal_(0, 0.2)
     path.mkdir()
-    tokenizer.save(path / "tokenizer.json")
-    save_model(path / "model.safetensors", model, step=0)
-    write_run_config(path, model.config, tokenizer, train=None)
+    save_inference_run(path, model, tokenizer)
     return path
 
 
@@ -36,7 +34,8 @@ def test_export_loads_in_transformers_with_the_same_logits_and_tokens(run_cli, t
     assert status == 0, err
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
-    model, tokenizer, _ = load_run(run)
+    loaded = load_gpt(run)
+    model, tokenizer = loaded.model, loaded.tokenizer
     text = "naïve café: 579 = 123 + 456"
     ids = tokenizer.encode(text)
     assert hf_tokenizer(text)["input_ids"] == ids
@@ -51,7 +50,7 @@ def test_bpe_export_loads_with_the_gpt2_tokenizer_class(run_cli, tmp_path):
     run = make_run(tmp_path / "run", "bpe")
     run_cli("gpt", "export-hf", "--run", run, "--out", tmp_path / "hf")
     gpt2_tokenizer = transformers.GPT2TokenizerFast.from_pretrained(tmp_path / "hf", local_files_only=True)
-    _, tokenizer, _ = load_run(run)
+    tokenizer = load_gpt(run).tokenizer
     assert gpt2_tokenizer("café 123")["input_ids"] == tokenizer.encode("café 123")
 
 
@@ -67,7 +66,8 @@ def test_import_matches_a_random_gpt2(run_cli, tmp_path):
 
     status, _, err = run_cli("gpt", "import-hf", "--hf", tmp_path / "hf", "--out", tmp_path / "run")
     assert status == 0, err
-    model, tokenizer, _ = load_run(tmp_path / "run")
+    loaded = load_gpt(tmp_path / "run")
+    model, tokenizer = loaded.model, loaded.tokenizer
     ids = torch.tensor([tokenizer.encode("123 + 456 = 579, café")])
     with torch.no_grad():
         diff = (model(ids)[0] - hf_model(ids).logits).abs().max().item()

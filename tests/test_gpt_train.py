@@ -13,6 +13,8 @@ from aigc.gpt.config import GptTrainConfig
 from aigc.gpt.train import train
 from aigc.logging import read_metrics
 
+from conftest import checkpoint_file
+
 TEXT = "".join(f"{name} has {n} apples and {n + 1} pears.\n" for n in range(60) for name in ("Ann", "Bob", "Cy"))
 
 
@@ -44,8 +46,11 @@ def test_loss_goes_down_and_run_files_are_written(corpus, tmp_path):
     losses = val_losses(run)
     assert losses[-1] < 0.5 * math.log(len(set(TEXT)))  # well below a uniform guess
     assert losses[-1] < losses[0]
-    for name in ("config.json", "tokenizer.json", "model.safetensors", "best.safetensors", "state.pt", "loss.png"):
+    for name in ("config.json", "tokenizer.json", "checkpoint.json", "loss.png"):
         assert (run / name).is_file(), name
+    for name in ("model.safetensors", "state.pt"):
+        assert checkpoint_file(run, name).is_file(), name
+    assert checkpoint_file(run, "model.safetensors", "best").is_file()
     assert any((run / "tb").iterdir())
     config = json.loads((run / "config.json").read_text())
     assert config["kind"] == "gpt" and config["model"]["n_layer"] == 1 and config["tokenizer"] == "char"

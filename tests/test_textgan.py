@@ -15,7 +15,7 @@ from aigc.textgan import generator as gen
 from aigc.textgan.discriminators import build_discriminator, discriminator_loss
 from aigc.textgan.oracle import Oracle
 from aigc.textgan.rollout import policy_gradient_loss, rollout_completions, rollout_rewards
-from aigc.textgan.train import load_run
+from aigc.textgan.loading import load_textgan
 from conftest import assert_one_line_error
 
 
@@ -334,7 +334,7 @@ def test_train_runs_every_phase_and_resume_continues_the_same_run(tmp_path, run_
     assert_one_line_error(status, err, "cannot resume with --rollouts 5: the run was trained with")
     status, _, err = run_cli("textgan", "train", "--resume", "--adv-rounds", "3", "--out", tmp_path / "split")
     assert status == 0, err
-    full, split = (load_run(tmp_path / name)[0].state_dict() for name in ("full", "split"))
+    full, split = (load_textgan(tmp_path / name).model.state_dict() for name in ("full", "split"))
     for name in full:
         assert torch.equal(full[name], split[name]), name
 
@@ -344,7 +344,8 @@ def test_words_data_base_run_and_constant_reward_control(tmp_path, run_cli):
     data.write_text("a man rides a horse .\na cat sits on a mat .\ntwo dogs play in the park .\n" * 10)
     status, _, err = run_cli("textgan", "train", "--data", data, *SMALL, "--adv-rounds", "0", "--out", tmp_path / "mle")
     assert status == 0, err
-    model, codec = load_run(tmp_path / "mle")
+    loaded = load_textgan(tmp_path / "mle")
+    model, codec = loaded.model, loaded.codec
     assert model.config.block_size == 8 and codec.decode(codec.encode([["a", "cat"]], 8)) == [["a", "cat"]]
     status, _, err = run_cli("textgan", "train", "--data", data, "--base", tmp_path / "mle", *SMALL,
                              "--adv-rounds", "2", "--reward", "constant", "--disc", "transformer",
@@ -407,7 +408,8 @@ def test_base_can_be_a_pretrained_gpt_run(tmp_path, run_cli):
     status, _, err = run_cli("textgan", "train", "--data", text, "--base", tmp_path / "gpt", *SMALL,
                              "--adv-rounds", "1", "--out", tmp_path / "gan")
     assert status == 0, err
-    model, codec = load_run(tmp_path / "gan")
+    loaded = load_textgan(tmp_path / "gan")
+    model, codec = loaded.model, loaded.codec
     assert codec.kind == "tokenizer" and model.config.vocab_size == codec.size + 1
     tokens = codec.encode([["the", "cat", "sat."]], 16)
     assert tokens[0, 12:].tolist() == [codec.eos] * 4 and codec.decode(tokens) == [["the", "cat", "sat."]]

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from aigc.errors import UserError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # see aigc.devices.resolve_device
+GIVEN = "_given_options"  # attribute of a built config: the names of the options the user set
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -153,6 +154,7 @@ def build_config(cls: type, given: dict[str, Any]) -> Any:
                 raise UserError(f"bad value for {key!r} in {given['config']}: choose from {', '.join(choices)}")
     values.update({k: v for k, v in given.items() if k in fields})
     config = cls(**values)
+    object.__setattr__(config, GIVEN, frozenset(values))  # what the user set, for resumed()
     validate = getattr(config, "validate", None)
     if validate is not None:
         validate()
@@ -165,12 +167,15 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def resumed(given: Any, saved: dict[str, Any], may_change: Callable[[str], bool]) -> Any:
     """The config to resume a run with: its saved settings (``saved``, the config it was started
-    with) overridden by those given now that differ from their defaults. Changing a setting that
-    ``may_change`` refuses (one that defines the run: model shape, data, seed...) is an error."""
+    with) overridden by those set now (on the command line or in a TOML file; for a config made
+    in Python, those that differ from their defaults). Changing a setting that ``may_change``
+    refuses (one that defines the run: model shape, data, seed...) is an error."""
+    set_now = getattr(given, GIVEN, None)
     values = {}
     for field in dataclasses.fields(given):
         now, before = getattr(given, field.name), saved.get(field.name, field.default)
-        changed = now != field.default and now != before
+        was_set = field.name in set_now if set_now is not None else now != field.default
+        changed = was_set and now != before
         if changed and not may_change(field.name):
             raise UserError(f"cannot resume with {flag_name(field.name)} {now}: the run was trained with {before}")
         values[field.name] = now if changed else before

@@ -16,6 +16,7 @@ import torch
 
 from aigc.data.tokenizers import Tokenizer, token_array
 from aigc.errors import UserError
+from aigc.training.samplers import RandomBatches
 
 DEFAULT_CORPUS = "pydoc_data.topics (the Python language reference, bundled with Python)"
 VAL_FRACTION = 0.1
@@ -99,31 +100,11 @@ def windows(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[to
     return chunk[:, :-1], chunk[:, 1:]
 
 
-class RandomWindows:
-    """Batches of random windows, drawn with a generator of its own so the data position can be
-    saved and restored exactly (``state_dict``/``load_state_dict``)."""
-
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int):
-        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        high = len(self.tokens) - self.block_size  # last start that leaves room for the target
-        starts = torch.randint(high, (self.batch_size,), generator=self.generator).numpy()
-        return windows(self.tokens, starts, self.block_size)
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-
-
 def fixed_windows(tokens: np.ndarray, block_size: int, batch_size: int, batches: int,
                   seed: int = 1234) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The same ``batches`` random batches every time (for comparable validation losses)."""
-    sampler = RandomWindows(tokens, block_size, batch_size, seed)
-    return [sampler.next() for _ in range(batches)]
+    sampler = RandomBatches(len(tokens) - block_size, batch_size, seed)  # starts that leave room for the target
+    return [windows(tokens, sampler.next().numpy(), block_size) for _ in range(batches)]
 
 
 def tiling_windows(tokens: np.ndarray, block_size: int) -> list[tuple[np.ndarray, np.ndarray]]:

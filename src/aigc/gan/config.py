@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigc.config import DEVICE_CHOICES, option, require
+from aigc.config import DEVICE_CHOICES, option, parse_duration, require
 
 MODELS = ("mlp", "dcgan")
 LOSS_NAMES = ("bce", "hinge", "wgan-gp")
@@ -19,6 +19,8 @@ class GanTrainConfig:
     spectral_norm: bool = option(False, "spectral normalisation on the discriminator's layers")
     steps: int | None = option(None, "generator updates to train for (default 2000 unless --epochs is given)")
     epochs: int | None = option(None, "passes over the data instead of --steps")
+    time_budget: float | None = option(None, "train for this long instead (e.g. 90s, 10m); with --steps or "
+                                             "--epochs, whichever ends first", parse=parse_duration)
     batch_size: int = option(64, "images per batch")
     lr: float = option(2e-4, "Adam learning rate (both networks)")
     beta1: float = option(0.5, "Adam beta1")
@@ -41,7 +43,7 @@ class GanTrainConfig:
 
     def validate(self) -> None:
         require(not (self.steps is not None and self.epochs is not None), "give --steps or --epochs, not both")
-        for name in ("steps", "epochs", "n_critic", "width", "image_size"):
+        for name in ("steps", "epochs", "time_budget", "n_critic", "width", "image_size"):
             value = getattr(self, name)
             require(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
         for name in ("batch_size", "z_dim", "log_every", "sample_every", "save_every"):

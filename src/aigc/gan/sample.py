@@ -1,4 +1,4 @@
-"""Sampling from a trained GAN run: ``aigc gan sample`` and :func:`load_generator`."""
+"""Sampling from a trained GAN run: ``aigc gan sample`` and the functions it is made of."""
 
 from __future__ import annotations
 
@@ -14,25 +14,8 @@ from aigc.data.images import save_grid, to_uint8
 from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gan.config import GanSampleConfig
-from aigc.gan.models import GanModelConfig, build_generator
-from aigc.gan.train import load_prefixed
-
-
-def load_generator(run: str | Path, ema: bool = True, device: torch.device | str = "cpu"
-                   ) -> tuple[nn.Module, GanModelConfig, dict]:
-    """The generator of a GAN run (its EMA copy when present and ``ema``), in eval mode,
-    with its model config and the run's whole config.json."""
-    run = Path(run)
-    run_config = runs.read_run_config(run, "gan")
-    try:
-        model_cfg = GanModelConfig(**run_config["model"])
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"{run}/config.json has no valid model section ({exc})") from None
-    tensors, _ = runs.load_weights(run / runs.WEIGHTS_FILE)
-    prefix = "ema_generator" if ema and any(k.startswith("ema_generator.") for k in tensors) else "generator"
-    generator = build_generator(model_cfg)
-    load_prefixed(generator, tensors, prefix, run)
-    return generator.to(device).eval(), model_cfg, run_config
+from aigc.gan.loading import load_generator
+from aigc.gan.models import GanModelConfig
 
 
 def sample_labels(model_cfg: GanModelConfig, n: int, label: int | None) -> torch.Tensor | None:

@@ -22,7 +22,7 @@ from aigc.data import text
 from aigc.data.tokenizers import Tokenizer
 from aigc.devices import resolve_device
 from aigc.errors import UserError
-from aigc.gpt.checkpoints import load_run
+from aigc.gpt.loading import load_gpt
 from aigc.gpt.config import TASK_METRICS, GptEvalConfig
 from aigc.gpt.model import GPT
 from aigc.runs import atomic_write
@@ -84,7 +84,8 @@ def evaluate_command(config: GptEvalConfig) -> dict[str, float]:
 
 
 def _language_model_metrics(config: GptEvalConfig) -> dict[str, float]:
-    model, tokenizer, run_config = load_run(config.run, config.checkpoint, resolve_device(config.device))
+    loaded = load_gpt(config.run, config.checkpoint, resolve_device(config.device))
+    model, tokenizer, run_config = loaded.model, loaded.tokenizer, loaded.run_config
     tokens = _eval_tokens(config, tokenizer, run_config, model.config.block_size)
     inputs = EvalInput(model, tokenizer, tokens, config.batch_size)
     results: dict[str, float] = {}

@@ -146,10 +146,10 @@ class Generator:
 
     @classmethod
     def from_run(cls, run: str, checkpoint: str = "best", device: str = "auto") -> "Generator":
-        from aigc.gpt.checkpoints import load_run
+        from aigc.gpt.loading import load_gpt
 
-        model, tokenizer, _ = load_run(run, checkpoint, resolve_device(device))
-        return cls(model, tokenizer)
+        loaded = load_gpt(run, checkpoint, resolve_device(device))
+        return cls(loaded.model, loaded.tokenizer)
 
     def _prompt_ids(self, prompt: str, num_samples: int) -> torch.Tensor:
         ids = self.tokenizer.encode(prompt)

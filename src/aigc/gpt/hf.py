@@ -14,10 +14,10 @@ import torch
 
 from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer
 from aigc.errors import UserError
-from aigc.gpt.checkpoints import load_run, save_model, write_run_config
+from aigc.gpt.loading import load_gpt, save_inference_run
 from aigc.gpt.config import GptExportHfConfig, GptImportHfConfig
 from aigc.gpt.model import GPT, GPTConfig
-from aigc.runs import WEIGHTS_FILE, prepare_run_dir
+from aigc.runs import create_run_dir, prepare_run_dir
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
@@ -83,8 +83,9 @@ def _quiet_transformers() -> None:
 def export_hf(config: GptExportHfConfig) -> Path:
     """``aigc gpt export-hf``: a folder ``GPT2LMHeadModel.from_pretrained`` loads offline."""
     _quiet_transformers()
-    model, tokenizer, _ = load_run(config.run, config.checkpoint, plain=True)
-    out = prepare_run_dir(config.out, resume=False)
+    loaded = load_gpt(config.run, config.checkpoint, plain=True)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    out = create_run_dir(prepare_run_dir(config.out, resume=False))
     to_hf(model).save_pretrained(out)
     _hf_tokenizer(tokenizer).save_pretrained(out)
     print(f"wrote {out}: GPT2LMHeadModel ({model.num_params() / 1e6:.2f}M parameters) and its tokenizer")
@@ -111,9 +112,7 @@ def import_hf(config: GptImportHfConfig) -> Path:
     if tokenizer.vocab_size > model.config.vocab_size:
         raise UserError(f"the tokenizer in {hf} has {tokenizer.vocab_size} tokens, the model only "
                         f"{model.config.vocab_size}")
-    out = prepare_run_dir(config.out, resume=False)
-    tokenizer.save(out / TOKENIZER_FILE)
-    save_model(out / WEIGHTS_FILE, model, step=0)
-    write_run_config(out, model.config, tokenizer, train=None)
+    out = create_run_dir(prepare_run_dir(config.out, resume=False))
+    save_inference_run(out, model, tokenizer, imported_from=str(hf.resolve()))
     print(f"wrote GPT run {out} ({model.num_params() / 1e6:.2f}M parameters, {tokenizer.vocab_size} tokens)")
     return out

@@ -10,32 +10,22 @@ cannot be folded.
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import asdict
 from pathlib import Path
 
-from aigc.data.tokenizers import TOKENIZER_FILE
-from aigc.gpt.checkpoints import KIND, save_model
 from aigc.gpt.config import GptMergeConfig
-from aigc.gpt.finetune import ADAPTER_FILE, load_finetuned
+from aigc.gpt.loading import load_finetuned, save_inference_run
 from aigc.gpt.peft_methods import extra_tensors
-from aigc.runs import CONFIG_FILE, WEIGHTS_FILE, prepare_run_dir, save_json, save_weights
+from aigc.runs import create_run_dir, prepare_run_dir
 
 
 def merge(config: GptMergeConfig) -> Path:
     finetuned = load_finetuned(config.run, config.checkpoint, "cpu", base=config.base)
     gpt = finetuned.tuned.merged()
-    run_dir = prepare_run_dir(config.out, resume=False)
-    save_model(run_dir / WEIGHTS_FILE, gpt, step=0)
+    run_dir = create_run_dir(prepare_run_dir(config.out, resume=False))
     head = extra_tensors(finetuned.model, skip_frozen_base=False) if finetuned.model.head is not None else {}
-    if head:
-        save_weights(run_dir / ADAPTER_FILE, head)
-    shutil.copyfile(Path(config.run) / TOKENIZER_FILE, run_dir / TOKENIZER_FILE)
     source = finetuned.run_config
-    save_json(run_dir / CONFIG_FILE, {
-        "kind": KIND, "model": asdict(gpt.config), "tokenizer": source["tokenizer"], "task": source["task"],
-        "merged_from": {"run": str(Path(config.run).resolve()), "checkpoint": config.checkpoint,
-                        "method": source.get("method"), "base": source.get("base")},
-        "train": None})
+    save_inference_run(run_dir, gpt, finetuned.tokenizer, extra_weights=head, task=source["task"],
+                       merged_from={"run": str(Path(config.run).resolve()), "checkpoint": config.checkpoint,
+                                    "method": source.get("method"), "base": source.get("base")})
     print(f"gpt merge: {source.get('method', {}).get('name', 'full')} run {config.run} -> plain GPT run {run_dir}")
     return run_dir

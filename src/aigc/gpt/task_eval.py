@@ -17,7 +17,7 @@ import torch
 from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gpt.config import GptEvalConfig
-from aigc.gpt.finetune import Finetuned, load_finetuned
+from aigc.gpt.loading import Finetuned, load_finetuned
 from aigc.gpt.generation import Generator
 from aigc.gpt.tasks import classify_batch, encode_examples, read_jsonl, read_pairs
 from aigc.metrics import text as text_metrics

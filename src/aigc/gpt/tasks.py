@@ -159,32 +159,6 @@ def classify_batch(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor, to
     return x, torch.tensor([len(e.ids) for e in batch]), torch.tensor([e.label for e in batch])
 
 
-class ExampleBatches:
-    """Shuffled batches, epoch after epoch, from a generator of its own (resumable exactly)."""
-
-    def __init__(self, examples: list[Encoded], batch_size: int, seed: int):
-        self.examples, self.batch_size = examples, min(batch_size, len(examples))
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order: list[int] = []
-        self.position = 0
-
-    def next(self) -> list[Encoded]:
-        if self.position + self.batch_size > len(self.order):
-            self.order = torch.randperm(len(self.examples), generator=self.generator).tolist()
-            self.position = 0
-        chosen = self.order[self.position:self.position + self.batch_size]
-        self.position += self.batch_size
-        return [self.examples[i] for i in chosen]
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.long),
-                "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.order, self.position = state["order"].tolist(), int(state["position"])
-
-
 # ---------------------------------------------------------------- model side
 
 def hidden_states(gpt: GPT, idx: torch.Tensor) -> torch.Tensor:

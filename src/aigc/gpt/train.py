@@ -1,9 +1,10 @@
 """The GPT pretraining recipe: next-token maximum likelihood with AdamW.
 
-Read top to bottom: data and tokenizer, model, optimizer, then one loop of steps with
-warm-up + cosine learning rates, gradient clipping and bf16 autocast; validation loss at
-intervals with the last and best checkpoints; ``state.pt`` holds everything --resume needs
-to continue the same trajectory (optimizer, step, RNG and data-sampler states).
+Read top to bottom: data and tokenizer, model, optimizer, then the shared loop
+(``aigc.training.loop``) of steps with warm-up + cosine learning rates, gradient clipping and
+bf16 autocast; validation loss at intervals with the last and best checkpoints; each
+checkpoint's ``state.pt`` holds everything --resume needs to continue the same trajectory
+(optimizer, step, RNG and data-sampler states).
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from aigc.config import resumed
 from aigc.data import text
 from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer, train_tokenizer
 from aigc.devices import autocast, resolve_device
-from aigc.errors import TrainingDiverged, UserError
-from aigc.gpt.checkpoints import (BEST_FILE, KIND, load_into, model_config_of, save_model, weights_path,
-                                  write_run_config)
 from aigc.gpt.config import GptTrainConfig
+from aigc.gpt.loading import GPT_KIND, load_into, model_config_of, weights_path, write_run_config
 from aigc.gpt.model import GPT, GPTConfig
-from aigc.logging import MetricsLog, Progress, plot_metrics, read_metrics
-from aigc.runs import (METRICS_FILE, STATE_FILE, WEIGHTS_FILE, prepare_run_dir, read_run_config, restoring_state,
-                       save_state, unique_dir)
+from aigc.logging import plot_metrics, read_metrics
+from aigc.runs import (METRICS_FILE, PLOT_FILE, WEIGHTS_FILE, create_run_dir, prepare_run_dir, read_run_config,
+                       unique_dir)
+from aigc.training import loop
+from aigc.training.samplers import RandomBatches
+from aigc.training.schedule import CosineSchedule, set_lr
+from aigc.training.steps import accumulated_step
 
 DEFAULT_MAX_ITERS = 2000
 # Settings that define what a run is: a resumed run keeps them, and asking for other values is an error.
@@ -40,120 +43,98 @@ def train(config: GptTrainConfig) -> Path:
     out = Path(config.out) if config.out else unique_dir(Path("runs") / time.strftime("gpt-%Y%m%d-%H%M%S"))
     run_dir = prepare_run_dir(out, config.resume)
     if config.resume:
-        config = resumed_config(config, read_run_config(run_dir, KIND).get("train") or {})
+        config = resumed(config, read_run_config(run_dir, GPT_KIND).get("train") or {},
+                         lambda name: name not in RUN_DEFINING)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 
     data = text.read_text(config.data)
     tokenizer, model_config, init_weights = _tokenizer_and_model_config(config, data, run_dir)
     train_tokens, val_tokens = _token_splits(config, data, tokenizer, model_config.block_size)
-    write_run_config(run_dir, model_config, tokenizer, asdict(config))
-
     model = GPT(model_config).to(device)
     if init_weights is not None:
         load_into(model, init_weights)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(config.weight_decay), lr=config.lr,
-                                  betas=(config.beta1, config.beta2), fused=device.type in ("cpu", "cuda"))
-    sampler = text.RandomWindows(train_tokens, model_config.block_size, config.batch_size, seed=config.seed)
-    state = {"step": 0, "elapsed": 0.0, "best_val_loss": math.inf}
-    if config.resume:
-        state = _restore(run_dir, model, optimizer, sampler)
-    val_batches = text.fixed_windows(val_tokens, model_config.block_size, config.batch_size, config.eval_iters)
-    forward = torch.compile(model) if config.compile else model
+    trainer = GptTrainer(config, model, train_tokens, val_tokens, device)
+    plan = loop.Plan(trainer.max_iters, config.time_budget, config.log_every, config.eval_interval,
+                     save_every=config.eval_interval, steps_flag="--max-iters")
+    start = loop.restore(trainer, run_dir, plan) if config.resume else loop.Start()
+    if not config.resume:
+        create_run_dir(run_dir)
+        tokenizer.save(run_dir / TOKENIZER_FILE)
+    write_run_config(run_dir, model_config, tokenizer, asdict(config))
 
-    log = MetricsLog(run_dir, resume_step=state["step"] if config.resume else None)
-    max_iters = config.max_iters or (None if config.time_budget else DEFAULT_MAX_ITERS)
-    schedule = Schedule(config, max_iters)
-    progress = Progress(max_iters or int(config.time_budget), "gpt train",
-                        initial=state["step"] if max_iters else int(state["elapsed"]))
     print(f"gpt: {model.num_params() / 1e6:.2f}M parameters, {tokenizer.kind} tokenizer with "
           f"{tokenizer.vocab_size} tokens, {len(train_tokens):,} training tokens; run {run_dir}", flush=True)
-    try:
-        _loop(config, model, forward, optimizer, sampler, val_batches, state, schedule, max_iters,
-              run_dir, log, progress, device)
-    finally:
-        progress.close()
-        log.close()
-    plot_metrics(read_metrics(run_dir / METRICS_FILE), ["loss", "val_loss"], run_dir / "loss.png", title="GPT loss")
+    loop.run(trainer, plan, run_dir, start)
+    plot_metrics(read_metrics(run_dir / METRICS_FILE), ["loss", "val_loss"], run_dir / PLOT_FILE, title="GPT loss")
     return run_dir
 
 
-class Schedule:
-    """Linear warm-up, then cosine decay from lr to min_lr (Loshchilov & Hutter 2017) over
-    lr_decay_iters steps or, with a time budget, over the budget."""
+class GptTrainer:
+    """A GPT, its optimizer and data, the pretraining step and the validation loss; driven by
+    ``aigc.training.loop``."""
 
-    def __init__(self, config: GptTrainConfig, max_iters: int | None):
-        self.config = config
-        self.decay_iters = config.lr_decay_iters or max_iters
+    name = "gpt train"
 
-    def progress(self, step: int, elapsed: float) -> float:
-        """How far through the run we are, in [0, 1]: the furthest of steps and time."""
-        fractions = []
-        if self.decay_iters:
-            warmup = self.config.warmup_iters
-            fractions.append((step - warmup) / max(1, self.decay_iters - warmup))
-        if self.config.time_budget:
-            fractions.append(elapsed / self.config.time_budget)
-        return min(1.0, max(0.0, *fractions))
+    def __init__(self, config: GptTrainConfig, model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
+                 device: torch.device):
+        self.config, self.model, self.device = config, model, device
+        self.forward = torch.compile(model) if config.compile else model
+        self.optimizer = torch.optim.AdamW(model.optimizer_groups(config.weight_decay), lr=config.lr,
+                                           betas=(config.beta1, config.beta2), fused=device.type in ("cpu", "cuda"))
+        self.tokens, block = train_tokens, model.config.block_size
+        self.sampler = RandomBatches(len(train_tokens) - block, config.batch_size, seed=config.seed)
+        self.val_batches = text.fixed_windows(val_tokens, block, config.batch_size, config.eval_iters)
+        self.max_iters = config.max_iters or (None if config.time_budget else DEFAULT_MAX_ITERS)
+        self.schedule = CosineSchedule(config.lr, config.min_lr, config.warmup_iters,
+                                       config.lr_decay_iters or self.max_iters, config.time_budget)
+        self.throughput = ("tokens_per_s", config.batch_size * block * config.grad_accum)
+        self.lr = config.lr
+        self.best_val_loss, self.is_best = math.inf, False
 
-    def lr(self, step: int, elapsed: float) -> float:
-        c = self.config
-        if step < c.warmup_iters:
-            return c.lr * (step + 1) / (c.warmup_iters + 1)
-        return c.min_lr + 0.5 * (1 + math.cos(math.pi * self.progress(step, elapsed))) * (c.lr - c.min_lr)
+    def train_step(self, step: int, elapsed: float) -> dict[str, float]:
+        """One optimizer step over grad_accum micro-batches; returns the mean loss."""
+        self.lr = self.schedule(step, elapsed)
+        set_lr(self.optimizer, self.lr)
+        loss = accumulated_step(self.optimizer, self.model.parameters(), self._micro_batch_loss,
+                                self.config.grad_accum, self.config.grad_clip)
+        return {"loss": loss}
 
-    def done(self, step: int, elapsed: float, max_iters: int | None) -> bool:
-        if max_iters is not None and step >= max_iters:
-            return True
-        return self.config.time_budget is not None and elapsed >= self.config.time_budget
+    def _micro_batch_loss(self) -> tuple[torch.Tensor, float]:
+        starts = self.sampler.next().numpy()
+        x, y = (t.to(self.device, non_blocking=True) for t in text.windows(self.tokens, starts,
+                                                                            self.model.config.block_size))
+        with autocast(self.device, self.config.amp):
+            _, loss = self.forward(x, y)  # x, y: (B, T)
+        return loss, loss.item()
 
+    def status(self) -> dict:
+        return {"lr": self.lr}
 
-def _loop(config, model, forward, optimizer, sampler, val_batches, state, schedule, max_iters,
-          run_dir, log, progress, device) -> None:
-    step, elapsed = state["step"], state["elapsed"]
-    started = time.perf_counter() - elapsed
-    losses: list[float] = []
-    while not schedule.done(step, elapsed, max_iters):
-        lr = schedule.lr(step, elapsed)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = train_step(config, model, forward, optimizer, sampler, device)
-        step += 1
-        elapsed = time.perf_counter() - started
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss} at step {step}; the last good checkpoint is in {run_dir}")
-        losses.append(loss)
-        if step % config.log_every == 0:
-            log.log(step, loss=sum(losses) / len(losses), lr=lr, elapsed=round(elapsed, 3))
-            losses.clear()
-        finished = schedule.done(step, elapsed, max_iters)
-        if step % config.eval_interval == 0 or finished:
-            eval_started = time.perf_counter()
-            val_loss = evaluate(model, val_batches, config.amp, device)
-            state.update(step=step, elapsed=elapsed)
-            _checkpoint(run_dir, model, optimizer, sampler, state, val_loss)
-            elapsed = time.perf_counter() - started  # evaluations and checkpoints count against the budget too
-            log.log(step, val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)),
-                    eval_seconds=round(time.perf_counter() - eval_started, 3))
-            progress.write(f"step {step}: val loss {val_loss:.4f}")
-        progress.update(step if max_iters else min(int(elapsed), progress.total), loss=loss, lr=lr)
+    def evaluate(self, step: int) -> dict[str, float]:
+        started = time.perf_counter()
+        val_loss = evaluate(self.model, self.val_batches, self.config.amp, self.device)
+        self.is_best = val_loss < self.best_val_loss
+        self.best_val_loss = min(self.best_val_loss, val_loss)
+        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)),
+                "eval_seconds": round(time.perf_counter() - started, 3)}
 
+    def best(self) -> bool:
+        return self.is_best
 
-def train_step(config: GptTrainConfig, model: GPT, forward, optimizer: torch.optim.Optimizer,
-               sampler: text.RandomWindows, device: torch.device) -> float:
-    """One optimizer step over grad_accum micro-batches; returns the mean loss."""
-    total = 0.0
-    for _ in range(config.grad_accum):
-        x, y = (t.to(device, non_blocking=True) for t in sampler.next())  # (B, T) each
-        with autocast(device, config.amp):
-            _, loss = forward(x, y)
-        (loss / config.grad_accum).backward()
-        total += loss.item()
-    if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total / config.grad_accum
+    def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {WEIGHTS_FILE: self.model.weights()}
+
+    def state_dict(self) -> dict:
+        return {"optimizers": {"model": self.optimizer.state_dict()},
+                "samplers": {"windows": self.sampler.state_dict()}, "rng": {},
+                "trainer": {"best_val_loss": self.best_val_loss}}
+
+    def load_state(self, folder: Path, state: dict) -> None:
+        load_into(self.model, folder / WEIGHTS_FILE)
+        self.optimizer.load_state_dict(state["optimizers"]["model"])
+        self.sampler.load_state_dict(state["samplers"]["windows"])
+        self.best_val_loss = float(state["trainer"]["best_val_loss"])
 
 
 @torch.no_grad()
@@ -168,56 +149,23 @@ def evaluate(model: GPT, batches: list, amp: bool, device: torch.device) -> floa
     return sum(losses) / len(losses)
 
 
-def _checkpoint(run_dir: Path, model: GPT, optimizer, sampler, state: dict, val_loss: float) -> None:
-    if val_loss < state["best_val_loss"]:
-        state["best_val_loss"] = val_loss
-        save_model(run_dir / BEST_FILE, model, state["step"])
-    save_model(run_dir / WEIGHTS_FILE, model, state["step"])
-    save_state(run_dir / STATE_FILE, {
-        **state,
-        "optimizer": optimizer.state_dict(),
-        "sampler": sampler.state_dict(),
-        "torch_rng": torch.get_rng_state(),  # dropout
-    })
-
-
-def _restore(run_dir: Path, model: GPT, optimizer, sampler) -> dict:
-    with restoring_state(run_dir) as saved:
-        load_into(model, run_dir / WEIGHTS_FILE)
-        optimizer.load_state_dict(saved["optimizer"])
-        sampler.load_state_dict(saved["sampler"])
-        torch.set_rng_state(saved["torch_rng"])
-        return {"step": int(saved["step"]), "elapsed": float(saved["elapsed"]),
-                "best_val_loss": float(saved["best_val_loss"])}
-
-
-def resumed_config(given: GptTrainConfig, saved: dict) -> GptTrainConfig:
-    """The saved run's settings, overridden by flags given now; changing what defines the run
-    (model shape, data, tokenizer, seed) is an error."""
-    return resumed(given, saved, lambda name: name not in RUN_DEFINING)
-
-
 def _tokenizer_and_model_config(config: GptTrainConfig, data: bytes,
                                 run_dir: Path) -> tuple[Tokenizer, GPTConfig, Path | None]:
-    """The tokenizer (saved into the run), the model config, and the weights to start from if any."""
+    """The tokenizer, the model config, and the weights to start from if any."""
     if config.resume:
-        run_config = read_run_config(run_dir, KIND)
+        run_config = read_run_config(run_dir, GPT_KIND)
         return Tokenizer.load(run_dir / TOKENIZER_FILE), model_config_of(run_config, run_dir), None
     if config.init_from:
         init = Path(config.init_from)
-        model_config = model_config_of(read_run_config(init, KIND), init)
+        model_config = model_config_of(read_run_config(init, GPT_KIND), init)
         model_config.dropout = config.dropout
-        tokenizer = Tokenizer.load(init / TOKENIZER_FILE)
-        weights = weights_path(init, "best")
-    else:
-        source = config.data or text.DEFAULT_CORPUS
-        tokenizer = train_tokenizer(config.tokenizer, data, config.vocab_size, source)
-        model_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=config.block_size,
-                                 n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-                                 dropout=config.dropout)
-        weights = None
-    tokenizer.save(run_dir / TOKENIZER_FILE)
-    return tokenizer, model_config, weights
+        return Tokenizer.load(init / TOKENIZER_FILE), model_config, weights_path(init, "best")
+    source = config.data or text.DEFAULT_CORPUS
+    tokenizer = train_tokenizer(config.tokenizer, data, config.vocab_size, source)
+    model_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=config.block_size,
+                             n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                             dropout=config.dropout)
+    return tokenizer, model_config, None
 
 
 def _token_splits(config: GptTrainConfig, data: bytes, tokenizer: Tokenizer,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigc.config import option, require
+from aigc.config import option, parse_duration, require
 from aigc.config import DEVICE_CHOICES
 
 DISCRIMINATORS = ("cnn", "transformer")
@@ -48,6 +48,8 @@ class TextGanTrainConfig:
     d_steps: int = option(3, "discriminator steps per round, each on fresh generated negatives")
     reward: str = option("discriminator", "discriminator: SeqGAN; constant: the control that gives every "
                                           f"sequence the verdict {CONSTANT_REWARD} (no discriminator)", choices=REWARDS)
+    time_budget: float | None = option(None, "stop after this long (e.g. 90s, 10m), whatever phase the run is in",
+                                       parse=parse_duration)
     device: str = option("auto", "where to train", choices=DEVICE_CHOICES)
     seed: int = option(0, "random seed: the same seed and data give the same run")
     out: str | None = option(None, "run directory (required)")
@@ -60,6 +62,8 @@ class TextGanTrainConfig:
         require(self.data is not None or self.resume, "--data FILE|oracle is required")
         require(self.out is not None, "--out RUN is required")
         require(self.data != "oracle" or self.oracle is not None, "--data oracle needs --oracle oracle_params.npz")
+        require(self.time_budget is None or self.time_budget > 0,
+                f"--time-budget must be positive, got {self.time_budget}")
         require(self.rollouts >= 1, f"--rollouts must be at least 1, got {self.rollouts}")
         for name in ("oracle_samples", "oracle_length", "n_layer", "n_head", "n_embd", "batch_size", "log_every",
                      "eval_every", "save_every"):

@@ -10,55 +10,60 @@ then one loop over steps in three phases:
 
 ``--reward constant`` (the control) gives every sequence the same verdict and has no
 discriminator, so phases 2 and 3's discriminator steps are skipped. The position in the run
-is one step counter; ``state.pt`` holds it with the optimizers, the data sampler's and
-torch's RNG states, so ``--resume`` continues the same trajectory. What is saved last is
+is one step counter, driven by the shared loop (``aigc.training.loop``); each checkpoint's
+``state.pt`` holds it with the optimizers, the data sampler's and torch's RNG states, so
+``--resume`` continues the same trajectory. What is saved last is
 what gets reported: there is no best-of-run checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
+import itertools
 import statistics
 from pathlib import Path
 
 import torch
 
+from aigc import __version__
 from aigc.config import resumed
 from aigc.devices import resolve_device
-from aigc.errors import TrainingDiverged, UserError
-from aigc.gpt.checkpoints import load_into, model_config_of, save_model
-from aigc.gpt.checkpoints import load_run as load_gpt_run
+from aigc.errors import UserError
+from aigc.gpt.loading import load_into
 from aigc.gpt.model import GPT, GPTConfig
-from aigc.logging import MetricsLog, Progress, RunningMeans, plot_metrics, read_metrics
-from aigc.runs import (CONFIG_FILE, METRICS_FILE, STATE_FILE, WEIGHTS_FILE, load_weights, prepare_run_dir,
-                       read_run_config, restoring_state, save_json, save_state, save_weights)
+from aigc.logging import plot_metrics, read_metrics
+from aigc.runs import (CONFIG_FILE, METRICS_FILE, PLOT_FILE, WEIGHTS_FILE, create_run_dir, load_weights,
+                       prepare_run_dir, read_run_config, save_json)
 from aigc.textgan import generator as gen
 from aigc.textgan.config import CONSTANT_REWARD, TextGanTrainConfig
 from aigc.textgan.data import Codec, ids_tensor, is_ids, read_lines
 from aigc.textgan.discriminators import build_discriminator, discriminator_loss
+from aigc.textgan.loading import DISC_FILE, TEXTGAN_KIND, load_base
 from aigc.textgan.oracle import Oracle
 from aigc.textgan.rollout import policy_gradient_loss, rollout_rewards
+from aigc.training import loop
+from aigc.training.samplers import RandomBatches
 
-KIND = "textgan"
-DISC_FILE = "discriminator.safetensors"
 ORACLE_EVAL_SAMPLES = 1000
 # Settings a resumed run takes from the command line; all others come from the saved run.
-RESUME_OVERRIDABLE = {"adv_rounds", "log_every", "eval_every", "save_every", "device", "out", "resume"}
+RESUME_OVERRIDABLE = {"adv_rounds", "time_budget", "log_every", "eval_every", "save_every", "device", "out",
+                      "resume"}
 
 
 def train(config: TextGanTrainConfig) -> Path:
     """Train as ``config`` says; returns the run directory."""
     run_dir = prepare_run_dir(config.out, config.resume)
     if config.resume:
-        config = resumed_config(config, read_run_config(run_dir, KIND).get("train") or {})
+        config = resumed(config, read_run_config(run_dir, TEXTGAN_KIND).get("train") or {},
+                         lambda name: name in RESUME_OVERRIDABLE)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 
     oracle = Oracle.load(config.oracle) if config.oracle else None
     base = load_base(config.base) if config.base else None
     codec, sequences = load_sequences(config, oracle, base)
+    if config.resume:
+        _check_saved_vocabulary(run_dir, codec)
     train_seqs, val_seqs = split(sequences, config.val_fraction, config.seed)
     model = base[0] if base else GPT(GPTConfig(
         vocab_size=codec.model_vocab, block_size=sequences.size(1), n_layer=config.n_layer,
@@ -66,17 +71,32 @@ def train(config: TextGanTrainConfig) -> Path:
     model, model_config = model.to(device), model.config
     disc = None if config.reward == "constant" else build_discriminator(config.disc, codec.model_vocab,
                                                                          sequences.size(1)).to(device)
-    save_json(run_dir / CONFIG_FILE, {"kind": KIND, "model": dataclasses.asdict(model_config),
-                                      "train": dataclasses.asdict(config)})
-    codec.save(run_dir)
+    trainer = TextGanTrainer(config, model, disc, codec, train_seqs.to(device), val_seqs.to(device), oracle)
+    plan = loop.Plan(trainer.total, config.time_budget, config.log_every, config.eval_every, config.save_every,
+                     steps_flag="--adv-rounds", boundaries=trainer.boundaries)
+    start = loop.restore(trainer, run_dir, plan) if config.resume else loop.Start()
+    create_run_dir(run_dir)
+    save_json(run_dir / CONFIG_FILE, {"kind": TEXTGAN_KIND, "aigc_version": __version__,
+                                      "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(config)})
+    if not config.resume:
+        codec.save(run_dir)
 
-    trainer = Trainer(config, model, disc, codec, train_seqs.to(device), val_seqs.to(device), oracle, run_dir)
-    if config.resume:
-        trainer.restore()
-    trainer.run()
+    print(f"textgan: generator {model.num_params() / 1e6:.2f}M parameters, {len(train_seqs)} training sequences "
+          f"of {train_seqs.size(1)} tokens, phases " + ", ".join(f"{name} {n}" for name, n in trainer.phases)
+          + f"; run {run_dir}", flush=True)
+    loop.run(trainer, plan, run_dir, start)
     plot_metrics(read_metrics(run_dir / METRICS_FILE), ["mle_loss", "val_nll", "nll_oracle", "reward"],
-                 run_dir / "loss.png", title="text GAN")
+                 run_dir / PLOT_FILE, title="text GAN")
     return run_dir
+
+
+def _check_saved_vocabulary(run_dir: Path, codec: Codec) -> None:
+    """A resumed run must read its data in the vocabulary it was trained with."""
+    saved = Codec.load(run_dir)
+    if (saved.kind, saved.size, saved.words) != (codec.kind, codec.size, codec.words):
+        raise UserError(f"the vocabulary saved in {run_dir} ({saved.kind}, {saved.size} tokens) does not match "
+                        f"the one of --data {codec.kind}, {codec.size} tokens); the run's vocab file is damaged "
+                        "or the data changed")
 
 
 def load_sequences(config: TextGanTrainConfig, oracle: Oracle | None,
@@ -128,34 +148,27 @@ def split(sequences: torch.Tensor, val_fraction: float, seed: int) -> tuple[torc
     return sequences[order[n_val:]], sequences[order[:n_val]]
 
 
-class Batches:
-    """Random batches of sequences from a generator of its own (resumable)."""
+class TextGanTrainer:
+    """The generator, discriminator, optimizers and data of one run, and the step of each
+    phase; driven by ``aigc.training.loop``."""
 
-    def __init__(self, sequences: torch.Tensor, batch_size: int, seed: int):
-        self.sequences, self.batch_size = sequences, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def next(self) -> torch.Tensor:
-        rows = torch.randint(len(self.sequences), (self.batch_size,), generator=self.generator)
-        return self.sequences[rows.to(self.sequences.device)]  # (B, L)
-
-
-class Trainer:
-    """The models, optimizers and step counter of one run, and the step of each phase."""
+    name = "textgan train"
+    throughput = None
 
     def __init__(self, config: TextGanTrainConfig, model: GPT, disc: torch.nn.Module | None, codec: Codec,
-                 train_seqs: torch.Tensor, val_seqs: torch.Tensor, oracle: Oracle | None, run_dir: Path):
+                 train_seqs: torch.Tensor, val_seqs: torch.Tensor, oracle: Oracle | None):
         self.config, self.model, self.disc, self.codec = config, model, disc, codec
-        self.val_seqs, self.oracle, self.run_dir = val_seqs, oracle, run_dir
-        self.batches = Batches(train_seqs, config.batch_size, config.seed)
+        self.train_seqs, self.val_seqs, self.oracle = train_seqs, val_seqs, oracle
+        self.sampler = RandomBatches(len(train_seqs), config.batch_size, config.seed)
         self.g_opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
         self.d_opt = torch.optim.Adam(disc.parameters(), lr=config.d_lr) if disc is not None else None
         mle = 0 if config.base else config.max_iters
         d_pretrain = 0 if disc is None else config.d_pretrain_steps
         self.phases = [("mle", mle), ("d-pretrain", d_pretrain), ("adversarial", config.adv_rounds)]
         self.total = mle + d_pretrain + config.adv_rounds
-        self.step = 0
-        self.means = RunningMeans()
+        # A phase's last step always logs, evaluates and saves.
+        self.boundaries = frozenset(end for end in itertools.accumulate(n for _, n in self.phases) if end > 0)
+        self.last_phase = self.phase(0) if self.total else "mle"
 
     def phase(self, step: int) -> str:
         """The phase that step number ``step`` (0-based) belongs to."""
@@ -165,39 +178,20 @@ class Trainer:
             step -= length
         raise IndexError(step)
 
-    def run(self) -> None:
-        log = MetricsLog(self.run_dir, resume_step=self.step if self.config.resume else None)
-        progress = Progress(self.total, "textgan train", initial=self.step)
-        print(f"textgan: generator {self.model.num_params() / 1e6:.2f}M parameters, {len(self.batches.sequences)} "
-              f"training sequences of {self.batches.sequences.size(1)} tokens, phases "
-              + ", ".join(f"{name} {n}" for name, n in self.phases) + f"; run {self.run_dir}", flush=True)
-        try:
-            while self.step < self.total:
-                phase = self.phase(self.step)
-                step = {"mle": self.mle_step, "d-pretrain": self.d_step, "adversarial": self.adversarial_round}[phase]
-                metrics = step()
-                self.step += 1
-                self._check_finite(metrics)
-                self.means.add(metrics)
-                end_of_phase = self.step == self.total or self.phase(self.step) != phase
-                if self.step % self.config.log_every == 0 or end_of_phase:
-                    log.log(self.step, phase=phase, **self.means.means())
-                    self.means.reset()
-                if (self.step % self.config.eval_every == 0 and phase != "d-pretrain") or end_of_phase:
-                    evaluation = self.evaluate()
-                    log.log(self.step, **evaluation)
-                    shown = ", ".join(f"{k} {v:.4f}" for k, v in evaluation.items())
-                    progress.write(f"step {self.step} ({phase}): {shown}")
-                if self.step % self.config.save_every == 0 or end_of_phase:
-                    self.checkpoint()
-                progress.update(self.step, **metrics)
-        finally:
-            progress.close()
-            log.close()
+    def train_step(self, step: int, elapsed: float) -> dict[str, float]:
+        self.last_phase = self.phase(step)
+        return {"mle": self.mle_step, "d-pretrain": self.d_step, "adversarial": self.adversarial_round}[
+            self.last_phase]()
+
+    def status(self) -> dict:
+        return {"phase": self.last_phase}
+
+    def batch(self) -> torch.Tensor:
+        return self.train_seqs[self.sampler.next().to(self.train_seqs.device)]  # (B, L)
 
     def mle_step(self, lr: float | None = None) -> dict[str, float]:
         self.model.train()
-        loss = gen.mle_loss(self.model, self.batches.next(), self.codec.bos)
+        loss = gen.mle_loss(self.model, self.batch(), self.codec.bos)
         self._generator_update(loss, lr or self.config.lr)
         return {"mle_loss": loss.item()}
 
@@ -205,7 +199,7 @@ class Trainer:
         fake = gen.sample(self.model, self.config.batch_size, self.codec.bos, batch_size=self.config.batch_size,
                           eos=self.codec.eos)
         self.disc.train()
-        loss, accuracy = discriminator_loss(self.disc, self.batches.next(), fake)
+        loss, accuracy = discriminator_loss(self.disc, self.batch(), fake)
         self.d_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.d_opt.step()
@@ -246,9 +240,12 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.g_opt.step()
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, step: int) -> dict[str, float]:
         """Validation NLL of the generator and, with an oracle, NLL-oracle of its samples (drawn
-        with a generator of their own: evaluating leaves the training trajectory alone)."""
+        with a generator of their own: evaluating leaves the training trajectory alone). None
+        while only the discriminator trains, but at the end of that phase."""
+        if self.last_phase == "d-pretrain" and step not in self.boundaries:
+            return {}
         out = {}
         if len(self.val_seqs):
             out["val_nll"] = gen.nll(self.model, self.val_seqs, self.codec.bos)
@@ -259,71 +256,26 @@ class Trainer:
             out["nll_oracle"] = self.oracle.nll(samples.cpu())
         return out
 
-    def _check_finite(self, metrics: dict[str, float]) -> None:
-        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-        if bad:
-            raise TrainingDiverged(f"{', '.join(bad)} became {list(bad.values())[0]} at step {self.step}; "
-                                   f"the last good checkpoint is in {self.run_dir}")
+    def best(self) -> None:
+        return None  # what is saved last is what gets reported
 
-    def checkpoint(self) -> None:
-        save_model(self.run_dir / WEIGHTS_FILE, self.model, self.step)
+    def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        weights = {WEIGHTS_FILE: self.model.weights()}
         if self.disc is not None:
-            save_weights(self.run_dir / DISC_FILE, self.disc.state_dict(), metadata={"step": str(self.step)})
-        save_state(self.run_dir / STATE_FILE, {
-            "step": self.step,
-            "g_opt": self.g_opt.state_dict(),
-            "d_opt": self.d_opt.state_dict() if self.d_opt is not None else {},
-            "batches": self.batches.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "means": self.means.state_dict(),
-        })
+            weights[DISC_FILE] = self.disc.state_dict()
+        return weights
 
-    def restore(self) -> None:
-        with restoring_state(self.run_dir) as saved:
-            load_into(self.model, self.run_dir / WEIGHTS_FILE)
-            if self.disc is not None:
-                self.disc.load_state_dict(load_weights(self.run_dir / DISC_FILE)[0])
-                self.d_opt.load_state_dict(saved["d_opt"])
-            self.g_opt.load_state_dict(saved["g_opt"])
-            self.batches.generator.set_state(saved["batches"])
-            torch.set_rng_state(saved["torch_rng"])
-            self.means.load_state_dict(saved["means"])
-            self.step = int(saved["step"])
+    def state_dict(self) -> dict:
+        optimizers = {"generator": self.g_opt.state_dict()}
+        if self.d_opt is not None:
+            optimizers["discriminator"] = self.d_opt.state_dict()
+        return {"optimizers": optimizers, "samplers": {"sequences": self.sampler.state_dict()}, "rng": {},
+                "trainer": {}}
 
-
-def resumed_config(given: TextGanTrainConfig, saved: dict) -> TextGanTrainConfig:
-    """The saved run's settings; flags given now may change only RESUME_OVERRIDABLE ones."""
-    return resumed(given, saved, lambda name: name in RESUME_OVERRIDABLE)
-
-
-def load_base(run: str | Path) -> tuple[GPT, Codec]:
-    """The generator to start from: a textgan run's, or a pretrained GPT run's grown by one
-    embedding row for the start token (a copy of the newline token's: lines start after one)."""
-    run = Path(run)
-    if _run_kind(run) != "gpt":
-        return load_run(run)
-    gpt, tokenizer, _ = load_gpt_run(run, "best")
-    codec = Codec("tokenizer", gpt.config.vocab_size, tokenizer=tokenizer)
-    if codec.eos is None:
-        raise UserError(f"the tokenizer of {run} has no single newline token to end lines with")
-    model = GPT(dataclasses.replace(gpt.config, vocab_size=codec.model_vocab))
-    weights = gpt.weights()
-    wte = weights["transformer.wte.weight"]  # (V, C)
-    weights["transformer.wte.weight"] = torch.cat([wte, wte[codec.eos:codec.eos + 1]])  # (V + 1, C)
-    model.load_weights(weights)
-    return model, codec
-
-
-def _run_kind(run: Path) -> str | None:
-    try:
-        return json.loads((run / CONFIG_FILE).read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None  # load_run says what is wrong
-
-
-def load_run(run: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Codec]:
-    """The generator (eval mode, on ``device``) and vocabulary of a textgan run (its last checkpoint)."""
-    run = Path(run)
-    model = GPT(model_config_of(read_run_config(run, KIND), run))
-    load_into(model, run / WEIGHTS_FILE)
-    return model.to(device).eval(), Codec.load(run)
+    def load_state(self, folder: Path, state: dict) -> None:
+        load_into(self.model, folder / WEIGHTS_FILE)
+        if self.disc is not None:
+            self.disc.load_state_dict(load_weights(folder / DISC_FILE)[0])
+            self.d_opt.load_state_dict(state["optimizers"]["discriminator"])
+        self.g_opt.load_state_dict(state["optimizers"]["generator"])
+        self.sampler.load_state_dict(state["samplers"]["sequences"])

@@ -1,0 +1,69 @@
+"""Loading a GAN run: config.json -> the generator and discriminator -> the checkpoint's weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aigc import runs
+from aigc.errors import UserError
+from aigc.gan.models import GanModelConfig, build_generator
+
+GAN_KIND = "gan"
+
+
+@dataclass
+class GanRun:
+    """A GAN run ready to sample: its generator (the EMA copy when there is one and it was
+    asked for; eval mode), the model config and the whole config.json."""
+
+    generator: nn.Module
+    model_config: GanModelConfig
+    run_config: dict
+    path: Path
+
+
+def model_config_of(run_config: dict, run: Path) -> GanModelConfig:
+    """The model section of a GAN run's config.json, checked field by field."""
+    values = run_config.get("model")
+    names = {f.name for f in fields(GanModelConfig)}
+    if not isinstance(values, dict) or set(values) != names:
+        raise UserError(f"{run / runs.CONFIG_FILE} has no valid GAN model config (expected the keys "
+                        f"{', '.join(sorted(names))})")
+    try:
+        return GanModelConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{run / runs.CONFIG_FILE} has no valid GAN model config ({exc})") from None
+
+
+def load_prefixed(module: nn.Module, tensors: dict[str, torch.Tensor], prefix: str, where: Path) -> None:
+    """Load the ``prefix.``-named tensors into ``module``; a mismatch is a UserError."""
+    own = {name[len(prefix) + 1:]: t for name, t in tensors.items() if name.startswith(prefix + ".")}
+    try:
+        module.load_state_dict(own)
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise UserError(f"{where}: weights do not fit the model in config.json ({first_line})") from None
+
+
+def load_gan(run: str | Path, ema: bool = True, device: torch.device | str = "cpu") -> GanRun:
+    """The generator of a GAN run's last checkpoint (its EMA copy when present and ``ema``)."""
+    run = Path(run)
+    run_config = runs.read_run_config(run, GAN_KIND)
+    model_config = model_config_of(run_config, run)
+    folder = runs.checkpoint_dir(run, "last")
+    tensors, _ = runs.load_weights(folder / runs.WEIGHTS_FILE)
+    prefix = "ema_generator" if ema and any(k.startswith("ema_generator.") for k in tensors) else "generator"
+    generator = build_generator(model_config)
+    load_prefixed(generator, tensors, prefix, folder)
+    return GanRun(generator.to(device).eval(), model_config, run_config, run)
+
+
+def load_generator(run: str | Path, ema: bool = True, device: torch.device | str = "cpu"
+                   ) -> tuple[nn.Module, GanModelConfig, dict]:
+    """(generator, model config, config.json) of a GAN run: :func:`load_gan` as a tuple."""
+    loaded = load_gan(run, ema, device)
+    return loaded.generator, loaded.model_config, loaded.run_config

@@ -1,0 +1,65 @@
+"""Loading a text-GAN run (its generator and vocabulary), and the generator a run starts from."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aigc import runs
+from aigc.errors import UserError
+from aigc.gpt.loading import GPT_KIND, load_gpt, load_into, model_config_of
+from aigc.gpt.model import GPT
+from aigc.textgan.data import Codec
+
+TEXTGAN_KIND = "textgan"
+DISC_FILE = "discriminator.safetensors"
+
+
+@dataclass
+class TextGanRun:
+    """A text-GAN run's generator (eval mode) and the vocabulary its sequences are written in."""
+
+    model: GPT
+    codec: Codec
+    run_config: dict
+    path: Path
+
+
+def load_textgan(run: str | Path, device: torch.device | str = "cpu") -> TextGanRun:
+    """The generator of a textgan run's last checkpoint, and its vocabulary."""
+    run = Path(run)
+    run_config = runs.read_run_config(run, TEXTGAN_KIND)
+    model = GPT(model_config_of(run_config, run))
+    load_into(model, runs.checkpoint_dir(run, "last") / runs.WEIGHTS_FILE)
+    return TextGanRun(model.to(device).eval(), Codec.load(run), run_config, run)
+
+
+def load_base(run: str | Path) -> tuple[GPT, Codec]:
+    """The generator to start from: a textgan run's, or a pretrained GPT run's grown by one
+    embedding row for the start token (a copy of the newline token's: lines start after one)."""
+    run = Path(run)
+    if _run_kind(run) != GPT_KIND:
+        loaded = load_textgan(run)
+        return loaded.model, loaded.codec
+    pretrained = load_gpt(run, "best")
+    gpt = pretrained.model
+    codec = Codec("tokenizer", gpt.config.vocab_size, tokenizer=pretrained.tokenizer)
+    if codec.eos is None:
+        raise UserError(f"the tokenizer of {run} has no single newline token to end lines with")
+    model = GPT(dataclasses.replace(gpt.config, vocab_size=codec.model_vocab))
+    weights = gpt.weights()
+    wte = weights["transformer.wte.weight"]  # (V, C)
+    weights["transformer.wte.weight"] = torch.cat([wte, wte[codec.eos:codec.eos + 1]])  # (V + 1, C)
+    model.load_weights(weights)
+    return model, codec
+
+
+def _run_kind(run: Path) -> str | None:
+    try:
+        return json.loads((run / runs.CONFIG_FILE).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_textgan says what is wrong
