@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"aigc: error: {exc}", file=sys.stderr)
         return exc.exit_status
-    except KeyboardInterrupt:
-        print("aigc: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a trainer says where its resumable checkpoint is
+        print(f"aigc: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 

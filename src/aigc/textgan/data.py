@@ -97,11 +97,29 @@ class Codec:
         path = run_dir / VOCAB_FILE
         try:
             saved = json.loads(path.read_text())
-            kind, size, words = saved["kind"], int(saved["size"]), saved["words"]
+            kind, size, words = saved["kind"], saved["size"], saved["words"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"missing or corrupt {path}: {exc}") from None
+        problem = _vocabulary_problem(kind, size, words)
+        if problem:
+            raise UserError(f"corrupt {path}: {problem}")
         tokenizer = Tokenizer.load(run_dir / TOKENIZER_FILE) if kind == "tokenizer" else None
         return cls(kind, size, words, tokenizer)
+
+
+def _vocabulary_problem(kind: object, size: object, words: object) -> str | None:
+    """What is wrong with a saved vocabulary, or None."""
+    if kind not in ("ids", "words", "tokenizer"):
+        return f"unknown vocabulary kind {kind!r}"
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        return f"the size must be a positive integer, not {size!r}"
+    if kind != "words":
+        return None if words is None else "only a word vocabulary lists words"
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words) or len(set(words)) != len(words):
+        return "the words must be a list of distinct strings"
+    if len(words) != size or words[-2:] != [EOS, UNK]:
+        return f"a word vocabulary of size {size} lists {size} words ending in {EOS}, {UNK}"
+    return None
 
 
 def read_lines(path: str | Path) -> list[list[str]]:

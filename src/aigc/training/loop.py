@@ -94,8 +94,9 @@ def run(trainer, plan: Plan, run_dir: Path, start: Start) -> None:
                         initial=step if plan.max_steps else int(start.elapsed))
     window_started, window_steps = time.perf_counter(), 0
     try:
+        finished = plan.done(step, start.elapsed)
         with _interrupt_after_step() as interrupted:
-            while not plan.done(step, time.perf_counter() - started):
+            while not finished:  # decided once per step, so the last step always evaluates and saves
                 values = trainer.train_step(step, time.perf_counter() - started)
                 step += 1
                 window_steps += 1
