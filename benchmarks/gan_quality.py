@@ -17,6 +17,7 @@ sample grid per setup under ``docs/img/`` and the results section of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from datetime import datetime
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from aigc import __version__, runs
-from aigc.config import resumed
 from aigc.data.images import ImageData, load_images, save_grid
 from aigc.devices import autocast, resolve_device
 from aigc.errors import UserError
@@ -192,12 +190,8 @@ class GanTrainer:
 
 def train(cfg: GanTrainConfig) -> Path:
     """Train a GAN as configured; returns the run directory."""
-    out = runs.prepare_run_dir(cfg.out or runs.unique_dir(f"runs/gan-{datetime.now():%Y%m%d-%H%M%S}"), cfg.resume)
-    saved_model = None
-    if cfg.resume:
-        saved_run = runs.read_run_config(out, GAN_KIND)
-        cfg = resumed(cfg, saved_run.get("train") or {}, lambda name: name in RESUME_OVERRIDABLE)
-        saved_model = model_config_of(saved_run, out)
+    cfg, out = loop.open_run(cfg, GAN_KIND, "gan", lambda name: name in RESUME_OVERRIDABLE)
+    saved_model = model_config_of(runs.read_run_config(out, GAN_KIND), out) if cfg.resume else None
     device = resolve_device(cfg.device)
     data = load_images(cfg.data, saved_model.image_size if saved_model else cfg.image_size,
                        saved_model.channels if saved_model else cfg.channels)

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from aigc.config import resumed
 from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer
 from aigc.devices import autocast, resolve_device
 from aigc.errors import UserError
@@ -33,7 +31,7 @@ from aigc.gpt.model import GPTConfig
 from aigc.gpt.peft_methods import MethodSettings, Tuned, count_parameters
 from aigc.gpt.tasks import Encoded, Task, TaskModel, encode_examples, read_jsonl, read_pairs
 from aigc.logging import plot_metrics, read_metrics
-from aigc.runs import METRICS_FILE, PLOT_FILE, create_run_dir, prepare_run_dir, read_run_config, unique_dir
+from aigc.runs import METRICS_FILE, PLOT_FILE, create_run_dir, read_run_config
 from aigc.training import loop
 from aigc.training.samplers import EpochBatches
 from aigc.training.schedule import CosineSchedule, set_lr
@@ -49,11 +47,7 @@ RUN_DEFINING = ("base", "task", "data", "source", "target", "val_data", "val_sou
 
 def finetune(config: GptFinetuneConfig) -> Path:
     """Fine-tune a GPT run as ``config`` says; returns the run directory."""
-    out = Path(config.out) if config.out else unique_dir(Path("runs") / time.strftime("finetune-%Y%m%d-%H%M%S"))
-    run_dir = prepare_run_dir(out, config.resume)
-    if config.resume:
-        config = resumed(config, read_run_config(run_dir, FINETUNE_KIND).get("train") or {},
-                         lambda name: name not in RUN_DEFINING)
+    config, run_dir = loop.open_run(config, FINETUNE_KIND, "finetune", lambda name: name not in RUN_DEFINING)
     config = _with_defaults(config)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer
+from aigc.data.tokenizers import Tokenizer
 from aigc.errors import UserError
 from aigc.gpt.loading import load_gpt, save_inference_run
 from aigc.gpt.config import GptExportHfConfig, GptImportHfConfig

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aigc.config import resumed
 from aigc.data import text
 from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer, train_tokenizer
 from aigc.devices import autocast, resolve_device
@@ -25,8 +24,7 @@ from aigc.gpt.config import GptTrainConfig
 from aigc.gpt.loading import GPT_KIND, load_into, model_config_of, weights_path, write_run_config
 from aigc.gpt.model import GPT, GPTConfig
 from aigc.logging import plot_metrics, read_metrics
-from aigc.runs import (METRICS_FILE, PLOT_FILE, WEIGHTS_FILE, create_run_dir, prepare_run_dir, read_run_config,
-                       unique_dir)
+from aigc.runs import METRICS_FILE, PLOT_FILE, WEIGHTS_FILE, create_run_dir, read_run_config
 from aigc.training import loop
 from aigc.training.samplers import RandomBatches
 from aigc.training.schedule import CosineSchedule, set_lr
@@ -40,11 +38,7 @@ RUN_DEFINING = ("data", "val_data", "tokenizer", "vocab_size", "init_from", "n_l
 
 def train(config: GptTrainConfig) -> Path:
     """Train a GPT as ``config`` says; returns the run directory."""
-    out = Path(config.out) if config.out else unique_dir(Path("runs") / time.strftime("gpt-%Y%m%d-%H%M%S"))
-    run_dir = prepare_run_dir(out, config.resume)
-    if config.resume:
-        config = resumed(config, read_run_config(run_dir, GPT_KIND).get("train") or {},
-                         lambda name: name not in RUN_DEFINING)
+    config, run_dir = loop.open_run(config, GPT_KIND, "gpt", lambda name: name not in RUN_DEFINING)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 

@@ -26,14 +26,12 @@ from pathlib import Path
 import torch
 
 from aigc import __version__
-from aigc.config import resumed
 from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gpt.loading import load_into
 from aigc.gpt.model import GPT, GPTConfig
 from aigc.logging import plot_metrics, read_metrics
-from aigc.runs import (CONFIG_FILE, METRICS_FILE, PLOT_FILE, WEIGHTS_FILE, create_run_dir, load_weights,
-                       prepare_run_dir, read_run_config, save_json)
+from aigc.runs import CONFIG_FILE, METRICS_FILE, PLOT_FILE, WEIGHTS_FILE, create_run_dir, load_weights, save_json
 from aigc.textgan import generator as gen
 from aigc.textgan.config import CONSTANT_REWARD, TextGanTrainConfig
 from aigc.textgan.data import Codec, ids_tensor, is_ids, read_lines
@@ -52,10 +50,7 @@ RESUME_OVERRIDABLE = {"adv_rounds", "time_budget", "log_every", "eval_every", "s
 
 def train(config: TextGanTrainConfig) -> Path:
     """Train as ``config`` says; returns the run directory."""
-    run_dir = prepare_run_dir(config.out, config.resume)
-    if config.resume:
-        config = resumed(config, read_run_config(run_dir, TEXTGAN_KIND).get("train") or {},
-                         lambda name: name in RESUME_OVERRIDABLE)
+    config, run_dir = loop.open_run(config, TEXTGAN_KIND, "textgan", lambda name: name in RESUME_OVERRIDABLE)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
 

@@ -30,11 +30,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from aigc import runs
+from aigc.config import resumed
 from aigc.errors import TrainingDiverged, UserError
 from aigc.logging import MetricsLog, Progress, RunningMeans
 
@@ -65,6 +66,17 @@ class Start:
     elapsed: float = 0.0
     window: RunningMeans = field(default_factory=RunningMeans)  # losses since the last metrics line
     resumed: bool = False
+
+
+def open_run(config, kind: str, name: str, may_change: Callable[[str], bool]) -> tuple[Any, Path]:
+    """The run directory of a training command (``--out``, default runs/<name>-<date>-<time>),
+    checked to take a new run or to hold one to resume, and the config to train with: on
+    resume the saved settings, overridden by those given now where ``may_change`` allows."""
+    out = Path(config.out) if config.out else runs.unique_dir(Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S"))
+    run_dir = runs.prepare_run_dir(out, config.resume)
+    if config.resume:
+        config = resumed(config, runs.read_run_config(run_dir, kind).get("train") or {}, may_change)
+    return config, run_dir
 
 
 def restore(trainer, run_dir: Path, plan: Plan) -> Start:
