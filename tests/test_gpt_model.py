@@ -55,6 +55,61 @@ def test_cached_forward_matches_full_forward(model):
     torch.testing.assert_close(torch.cat([first, middle, *rest], dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_hidden_states_are_what_the_lm_head_reads(model):
+    idx = torch.randint(0, TINY.vocab_size, (2, 9))
+    read = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: read.append(args[0]))
+    logits, _ = model(idx)
+    hook.remove()
+    hidden = model.hidden_states(idx)  # (B, T, C)
+    assert hidden.shape == (2, 9, TINY.n_embd)
+    assert torch.equal(hidden, read[0])
+    assert torch.equal(model.lm_head(hidden), logits)
+    cache = model.new_cache(2)
+    cached = torch.cat([model.hidden_states(idx[:, :4], cache), model.hidden_states(idx[:, 4:], cache)], dim=1)
+    torch.testing.assert_close(cached, hidden, atol=1e-5, rtol=1e-5)
+
+
+def cached_logits(model: GPT, cache: KVCache, idx: torch.Tensor) -> torch.Tensor:
+    """Feed idx (B, T) one token at a time through the cache -> logits (B, T, V)."""
+    return torch.cat([model(idx[:, t:t + 1], cache=cache)[0] for t in range(idx.size(1))], dim=1)
+
+
+def test_cache_reorder_equals_recomputing_the_reordered_rows(model):
+    idx = torch.randint(0, TINY.vocab_size, (3, 10))
+    cache = model.new_cache(3)
+    model(idx[:, :6], cache=cache)
+    rows = torch.tensor([2, 0, 0, 1])  # reordered, one row twice, and a different batch size
+    cache.reorder(rows)
+    full, _ = model(idx[rows])
+    torch.testing.assert_close(cached_logits(model, cache, idx[rows, 6:]), full[:, 6:], atol=1e-5, rtol=1e-5)
+
+
+def test_cache_truncate_forgets_the_tokens_after_it(model):
+    idx = torch.randint(0, TINY.vocab_size, (2, 10))
+    other = (idx + 1) % TINY.vocab_size
+    cache = model.new_cache(2)
+    model(idx, cache=cache)
+    cache.truncate(6)  # keep idx[:, :6], continue with other tokens
+    full, _ = model(torch.cat([idx[:, :6], other[:, 6:]], dim=1))
+    torch.testing.assert_close(cached_logits(model, cache, other[:, 6:]), full[:, 6:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="cannot truncate"):
+        cache.truncate(11)
+
+
+def test_cache_select_branches_a_prefix_and_leaves_the_source_alone(model):
+    idx = torch.randint(0, TINY.vocab_size, (2, 10))
+    source = model.new_cache(2)
+    model(idx[:, :8], cache=source)
+    rows = torch.tensor([1, 1, 1, 0])
+    branch = source.select(rows, length=5)  # the first 5 tokens of rows 1, 1, 1, 0
+    continuation = torch.randint(0, TINY.vocab_size, (4, 3))
+    full, _ = model(torch.cat([idx[rows, :5], continuation], dim=1))
+    torch.testing.assert_close(cached_logits(model, branch, continuation), full[:, 5:], atol=1e-5, rtol=1e-5)
+    whole, _ = model(idx)  # the source still holds its 8 tokens of both rows
+    torch.testing.assert_close(cached_logits(model, source, idx[:, 8:]), whole[:, 8:], atol=1e-5, rtol=1e-5)
+
+
 def test_kv_cache_generation_equals_recomputation_greedy(model):
     prompt = torch.randint(0, TINY.vocab_size, (2, 4))
     greedy = Sampling(temperature=0)
