@@ -1,4 +1,5 @@
-"""Generating text with a GPT: token-by-token sampling with a KV cache.
+"""Generating text with a GPT: token-by-token sampling with a KV cache (the loop is
+:func:`aigc.gpt.sampling.sample_tokens`, shared with the text GAN), and beam search.
 
 ``Generator`` holds a loaded model and tokenizer (load once, generate many times, e.g. in a
 server); :func:`generate` is the one-call Python API and :func:`generate_command` the CLI.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import sys
-from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -19,41 +19,8 @@ import torch
 from aigc.data.tokenizers import Tokenizer
 from aigc.devices import resolve_device
 from aigc.errors import UserError
-from aigc.gpt.model import GPT, KVCache
-
-
-@dataclass
-class Sampling:
-    """How the next token is picked from the logits."""
-
-    temperature: float = 0.8  # 0: greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-
-
-def next_token(logits: torch.Tensor, history: torch.Tensor, sampling: Sampling,
-               generator: torch.Generator | None) -> torch.Tensor:
-    """logits (B, V), history (B, t) of tokens so far -> next tokens (B,)."""
-    logits = logits.float()
-    if sampling.repetition_penalty != 1.0:
-        # CTRL's penalty (Keskar et al. 2019): make tokens already present less likely.
-        seen = logits.gather(1, history)  # (B, t)
-        penalised = torch.where(seen > 0, seen / sampling.repetition_penalty, seen * sampling.repetition_penalty)
-        logits = logits.scatter(1, history, penalised)
-    if sampling.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / sampling.temperature
-    if sampling.top_k is not None and sampling.top_k < logits.size(-1):
-        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if sampling.top_p is not None and sampling.top_p < 1.0:
-        # Nucleus sampling (Holtzman et al. 2020): the fewest tokens whose probabilities reach top_p.
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        outside = probs.cumsum(dim=-1) - probs > sampling.top_p  # mass before this token already reaches p
-        logits = logits.scatter(1, order, sorted_logits.masked_fill(outside, float("-inf")))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+from aigc.gpt.model import GPT
+from aigc.gpt.sampling import Sampling, next_token, sample_tokens
 
 
 @torch.inference_mode()
@@ -65,28 +32,18 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling
     reference the cached path is tested against.
     """
     block = model.config.block_size
-    history = idx
     if not use_cache:
+        history = idx
         for _ in range(max_new_tokens):
             logits, _ = model(history[:, -block:])  # (B, T, V)
             token = next_token(logits[:, -1], history, sampling, generator)
             history = torch.cat([history, token[:, None]], dim=1)
             yield token
         return
-    weight = model.transformer.wte.weight
-    cache = KVCache(model.config, idx.size(0), weight.device, weight.dtype)
-    logits, _ = model(idx[:, -block:], cache=cache)
-    for i in range(max_new_tokens):
-        token = next_token(logits[:, -1], history, sampling, generator)
-        history = torch.cat([history, token[:, None]], dim=1)
-        yield token
-        if i == max_new_tokens - 1:
-            return
-        if cache.length == block:  # full: slide the window, rebuilding the cache from the last 3/4
-            cache.length = 0
-            logits, _ = model(history[:, -max(1, block - block // 4):], cache=cache)
-        else:
-            logits, _ = model(token[:, None], cache=cache)
+    cache = model.new_cache(idx.size(0))
+    logits, _ = model(idx[:, -block:], cache=cache)  # (B, T, V)
+    tokens = torch.cat([idx, idx.new_empty(idx.size(0), max_new_tokens)], dim=1)  # (B, T + max_new_tokens)
+    yield from sample_tokens(model, cache, logits[:, -1], tokens, idx.size(1), sampling, generator)
 
 
 @torch.inference_mode()
@@ -107,8 +64,7 @@ def beam_search(model: GPT, idx: torch.Tensor, max_new_tokens: int, beams: int =
     if steps <= 0:
         raise UserError(f"a prompt of {T} tokens leaves no room in the context of {model.config.block_size}")
     stop = torch.zeros(V, dtype=torch.bool, device=idx.device) if stop_tokens is None else stop_tokens.to(idx.device)
-    weight = model.transformer.wte.weight
-    cache = KVCache(model.config, B * k, weight.device, weight.dtype)
+    cache = model.new_cache(B * k)
     logits, _ = model(idx.repeat_interleave(k, dim=0), cache=cache)  # (B*k, T, V)
     scores = torch.full((B, k), float("-inf"), device=idx.device)
     scores[:, 0] = 0.0  # all beams hold the same prompt: start from one
@@ -129,8 +85,7 @@ def beam_search(model: GPT, idx: torch.Tensor, max_new_tokens: int, beams: int =
         done = done[origin] | stop[token]
         if done.all():
             break
-        cache.keys = [key[origin] for key in cache.keys]
-        cache.values = [value[origin] for value in cache.values]
+        cache.reorder(origin)
         logits, _ = model(token[:, None], cache=cache)
     normalised = scores.view(-1) / lengths.clamp(min=1).float() ** length_penalty
     winners = (rows.view(-1) + normalised.view(B, k).argmax(dim=1)).tolist()
