@@ -1,6 +1,11 @@
+import contextlib
 import dataclasses
+import functools
+import io
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,18 +22,49 @@ def test_help_does_not_import_torch():
     assert result.stdout.strip() == "False"
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: f"{c.area} {c.name}")
-def test_every_command_has_help_with_defaults(command, capsys):
+@functools.cache
+def help_entries(command) -> dict[str, str]:
+    """Each flag of ``command`` -> its own entry in --help (flag, metavar, help), whitespace collapsed."""
     args = [command.name] if command.area is None else [command.area, command.name]
-    with pytest.raises(SystemExit) as exit_info:
+    output = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(output):
         build_parser().parse_args([*args, "--help"])
     assert exit_info.value.code == 0
-    shown = " ".join(capsys.readouterr().out.split())
-    for field in dataclasses.fields(command.config):
-        flag = "--" + field.name.replace("_", "-")
-        assert flag in shown
-        if field.default is not None:  # optional fields say what leaving them out means
-            assert f"(default: {format_default(field.default)})".replace("%%", "%") in shown or "default" in field.metadata["help"], flag
+    entries: dict[str, list[str]] = {}
+    flag = None
+    for line in output.getvalue().splitlines():
+        if line.startswith("  -"):  # an option's first line; its help continues on deeper-indented lines
+            flag = line.split()[0].rstrip(",")
+            entries[flag] = [line]
+        elif line.startswith("   ") and flag is not None:
+            entries[flag].append(line)
+        else:
+            flag = None
+    return {flag: " ".join(" ".join(lines).split()) for flag, lines in entries.items()}
+
+
+# The word "default" in this help means something else, so aigc.config.add_config_arguments adds
+# no "(default: mnist5k)" and --help hides the default: a wording bug for the config files' owner.
+DEFAULT_NOT_SHOWN = {("gan", "eval", "ref")}
+
+
+def every_flag():
+    for command in COMMANDS:
+        for field in dataclasses.fields(command.config):
+            known = (command.area, command.name, field.name) in DEFAULT_NOT_SHOWN
+            yield pytest.param(command, field, id=f"{command.area} {command.name} --{field.name}",
+                               marks=[pytest.mark.xfail(strict=True, reason="help hides the default")] if known else [])
+
+
+@pytest.mark.parametrize("command, field", every_flag())
+def test_every_flag_is_in_the_help_with_its_default(command, field):
+    entry = help_entries(command)["--" + field.name.replace("_", "-")]
+    if field.default is None:  # optional fields say what leaving them out means
+        return
+    default = format_default(field.default).replace("%%", "%")
+    # The parser adds "(default: ...)"; a help text that words its default itself must name the right one.
+    stated = re.search(rf"default:? {re.escape(default)}\b", entry)
+    assert entry.endswith(f"(default: {default})") or stated, entry
 
 
 def test_unknown_command_is_one_line(run_cli):
@@ -53,3 +89,12 @@ def test_toml_values_are_type_checked(tmp_path):
         build_config(GanTrainConfig, {"config": str(tmp_path / "c.toml")})
     with pytest.raises(UserError, match="not found"):
         build_config(GanTrainConfig, {"config": str(tmp_path / "missing.toml")})
+
+
+def test_tests_keep_out_of_the_users_cache():
+    from aigc.data.text import cache_dir as corpus_cache
+    from aigc.metrics.evaluator import cache_dir as evaluator_cache
+
+    users = Path.home() / ".cache"
+    for folder in (corpus_cache(), evaluator_cache()):
+        assert not folder.resolve().is_relative_to(users.resolve()), folder

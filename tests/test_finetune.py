@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import replace
 
 import pytest
 import torch
 
 from aigc.errors import UserError
-from aigc.gpt.config import GptFinetuneConfig, GptTrainConfig
+from aigc.gpt.config import FINETUNE_METHODS, GptFinetuneConfig, GptTrainConfig
 from aigc.gpt.finetune import finetune
 from aigc.gpt.loading import ADAPTER_FILE, load_finetuned, load_gpt
 from aigc.gpt.generation import Sampling, beam_search, generate_tokens
 from aigc.gpt.model import GPT, GPTConfig
-from aigc.gpt.peft_methods import METHODS, MethodSettings, apply_method, count_parameters
+from aigc.gpt.peft_methods import MethodSettings, apply_method, count_parameters
 from aigc.gpt.tasks import IGNORE, Encoded, TaskModel, completion_batch
 from aigc.gpt.train import train
 from aigc.logging import read_metrics
@@ -285,5 +286,19 @@ def test_adapters_cannot_be_merged(root, tmp_path, run_cli):
     assert not (tmp_path / "hf").exists()
 
 
-def test_every_method_is_covered():
-    assert set(METHODS) == {"full", "lora", "adalora", "adapter"}
+def test_every_cli_method_has_its_own_implementation_and_a_test():
+    """Each --method the CLI offers reaches a distinct implementation through apply_method (a new
+    name falling through to another method's branch fails here) and is tested on a fresh model."""
+    def trainable(method: str) -> frozenset[str]:  # parameter names, the block index left out
+        gpt = small_gpt()
+        apply_method(gpt, MethodSettings(method, rank=4, adapter_size=8, total_steps=100))
+        return frozenset(re.sub(r"\.\d+\.", ".", name) for name, p in gpt.named_parameters() if p.requires_grad)
+
+    trained = {method: trainable(method) for method in FINETUNE_METHODS}
+    assert len(set(trained.values())) == len(FINETUNE_METHODS)
+    assert trained["full"] == {re.sub(r"\.\d+\.", ".", name) for name, _ in small_gpt().named_parameters()}
+    assert trained["lora"] and all(".lora_A." in name or ".lora_B." in name for name in trained["lora"])
+    assert any(".lora_E." in name for name in trained["adalora"])
+    assert any(".adapter." in name for name in trained["adapter"])
+    fresh = test_a_fresh_method_leaves_the_outputs_unchanged.pytestmark[0].args[1]  # its parametrisation
+    assert set(FINETUNE_METHODS) == {"full", *fresh}

@@ -10,7 +10,7 @@ import pytest
 import aigc.gpt
 from aigc.errors import UserError
 from aigc.gpt.config import GptTrainConfig
-from aigc.gpt.generation import Generator, Sampling
+from aigc.gpt.generation import Completion, Generator, Sampling, StopText
 from aigc.gpt.train import train
 from conftest import checkpoint_file
 
@@ -47,6 +47,69 @@ def test_stop_string_ends_the_sample(run):
     greedy = Sampling(temperature=0)
     assert generator.generate("to be or", 40, greedy, stop="that") == [" not to be, "]
     assert "".join(generator.stream("to be or", 40, greedy, stop="that")) == " not to be, "
+
+
+def test_completions_say_why_they_ended_and_count_their_tokens(run):
+    generator = Generator.from_run(str(run), device="cpu")
+    greedy = Sampling(temperature=0)
+    # char tokenizer: one token a character; the token that completes the stop string counts
+    assert generator.completions("to be or", 40, greedy, stop="that") == [
+        Completion(" not to be, ", "stop", prompt_tokens=8, completion_tokens=len(" not to be, that"))]
+    assert generator.completions("to be or", 10, greedy) == [Completion(" not to be", "length", 8, 10)]
+
+
+def test_rows_of_a_batch_end_on_their_own(run):
+    generator = Generator.from_run(str(run), device="cpu")
+    stops = ["q", "th"]
+    completions = generator.completions("to", 20, Sampling(temperature=2.0), stop=stops, num_samples=4, seed=0)
+    assert {c.finish_reason for c in completions} == {"stop", "length"}
+    for c in completions:
+        assert c.prompt_tokens == 2 and not any(stop in c.text for stop in stops)
+        if c.finish_reason == "length":
+            assert c.completion_tokens == len(c.text) == 20
+        else:
+            assert c.completion_tokens - len(c.text) in {len(stop) for stop in stops}
+
+
+def test_several_stop_strings_cut_at_the_first_one_met(run):
+    generator = Generator.from_run(str(run), device="cpu")
+    greedy = Sampling(temperature=0)
+    stops = ["question", "be,", "zzz"]
+    assert generator.generate("to be or", 40, greedy, stop=stops) == [" not to "]
+    assert "".join(generator.stream("to be or", 40, greedy, stop=stops)) == " not to "
+    with pytest.raises(UserError, match="stop string is empty"):
+        generator.generate("to be or", 5, greedy, stop=["that", ""])
+
+
+class CountingList(list):
+    """A list that counts its item lookups."""
+
+    lookups = 0
+
+    def __getitem__(self, index):
+        self.lookups += 1
+        return super().__getitem__(index)
+
+
+def test_the_stop_check_reads_each_generated_token_once(run):
+    """Decoding whole rows after every token would look tokens up quadratically often."""
+    generator = Generator.from_run(str(run), device="cpu")
+    table = generator.tokenizer.token_bytes = CountingList(generator.tokenizer.token_bytes)
+    completions = generator.completions("to", 300, Sampling(temperature=1.0), stop=["never", "said"], num_samples=3)
+    assert [c.finish_reason for c in completions] == ["length"] * 3
+    assert table.lookups == 3 * 300
+
+
+def test_stop_text_finds_stops_across_tokens_and_split_characters():
+    table = [b"ab", b"c", b"\xe2\x82", b"\xac", b"d", b"e"]  # "\u20ac" (euro) is split over tokens 2 and 3
+    text = StopText(table, ["c\u20acd", "xyz"])
+    released = [text.add(token) for token in (0, 1, 2, 3)]
+    assert released == ["", "a", "", "b"]  # all but the last len(longest stop) - 1 characters
+    assert text.held == "c\u20ac"
+    assert text.add(4) == "" and text.stopped and text.tokens == 5
+    assert text.add(5) == "" and text.finish() == "" and text.tokens == 5
+    plain = StopText(table, [])
+    assert "".join(plain.add(token) for token in (0, 2, 3, 2)) + plain.finish() == "ab\u20ac\ufffd"
 
 
 def test_stream_matches_generate(run):
@@ -132,3 +195,8 @@ def test_corrupt_resume_state(run, run_cli, tmp_path):
 def test_generate_api_rejects_zero_tokens(run):
     with pytest.raises(UserError, match="max_new_tokens must be positive"):
         aigc.gpt.generate(str(run), "to", max_new_tokens=0)
+
+
+def test_generate_api_checks_the_sampling_settings(run):
+    with pytest.raises(UserError, match="^temperature must be a finite number"):
+        aigc.gpt.generate(str(run), "to", temperature=float("nan"))

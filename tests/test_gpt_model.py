@@ -1,12 +1,13 @@
-"""The GPT model and generation: GPT-2 names, causal masking, KV cache == recomputation, sampling."""
+"""The GPT model and generation: GPT-2 names, causal masking, KV cache == recomputation."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from aigc.gpt.generation import Sampling, generate_tokens, next_token
+from aigc.gpt.generation import generate_tokens
 from aigc.gpt.model import GPT, GPTConfig, KVCache
+from aigc.gpt.sampling import Sampling
 
 TINY = GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -55,6 +56,61 @@ def test_cached_forward_matches_full_forward(model):
     torch.testing.assert_close(torch.cat([first, middle, *rest], dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_hidden_states_are_what_the_lm_head_reads(model):
+    idx = torch.randint(0, TINY.vocab_size, (2, 9))
+    read = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: read.append(args[0]))
+    logits, _ = model(idx)
+    hook.remove()
+    hidden = model.hidden_states(idx)  # (B, T, C)
+    assert hidden.shape == (2, 9, TINY.n_embd)
+    assert torch.equal(hidden, read[0])
+    assert torch.equal(model.lm_head(hidden), logits)
+    cache = model.new_cache(2)
+    cached = torch.cat([model.hidden_states(idx[:, :4], cache), model.hidden_states(idx[:, 4:], cache)], dim=1)
+    torch.testing.assert_close(cached, hidden, atol=1e-5, rtol=1e-5)
+
+
+def cached_logits(model: GPT, cache: KVCache, idx: torch.Tensor) -> torch.Tensor:
+    """Feed idx (B, T) one token at a time through the cache -> logits (B, T, V)."""
+    return torch.cat([model(idx[:, t:t + 1], cache=cache)[0] for t in range(idx.size(1))], dim=1)
+
+
+def test_cache_reorder_equals_recomputing_the_reordered_rows(model):
+    idx = torch.randint(0, TINY.vocab_size, (3, 10))
+    cache = model.new_cache(3)
+    model(idx[:, :6], cache=cache)
+    rows = torch.tensor([2, 0, 0, 1])  # reordered, one row twice, and a different batch size
+    cache.reorder(rows)
+    full, _ = model(idx[rows])
+    torch.testing.assert_close(cached_logits(model, cache, idx[rows, 6:]), full[:, 6:], atol=1e-5, rtol=1e-5)
+
+
+def test_cache_truncate_forgets_the_tokens_after_it(model):
+    idx = torch.randint(0, TINY.vocab_size, (2, 10))
+    other = (idx + 1) % TINY.vocab_size
+    cache = model.new_cache(2)
+    model(idx, cache=cache)
+    cache.truncate(6)  # keep idx[:, :6], continue with other tokens
+    full, _ = model(torch.cat([idx[:, :6], other[:, 6:]], dim=1))
+    torch.testing.assert_close(cached_logits(model, cache, other[:, 6:]), full[:, 6:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="cannot truncate"):
+        cache.truncate(11)
+
+
+def test_cache_select_branches_a_prefix_and_leaves_the_source_alone(model):
+    idx = torch.randint(0, TINY.vocab_size, (2, 10))
+    source = model.new_cache(2)
+    model(idx[:, :8], cache=source)
+    rows = torch.tensor([1, 1, 1, 0])
+    branch = source.select(rows, length=5)  # the first 5 tokens of rows 1, 1, 1, 0
+    continuation = torch.randint(0, TINY.vocab_size, (4, 3))
+    full, _ = model(torch.cat([idx[rows, :5], continuation], dim=1))
+    torch.testing.assert_close(cached_logits(model, branch, continuation), full[:, 5:], atol=1e-5, rtol=1e-5)
+    whole, _ = model(idx)  # the source still holds its 8 tokens of both rows
+    torch.testing.assert_close(cached_logits(model, source, idx[:, 8:]), whole[:, 8:], atol=1e-5, rtol=1e-5)
+
+
 def test_kv_cache_generation_equals_recomputation_greedy(model):
     prompt = torch.randint(0, TINY.vocab_size, (2, 4))
     greedy = Sampling(temperature=0)
@@ -73,20 +129,6 @@ def test_generation_slides_past_the_context(model):
 def test_the_model_refuses_more_than_block_size(model):
     with pytest.raises(ValueError, match="exceeds block_size"):
         model(torch.zeros(1, TINY.block_size + 1, dtype=torch.long))
-
-
-def test_sampling_filters():
-    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]])
-    history = torch.tensor([[0]])
-    seeds = range(30)
-    pick = lambda s, seed: int(next_token(logits, history, s, torch.Generator().manual_seed(seed)))  # noqa: E731
-    assert pick(Sampling(temperature=0), 0) == 0
-    assert {pick(Sampling(temperature=1.0, top_k=1), s) for s in seeds} == {0}
-    assert {pick(Sampling(temperature=5.0, top_k=2), s) for s in seeds} == {0, 1}
-    # top_p: p(0) = 0.64, p(1) = 0.24; 0.7 needs both, never a third
-    assert {pick(Sampling(temperature=1.0, top_p=0.7), s) for s in seeds} == {0, 1}
-    # repetition penalty 10: the seen token 0 (logit 3 -> 0.3) loses to token 1 under greedy
-    assert pick(Sampling(temperature=0, repetition_penalty=10.0), 0) == 1
 
 
 def test_optimizer_groups_decay_matrices_only(model):

@@ -18,7 +18,7 @@ import json
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
@@ -27,7 +27,6 @@ from tokenizers import Tokenizer as HFTokenizer
 from aigc.errors import UserError
 
 TOKENIZER_FILE = "tokenizer.json"
-KINDS = ("char", "bpe")
 _INVALID_BYTES = re.compile("[\udc80-\udcff]+")  # bytes that are not UTF-8, after surrogateescape
 
 
@@ -190,12 +189,18 @@ def _text_chunks(text: str, size: int = 1 << 16) -> Iterator[str]:
             start = end
 
 
+# How each --tokenizer kind is trained: (data, vocab_size, source) -> tokenizer. char takes its
+# vocabulary from the data and ignores vocab_size.
+TRAINERS: dict[str, Callable[[bytes, int, str], Tokenizer]] = {
+    "char": lambda data, vocab_size, source: train_char(decode_utf8(data, source)),
+    "bpe": lambda data, vocab_size, source: train_bpe(data, vocab_size),
+}
+
+
 def train_tokenizer(kind: str, data: bytes, vocab_size: int, source: str = "the data") -> Tokenizer:
-    if kind == "char":
-        return train_char(decode_utf8(data, source))
-    if kind == "bpe":
-        return train_bpe(data, vocab_size)
-    raise UserError(f"unknown tokenizer {kind!r}; choose from {', '.join(KINDS)}")
+    if kind not in TRAINERS:
+        raise UserError(f"unknown tokenizer {kind!r}; choose from {', '.join(TRAINERS)}")
+    return TRAINERS[kind](data, vocab_size, source)
 
 
 def token_array(ids: list[int], vocab_size: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Generating text with a GPT: token-by-token sampling with a KV cache.
+"""Generating text with a GPT: token-by-token sampling with a KV cache (the loop is
+:func:`aigc.gpt.sampling.sample_tokens`, shared with the text GAN), and beam search.
 
 ``Generator`` holds a loaded model and tokenizer (load once, generate many times, e.g. in a
 server); :func:`generate` is the one-call Python API and :func:`generate_command` the CLI.
@@ -19,41 +20,8 @@ import torch
 from aigc.data.tokenizers import Tokenizer
 from aigc.devices import resolve_device
 from aigc.errors import UserError
-from aigc.gpt.model import GPT, KVCache
-
-
-@dataclass
-class Sampling:
-    """How the next token is picked from the logits."""
-
-    temperature: float = 0.8  # 0: greedy
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-
-
-def next_token(logits: torch.Tensor, history: torch.Tensor, sampling: Sampling,
-               generator: torch.Generator | None) -> torch.Tensor:
-    """logits (B, V), history (B, t) of tokens so far -> next tokens (B,)."""
-    logits = logits.float()
-    if sampling.repetition_penalty != 1.0:
-        # CTRL's penalty (Keskar et al. 2019): make tokens already present less likely.
-        seen = logits.gather(1, history)  # (B, t)
-        penalised = torch.where(seen > 0, seen / sampling.repetition_penalty, seen * sampling.repetition_penalty)
-        logits = logits.scatter(1, history, penalised)
-    if sampling.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / sampling.temperature
-    if sampling.top_k is not None and sampling.top_k < logits.size(-1):
-        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if sampling.top_p is not None and sampling.top_p < 1.0:
-        # Nucleus sampling (Holtzman et al. 2020): the fewest tokens whose probabilities reach top_p.
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        outside = probs.cumsum(dim=-1) - probs > sampling.top_p  # mass before this token already reaches p
-        logits = logits.scatter(1, order, sorted_logits.masked_fill(outside, float("-inf")))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+from aigc.gpt.model import GPT
+from aigc.gpt.sampling import Sampling, next_token, sample_tokens
 
 
 @torch.inference_mode()
@@ -65,28 +33,18 @@ def generate_tokens(model: GPT, idx: torch.Tensor, max_new_tokens: int, sampling
     reference the cached path is tested against.
     """
     block = model.config.block_size
-    history = idx
     if not use_cache:
+        history = idx
         for _ in range(max_new_tokens):
             logits, _ = model(history[:, -block:])  # (B, T, V)
             token = next_token(logits[:, -1], history, sampling, generator)
             history = torch.cat([history, token[:, None]], dim=1)
             yield token
         return
-    weight = model.transformer.wte.weight
-    cache = KVCache(model.config, idx.size(0), weight.device, weight.dtype)
-    logits, _ = model(idx[:, -block:], cache=cache)
-    for i in range(max_new_tokens):
-        token = next_token(logits[:, -1], history, sampling, generator)
-        history = torch.cat([history, token[:, None]], dim=1)
-        yield token
-        if i == max_new_tokens - 1:
-            return
-        if cache.length == block:  # full: slide the window, rebuilding the cache from the last 3/4
-            cache.length = 0
-            logits, _ = model(history[:, -max(1, block - block // 4):], cache=cache)
-        else:
-            logits, _ = model(token[:, None], cache=cache)
+    cache = model.new_cache(idx.size(0))
+    logits, _ = model(idx[:, -block:], cache=cache)  # (B, T, V)
+    tokens = torch.cat([idx, idx.new_empty(idx.size(0), max_new_tokens)], dim=1)  # (B, T + max_new_tokens)
+    yield from sample_tokens(model, cache, logits[:, -1], tokens, idx.size(1), sampling, generator)
 
 
 @torch.inference_mode()
@@ -107,8 +65,7 @@ def beam_search(model: GPT, idx: torch.Tensor, max_new_tokens: int, beams: int =
     if steps <= 0:
         raise UserError(f"a prompt of {T} tokens leaves no room in the context of {model.config.block_size}")
     stop = torch.zeros(V, dtype=torch.bool, device=idx.device) if stop_tokens is None else stop_tokens.to(idx.device)
-    weight = model.transformer.wte.weight
-    cache = KVCache(model.config, B * k, weight.device, weight.dtype)
+    cache = model.new_cache(B * k)
     logits, _ = model(idx.repeat_interleave(k, dim=0), cache=cache)  # (B*k, T, V)
     scores = torch.full((B, k), float("-inf"), device=idx.device)
     scores[:, 0] = 0.0  # all beams hold the same prompt: start from one
@@ -129,12 +86,69 @@ def beam_search(model: GPT, idx: torch.Tensor, max_new_tokens: int, beams: int =
         done = done[origin] | stop[token]
         if done.all():
             break
-        cache.keys = [key[origin] for key in cache.keys]
-        cache.values = [value[origin] for value in cache.values]
+        cache.reorder(origin)
         logits, _ = model(token[:, None], cache=cache)
     normalised = scores.view(-1) / lengths.clamp(min=1).float() ** length_penalty
     winners = (rows.view(-1) + normalised.view(B, k).argmax(dim=1)).tolist()
     return [tokens[w, :lengths[w]].tolist() for w in winners]
+
+
+@dataclass
+class Completion:
+    """One continuation of a prompt, with what an OpenAI-style completion reports about it."""
+
+    text: str  # cut before the first stop string
+    finish_reason: str  # "stop": a stop string ended it; "length": max_new_tokens ran out
+    prompt_tokens: int
+    completion_tokens: int  # generated tokens, up to the one that completed the stop string
+
+
+class StopText:
+    """One row's continuation, decoded token by token (UTF-8, incrementally) and cut before the
+    first stop string.
+
+    Text is released once no stop string can start in it: all but the last len(longest stop) - 1
+    characters are. Only those held-back characters and the new piece are searched, so the work
+    is linear in the length of the output (re-decoding the whole row after every token is not).
+    """
+
+    def __init__(self, token_bytes: list[bytes], stops: list[str]):
+        self.token_bytes, self.stops = token_bytes, stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.held = ""  # decoded but not yet released: where a stop string might begin
+        self.tokens = 0  # tokens read, up to the one that completed a stop string
+        self.stopped = False
+
+    def add(self, token: int) -> str:
+        """Read one more token; return the text it releases. Tokens after a stop are ignored."""
+        if self.stopped:
+            return ""
+        self.tokens += 1
+        return self._release(self.decoder.decode(self.token_bytes[token]), final=False)
+
+    def finish(self) -> str:
+        """The text still held back, once no token follows."""
+        if self.stopped:
+            return ""
+        return self._release(self.decoder.decode(b"", final=True), final=True)
+
+    def _release(self, piece: str, final: bool) -> str:
+        text = self.held + piece
+        found = [i for i in (text.find(stop) for stop in self.stops) if i >= 0]
+        if found:
+            self.stopped, self.held = True, ""
+            return text[:min(found)]
+        kept = 0 if final else min(self.hold, len(text))
+        self.held = text[len(text) - kept:]
+        return text[:len(text) - kept]
+
+
+def _stop_strings(stop: str | list[str] | None) -> list[str]:
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+    if "" in stops:
+        raise UserError("a stop string is empty; give at least one character")
+    return stops
 
 
 class Generator:
@@ -158,42 +172,46 @@ class Generator:
         return torch.tensor([ids] * num_samples, device=self.device)  # (num_samples, T)
 
     def stream(self, prompt: str, max_new_tokens: int = 200, sampling: Sampling | None = None,
-               stop: str | None = None, seed: int = 0) -> Iterator[str]:
-        """Yield the continuation of ``prompt`` piece by piece as tokens are generated."""
+               stop: str | list[str] | None = None, seed: int = 0) -> Iterator[str]:
+        """Yield the continuation of ``prompt`` piece by piece as tokens are generated, ending
+        before the first stop string."""
         _check_max_new_tokens(max_new_tokens)
+        text = StopText(self.tokenizer.token_bytes, _stop_strings(stop))
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        tokens = generate_tokens(self.model, self._prompt_ids(prompt, 1), max_new_tokens,
-                                 sampling or Sampling(), generator)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text, shown = "", 0
-        for token in tokens:
-            text += decoder.decode(self.tokenizer.token_bytes[int(token)])
-            if stop is not None and stop in text:
-                yield text[shown:text.index(stop)]
+        for token in generate_tokens(self.model, self._prompt_ids(prompt, 1), max_new_tokens,
+                                     sampling or Sampling(), generator):
+            piece = text.add(int(token))
+            if piece:
+                yield piece
+            if text.stopped:
                 return
-            # Hold back a tail that could be the start of the stop string.
-            safe = len(text) - (len(stop) - 1 if stop else 0)
-            if safe > shown:
-                yield text[shown:safe]
-                shown = safe
-        text += decoder.decode(b"", final=True)
-        if len(text) > shown:
-            yield text[shown:]
+        tail = text.finish()
+        if tail:
+            yield tail
+
+    def completions(self, prompt: str, max_new_tokens: int = 200, sampling: Sampling | None = None,
+                    stop: str | list[str] | None = None, num_samples: int = 1, seed: int = 0) -> list[Completion]:
+        """``num_samples`` continuations of ``prompt`` (generated as one batch), each cut before its
+        first stop string, with why it ended and its token counts."""
+        _check_max_new_tokens(max_new_tokens)
+        stops = _stop_strings(stop)
+        idx = self._prompt_ids(prompt, num_samples)  # (num_samples, T)
+        rows = [StopText(self.tokenizer.token_bytes, stops) for _ in range(num_samples)]
+        pieces: list[list[str]] = [[] for _ in rows]
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        for token in generate_tokens(self.model, idx, max_new_tokens, sampling or Sampling(), generator):
+            for row, row_pieces, t in zip(rows, pieces, token.tolist()):
+                row_pieces.append(row.add(t))
+            if stops and all(row.stopped for row in rows):
+                break
+        return [Completion("".join(row_pieces) + row.finish(), "stop" if row.stopped else "length",
+                           prompt_tokens=idx.size(1), completion_tokens=row.tokens)
+                for row, row_pieces in zip(rows, pieces)]
 
     def generate(self, prompt: str, max_new_tokens: int = 200, sampling: Sampling | None = None,
-                 stop: str | None = None, num_samples: int = 1, seed: int = 0) -> list[str]:
-        """``num_samples`` continuations of ``prompt`` (generated as one batch)."""
-        _check_max_new_tokens(max_new_tokens)
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        rows: list[list[int]] = [[] for _ in range(num_samples)]
-        for token in generate_tokens(self.model, self._prompt_ids(prompt, num_samples), max_new_tokens,
-                                     sampling or Sampling(), generator):
-            for row, t in zip(rows, token.tolist()):
-                row.append(t)
-            if stop is not None and all(stop in self.tokenizer.decode(row) for row in rows):
-                break
-        texts = [self.tokenizer.decode(row) for row in rows]
-        return [t[:t.index(stop)] if stop is not None and stop in t else t for t in texts]
+                 stop: str | list[str] | None = None, num_samples: int = 1, seed: int = 0) -> list[str]:
+        """The texts of :meth:`completions`."""
+        return [c.text for c in self.completions(prompt, max_new_tokens, sampling, stop, num_samples, seed)]
 
     def stop_tokens(self, stop: str) -> torch.Tensor:
         """bool (V,): the tokens whose text contains ``stop`` (with BPE a token may hold more than it)."""
@@ -236,7 +254,7 @@ def _check_max_new_tokens(n: int) -> None:
 
 def generate(run: str, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-             stop: str | None = None, num_samples: int = 1, seed: int = 0, checkpoint: str = "best",
+             stop: str | list[str] | None = None, num_samples: int = 1, seed: int = 0, checkpoint: str = "best",
              device: str = "auto") -> list[str]:
     """Continue ``prompt`` with the GPT in run directory ``run``; returns ``num_samples`` texts."""
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)

@@ -35,9 +35,14 @@ class GPTConfig:
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to block_size."""
+    """Keys and values of every layer for the tokens seen so far, preallocated to block_size.
+
+    Callers change it only through its methods: the model appends, generation truncates it
+    (the sliding window) and reorders its rows (beam search), rollouts branch it (``select``).
+    """
 
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
+        self.config = config
         hs = config.n_embd // config.n_head
         shape = (batch_size, config.n_head, config.block_size, hs)
         self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
@@ -50,6 +55,31 @@ class KVCache:
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def truncate(self, length: int) -> None:
+        """Forget every token from position ``length`` on; the next token goes there."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {length}")
+        self.length = length
+
+    def select(self, rows: torch.Tensor, length: int | None = None) -> "KVCache":
+        """A new cache of the first ``length`` tokens (default: all cached) of the batch rows
+        ``rows`` (B',), in that order. A row may appear several times: that branches it."""
+        length = self.length if length is None else length
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot select {length} tokens from a cache of {self.length}")
+        chosen = KVCache(self.config, len(rows), self.keys[0].device, self.keys[0].dtype)
+        for layer in range(self.config.n_layer):
+            chosen.keys[layer][:, :, :length] = self.keys[layer][rows, :, :length]  # (B', nh, length, hs)
+            chosen.values[layer][:, :, :length] = self.values[layer][rows, :, :length]
+        chosen.length = length
+        return chosen
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep the batch rows ``rows`` (B',) in that order, in place (beam search: each new beam
+        continues the cache of the beam it extends)."""
+        chosen = self.select(rows)
+        self.keys, self.values = chosen.keys, chosen.values
 
 
 class CausalSelfAttention(nn.Module):
@@ -140,13 +170,17 @@ class GPT(nn.Module):
         """Parameters, counting the tied embedding once."""
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets (B, T) are given.
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences, on the model's device and in its dtype."""
+        weight = self.transformer.wte.weight
+        return KVCache(self.config, batch_size, weight.device, weight.dtype)
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> the final LayerNorm's output (B, T, C): what the LM head reads.
 
         With a ``cache``, idx holds only the new tokens; they are placed after the cached ones.
         """
-        B, T = idx.shape
+        T = idx.size(1)
         start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
@@ -156,7 +190,16 @@ class GPT(nn.Module):
             x = block(x, cache, i)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        return self.transformer.ln_f(x)  # (B, T, C)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets (B, T) are given.
+
+        With a ``cache``, idx holds only the new tokens; they are placed after the cached ones.
+        """
+        B, T = idx.shape
+        logits = self.lm_head(self.hidden_states(idx, cache))  # (B, T, V)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(B * T, -1).float(), targets.reshape(B * T))

@@ -161,15 +161,6 @@ def classify_batch(batch: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor, to
 
 # ---------------------------------------------------------------- model side
 
-def hidden_states(gpt: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """idx (B, T) -> the final LayerNorm's output (B, T, C): what the LM head would read."""
-    pos = torch.arange(idx.size(1), device=idx.device)
-    x = gpt.transformer.drop(gpt.transformer.wte(idx) + gpt.transformer.wpe(pos))
-    for block in gpt.transformer.h:
-        x = block(x)
-    return gpt.transformer.ln_f(x)
-
-
 class TaskModel(nn.Module):
     """The GPT and, for classify, its head: one module, so parameter names read ``gpt.*`` and ``head.*``."""
 
@@ -189,7 +180,7 @@ class TaskModel(nn.Module):
     def classify(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x (B, T) right-padded, lengths (B,) -> class logits (B, K). Right padding is harmless:
         causal attention keeps it out of the real tokens' states."""
-        return self.head(hidden_states(self.gpt, x), lengths)
+        return self.head(self.gpt.hidden_states(x), lengths)
 
 
 class ClassificationHead(nn.Module):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-KINDS = ("cnn", "transformer")
 CNN_WIDTHS = (1, 2, 3, 4, 5, 8, 10, 15, 20)
 CNN_FILTERS = (64, 128, 128, 128, 128, 64, 64, 64, 96)  # per width, SeqGAN's proportions halved
 
@@ -64,12 +63,13 @@ class TransformerDiscriminator(nn.Module):
         return self.head(self.norm(h).mean(dim=1)).squeeze(1)
 
 
+DISCRIMINATORS = {"cnn": CnnDiscriminator, "transformer": TransformerDiscriminator}  # (vocab_size, length)
+
+
 def build_discriminator(kind: str, vocab_size: int, length: int) -> nn.Module:
-    if kind == "cnn":
-        return CnnDiscriminator(vocab_size, length)
-    if kind == "transformer":
-        return TransformerDiscriminator(vocab_size, length)
-    raise ValueError(f"unknown discriminator {kind!r}; choose from {', '.join(KINDS)}")
+    if kind not in DISCRIMINATORS:
+        raise ValueError(f"unknown discriminator {kind!r}; choose from {', '.join(DISCRIMINATORS)}")
+    return DISCRIMINATORS[kind](vocab_size, length)
 
 
 def discriminator_loss(disc: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, float]:

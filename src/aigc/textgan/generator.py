@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from aigc.gpt.model import GPT, KVCache
+from aigc.gpt.sampling import Sampling, sample_tokens
 
 
 def with_bos(tokens: torch.Tensor, bos: int) -> torch.Tensor:
@@ -61,41 +62,18 @@ def nll_at_temperatures(model: GPT, tokens: torch.Tensor, bos: int, temperatures
     return [total / tokens.numel() for total in totals]
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of probs (B, V) by inverting the cumulative distribution (B,).
-
-    Same distribution as ``torch.multinomial(probs, 1)``, about ten times faster on a CPU for
-    thousands of tokens; a token of probability 0 is never drawn (its cdf step is empty).
-    """
-    cdf = probs.cumsum(dim=-1)  # (B, V)
-    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * cdf[:, -1:]
-    index = torch.searchsorted(cdf, u, right=True).squeeze(1)  # (B,)
-    # u rounded up to the total (odds about 1e-7): take the likeliest token rather than none.
-    return torch.where(index < probs.size(1), index, probs.argmax(dim=-1))
-
-
-def sample_into(model: GPT, cache: KVCache, logits: torch.Tensor, out: torch.Tensor, start: int, bos: int,
+def sample_into(model: GPT, cache: KVCache, logits: torch.Tensor, tokens: torch.Tensor, start: int, bos: int,
                 temperature: float, generator: torch.Generator | None, eos: int | None = None) -> None:
-    """Fill out[:, start:] by sampling, given the cache of everything before ``start`` and the
-    logits (B, V) that predict position ``start``.
+    """Fill tokens[:, start:] (B, 1 + L: bos, then the sequence) by sampling, given the cache of
+    tokens[:, :start] and the logits (B, V) that predict column ``start``.
 
     With ``eos``, the end token is absorbing, as in the training data (a sentence is ended and
     padded by it): every position after a row's first ``eos`` is ``eos``, and sampling stops
     once every row has ended, so short sentences cost no more steps than they have tokens.
     """
-    length = out.size(1)
-    ended = (out[:, :start] == eos).any(dim=1) if eos is not None else None  # (B,)
-    for t in range(start, length):
-        drawn = draw(masked_logits(logits, bos, temperature).softmax(dim=-1), generator)  # (B,)
-        if ended is not None:
-            drawn = drawn.masked_fill(ended, eos)
-            ended |= drawn == eos
-        out[:, t] = drawn
-        if ended is not None and bool(ended.all()):
-            out[:, t + 1:] = eos
-            return
-        if t < length - 1:
-            logits = model(out[:, t:t + 1], cache=cache)[0][:, -1]
+    for _ in sample_tokens(model, cache, logits, tokens, start, Sampling(temperature), generator,
+                           banned=bos, end_token=eos):
+        pass
 
 
 @torch.no_grad()
@@ -108,10 +86,10 @@ def sample(model: GPT, n: int, bos: int, temperature: float = 1.0, generator: to
     device = model.transformer.wte.weight.device
     chunks = []
     for size in [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else []):
-        cache = KVCache(model.config, size, device, model.transformer.wte.weight.dtype)
-        logits = model(torch.full((size, 1), bos, device=device), cache=cache)[0][:, -1]  # (size, V)
-        out = torch.empty(size, model.config.block_size, dtype=torch.long, device=device)
-        sample_into(model, cache, logits, out, 0, bos, temperature, generator, eos)
-        chunks.append(out)
+        cache = model.new_cache(size)
+        tokens = torch.full((size, 1 + model.config.block_size), bos, device=device)  # bos, then the sequence
+        logits = model(tokens[:, :1], cache=cache)[0][:, -1]  # (size, V)
+        sample_into(model, cache, logits, tokens, 1, bos, temperature, generator, eos)
+        chunks.append(tokens[:, 1:])
     model.train(was_training)
     return torch.cat(chunks)

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from aigc.errors import UserError
-from aigc.textgan.generator import draw
+from aigc.gpt.sampling import draw
 
 START_TOKEN = 0  # SeqGAN feeds emb[0] as the first input
 GATES = ("i", "f", "c", "og")  # TensorFlow names in torch's gate order i, f, g, o

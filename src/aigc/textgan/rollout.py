@@ -4,7 +4,7 @@ A sequence is scored by the discriminator only when complete, so the reward of t
 the mean verdict over ``rollouts`` completions of the prefix y_1..y_t sampled from the
 generator itself; the last token's reward is the verdict on the sequence. The generator
 reads every sequence once with a KV cache; each prefix's rollouts start from a copy of that
-cache's first t + 1 positions instead of re-reading the prefix.
+cache's first t + 1 positions (``KVCache.select``) instead of re-reading the prefix.
 
 Every reward stays in the row of its own sample and the column of its own time step:
 rollout rows are laid out sample-major (rows b * N .. b * N + N - 1 belong to sample b).
@@ -22,39 +22,27 @@ from aigc.textgan.generator import sample_into, token_log_probs, with_bos
 RewardFn = Callable[[torch.Tensor], torch.Tensor]  # sequences (B, L) -> verdicts (B,) in [0, 1]
 
 
-def prefix_cache(source: KVCache, config, t: int, repeats: int, rows: torch.Tensor | None = None) -> KVCache:
-    """A cache holding the first t positions of ``source`` (only its ``rows``, when given), each
-    row repeated ``repeats`` times."""
-    keys = source.keys[0]
-    selected = slice(None) if rows is None else rows
-    count = keys.size(0) if rows is None else len(rows)
-    cache = KVCache(config, count * repeats, keys.device, keys.dtype)
-    for layer in range(config.n_layer):
-        for target, cached in ((cache.keys, source.keys), (cache.values, source.values)):
-            target[layer][:, :, :t] = cached[layer][selected, :, :t].repeat_interleave(repeats, dim=0)
-    cache.length = t
-    return cache
-
-
 @torch.no_grad()
 def rollout_completions(model: GPT, tokens: torch.Tensor, bos: int, t: int, rollouts: int,
                         generator: torch.Generator | None = None, eos: int | None = None) -> torch.Tensor:
     """``rollouts`` completions of every prefix tokens[:, :t] -> (B * rollouts, L), sample-major."""
     B, L = tokens.shape
-    cache = KVCache(model.config, B, tokens.device, model.transformer.wte.weight.dtype)
+    cache = model.new_cache(B)
     logits = model(with_bos(tokens, bos)[:, :t + 1], cache=cache)[0][:, -1]  # (B, V): predicts y_{t+1}
-    return _complete(model, cache, logits, tokens, bos, t, rollouts, generator, eos)
+    return _complete(model, cache, logits, tokens, bos, t, rollouts, generator, eos,
+                     torch.arange(B, device=tokens.device))
 
 
 def _complete(model: GPT, cache: KVCache, logits: torch.Tensor, tokens: torch.Tensor, bos: int, t: int,
               rollouts: int, generator: torch.Generator | None, eos: int | None,
-              rows: torch.Tensor | None = None) -> torch.Tensor:
+              rows: torch.Tensor) -> torch.Tensor:
     """Complete tokens[:, :t] given a cache of positions 0..t (bos, y_1..y_t) and the logits there
     (``rows``: the rows of the cache that ``tokens`` and ``logits`` are)."""
-    out = tokens.repeat_interleave(rollouts, dim=0).clone()  # (B * N, L); columns >= t get overwritten
-    branch = prefix_cache(cache, model.config, t + 1, rollouts, rows)
-    sample_into(model, branch, logits.repeat_interleave(rollouts, dim=0), out, t, bos, 1.0, generator, eos)
-    return out
+    branch = cache.select(rows.repeat_interleave(rollouts), length=t + 1)  # B * N rows, sample-major
+    # (B * N, 1 + L): bos, then the sequence; the columns after the prefix get overwritten
+    out = torch.cat([torch.full_like(tokens[:, :1], bos), tokens], dim=1).repeat_interleave(rollouts, dim=0)
+    sample_into(model, branch, logits.repeat_interleave(rollouts, dim=0), out, t + 1, bos, 1.0, generator, eos)
+    return out[:, 1:]
 
 
 @torch.no_grad()
@@ -68,7 +56,7 @@ def rollout_rewards(model: GPT, tokens: torch.Tensor, bos: int, reward: RewardFn
     was_training = model.training
     model.eval()
     B, L = tokens.shape
-    cache = KVCache(model.config, B, tokens.device, model.transformer.wte.weight.dtype)
+    cache = model.new_cache(B)
     logits = model(with_bos(tokens, bos), cache=cache)[0]  # (B, L, V): logits[:, t] predicts y_{t+1}
     verdicts = reward(tokens)  # (B,)
     rewards = verdicts[:, None].repeat(1, L)  # (B, L); the columns of open prefixes are replaced below
