@@ -302,3 +302,24 @@ def test_resume_of_a_config_made_in_python_keeps_defaults_semantics(tmp_path, co
     train(config)
     with pytest.raises(UserError, match="already at step 2"):
         train(replace(config, resume=True))
+
+
+def test_a_refused_new_run_leaves_nothing_behind(run_cli, tmp_path, corpus, one_thread):
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    run = tmp_path / "run"
+    assert_one_line_error(*run_cli(*GPT, "--data", short, "--max-iters", 2, "--out", run)[::2], "short")
+    assert not run.exists()  # so the same --out takes the retry
+    assert run_cli(*GPT, "--data", corpus, "--max-iters", 2, "--eval-interval", 2, "--out", run)[0] == 0
+
+
+def test_a_fine_tune_resumes_from_another_folder(every_run, run_cli, sentences, monkeypatch):
+    run = every_run["gpt"].parent / "ft2"
+    monkeypatch.chdir(every_run["gpt"].parent)
+    status, _, err = run_cli("gpt", "finetune", "--base", "gpt", "--source", sentences, "--target", sentences,
+                             "--method", "lora", "--rank", 2, "--batch-size", 4, "--max-iters", 2,
+                             "--eval-interval", 2, "--eval-examples", 4, "--no-amp", "--out", run)
+    assert status == 0, err
+    monkeypatch.chdir(sentences.parent.parent)
+    status, _, err = run_cli("gpt", "finetune", "--max-iters", 4, "--out", run, "--resume")
+    assert status == 0, err
