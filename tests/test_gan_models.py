@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from aigc.errors import UserError
 from aigc.gan.models import GanModelConfig, build_discriminator, build_generator
 
 
@@ -36,7 +37,7 @@ def test_projection_discriminator_depends_on_the_label():
 
 
 def test_dcgan_rejects_unsupported_sizes():
-    with pytest.raises(ValueError, match="image size"):
+    with pytest.raises(UserError, match="image size .*28, 32.* got 30"):
         build_generator(GanModelConfig(model="dcgan", image_size=30))
 
 

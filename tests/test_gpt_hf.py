@@ -87,3 +87,39 @@ def test_import_refuses_what_is_not_gpt2(run_cli, tmp_path):
     status, _, err = run_cli("gpt", "import-hf", "--hf", hf, "--out", tmp_path / "run")
     assert status == 2 and "activation 'relu'" in err
     assert json.loads((hf / "config.json").read_text())["model_type"] == "gpt2"
+
+
+def test_import_refuses_what_is_not_a_whole_gpt2_folder(run_cli, tmp_path):
+    """A BERT folder, a GPT-2 folder without its tokenizer, truncated or mismatched weights: one line
+    each, and no run written (these used to import, or to give a traceback)."""
+    import shutil
+
+    from conftest import assert_one_line_error
+
+    from aigc.runs import load_weights, save_weights
+
+    run = make_run(tmp_path / "run", "bpe")
+    assert run_cli("gpt", "export-hf", "--run", run, "--out", tmp_path / "hf")[0] == 0
+    bert = tmp_path / "bert"
+    shutil.copytree(tmp_path / "hf", bert)
+    config = json.loads((bert / "config.json").read_text())
+    (bert / "config.json").write_text(json.dumps({**config, "model_type": "bert", "architectures": ["BertModel"]}))
+    no_tokenizer = tmp_path / "no_tokenizer"
+    shutil.copytree(tmp_path / "hf", no_tokenizer)
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        (no_tokenizer / name).unlink(missing_ok=True)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tmp_path / "hf", truncated)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    partial = tmp_path / "partial"
+    shutil.copytree(tmp_path / "hf", partial)
+    tensors, metadata = load_weights(partial / "model.safetensors")
+    save_weights(partial / "model.safetensors", {k: v for k, v in tensors.items() if ".h.1." not in k}, metadata)
+    for folder, fragment in [(bert, "holds a 'bert' model"), (no_tokenizer, "has no tokenizer"),
+                             (truncated, "cannot load"), (partial, "do not fit its config")]:
+        status, _, err = run_cli("gpt", "import-hf", "--hf", folder, "--out", tmp_path / f"run-{folder.name}")
+        assert_one_line_error(status, err, fragment)
+        assert not (tmp_path / f"run-{folder.name}").exists()
+    status, _, err = run_cli("gpt", "import-hf", "--hf", tmp_path / "hf", "--out", tmp_path / "imported")
+    assert status == 0, err

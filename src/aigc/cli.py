@@ -8,12 +8,14 @@ stays fast. Errors a user can cause print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import re
 import sys
 from dataclasses import dataclass
 
 from aigc import __version__
-from aigc.config import add_config_arguments, build_config
+from aigc.config import add_config_arguments, build_config, flag_name
 from aigc.demo_config import DemoConfig
 from aigc.errors import UserError
 from aigc.gan.config import GanEvalConfig, GanSampleConfig, GanTrainConfig
@@ -102,12 +104,54 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_command(args._command, given)
     except UserError as exc:
-        print(f"aigc: error: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return _error(str(exc), exc.exit_status)
     except KeyboardInterrupt as exc:  # a trainer says where its resumable checkpoint is
         print(f"aigc: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        return _error(_out_of_memory_message(exc, given), 2)
+    except OSError as exc:
+        if exc.errno not in _UNWRITABLE:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        return _error(f"cannot write{where}: {exc.strerror}", 2)
     return 0
+
+
+# What the machine refuses when a command writes: no permission, a read-only filesystem, a full disk.
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _error(message: str, status: int) -> int:
+    """Print the promised single line (a message of several lines is joined into one)."""
+    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"aigc: error: {one_line}", file=sys.stderr)
+    return status
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure: Python's MemoryError, torch's OutOfMemoryError (CUDA, MPS) or the
+    CPU allocator's RuntimeError. torch is only looked at if a command already imported it."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("DefaultCPUAllocator", "not enough memory", "can't allocate memory",
+                                   "out of memory"))
+
+
+def _out_of_memory_message(exc: BaseException, given: dict) -> str:
+    """Name the allocation and the sizes the user gave, the likely cause."""
+    asked = re.search(r"allocate (\d+) bytes", str(exc))
+    what = f" (tried to allocate {int(asked.group(1)) / 2**30:,.1f} GiB)" if asked else ""
+    sizes = [f"{flag_name(name)} {value}" for name, value in given.items()
+             if isinstance(value, int) and not isinstance(value, bool) and value > 1 and name != "seed"]
+    hint = f"; the sizes given: {', '.join(sizes)}: try smaller ones" if sizes else "; try smaller sizes"
+    return f"out of memory{what}{hint}"
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import re
 import sys
 import types
@@ -29,9 +30,15 @@ else:  # pragma: no cover
 
 
 def option(default: Any, help: str, *, choices: typing.Sequence[str] | None = None,
-           parse: Callable[[str], Any] | None = None) -> Any:
-    """Declare a config field with its help text (and optionally choices or a parser)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "parse": parse})
+           parse: Callable[[str], Any] | None = None, minimum: float | None = None, maximum: float | None = None,
+           allow_inf: bool = False) -> Any:
+    """Declare a config field with its help text (and optionally choices, a parser, or a range).
+
+    Every field also obeys the rules of :func:`check_fields`: a float is never NaN and is finite
+    unless ``allow_inf``; an int fits in 64 bits; a number lies in [``minimum``, ``maximum``]."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "parse": parse,
+                                                        "minimum": minimum, "maximum": maximum,
+                                                        "allow_inf": allow_inf})
 
 
 def parse_duration(text: str) -> float:
@@ -62,6 +69,8 @@ def _converter(cls: type, field: dataclasses.Field) -> Callable[[Any], Any]:
             return None
         if parse is not None:
             return parse(value)
+        if not isinstance(value, str):  # a TOML value: it has a type of its own, which must be the field's
+            _check_toml_type(base, value)
         if base is bool:
             if isinstance(value, bool):
                 return value
@@ -77,6 +86,16 @@ def _converter(cls: type, field: dataclasses.Field) -> Callable[[Any], Any]:
         return base(value)
 
     return convert
+
+
+def _check_toml_type(base: type, value: Any) -> None:
+    """A TOML value given for a field of type ``base``: refuse a type it cannot mean (``steps = true``)."""
+    wanted = {bool: (bool,), int: (int, float), float: (int, float), str: (str,)}.get(base)
+    if wanted is None:
+        return
+    if isinstance(value, bool) and base is not bool or not isinstance(value, wanted):
+        names = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string"}
+        raise ValueError(f"expected {names[base]}, got {type(value).__name__} {value!r}")
 
 
 def flag_name(field_name: str) -> str:
@@ -131,6 +150,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"cannot read config file {path}: not UTF-8 text (bad byte at offset {exc.start})") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read config file {path}: {exc}") from None
     # Accept dashed keys too, as they appear on the command line.
@@ -154,11 +175,39 @@ def build_config(cls: type, given: dict[str, Any]) -> Any:
                 raise UserError(f"bad value for {key!r} in {given['config']}: choose from {', '.join(choices)}")
     values.update({k: v for k, v in given.items() if k in fields})
     config = cls(**values)
+    check_fields(config)
     object.__setattr__(config, GIVEN, frozenset(values))  # what the user set, for resumed()
     validate = getattr(config, "validate", None)
     if validate is not None:
         validate()
     return config
+
+
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+SEED_MAX = 2**32 - 1  # recipes derive seeds (seed * 1_000_003 + i) that must stay within torch's 64 bits
+
+
+def check_fields(config: Any) -> None:
+    """The rules every config field obeys, before its class's own ``validate()``: a float is a
+    number (never NaN) and finite unless its option allows infinity; an int fits in 64 bits (torch
+    takes nothing larger); a number lies in its option's [minimum, maximum], and a ``seed`` in
+    [0, 2**32)."""
+    for field in dataclasses.fields(config):
+        value, meta, flag = getattr(config, field.name), field.metadata, flag_name(field.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float):
+            require(not math.isnan(value), f"{flag} must be a number, got nan")
+            require(math.isfinite(value) or meta.get("allow_inf", False), f"{flag} must be finite, got {value}")
+        else:
+            require(INT64_MIN <= value <= INT64_MAX, f"{flag} {value} does not fit in 64 bits")
+        low, high = meta.get("minimum"), meta.get("maximum")
+        if field.name == "seed" and low is None and high is None:
+            low, high = 0, SEED_MAX
+        if low is not None or high is not None:
+            range_text = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+            require((low is None or value >= low) and (high is None or value <= high),
+                    f"{flag} must be in {range_text}, got {value}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from aigc.demo_config import DemoConfig
+from aigc.outputs import output_dir
 from aigc.runs import unique_dir
 
 GPT_PROMPT = "The "
 
 
 def run_demo(cfg: DemoConfig) -> Path:
-    out = unique_dir(cfg.out)
+    out = output_dir(unique_dir(cfg.out), "--out")  # a fresh name, in a folder that can take it
     out.mkdir(parents=True)
     grid, gan_run = _gan_part(cfg, out)
     sample, gpt_run = _gpt_part(cfg, out)

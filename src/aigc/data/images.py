@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aigc.data.files import read_bytes
 from aigc.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -97,14 +98,6 @@ def _find_idx_images(folder: Path) -> Path | None:
     return (train or candidates)[0]
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-
-
 def parse_idx(raw: bytes, expected_magic: int, name: str) -> np.ndarray:
     """Parse an IDX byte string of unsigned bytes; wrong magic or a short body is a UserError."""
     if len(raw) < 4:
@@ -128,7 +121,7 @@ def load_idx_pair(images_path: Path) -> ImageData:
     """An IDX images file and its labels file (same name with ``labels-idx1``)."""
     if "-images-idx3-ubyte" not in images_path.name:
         raise UserError(f"--data {images_path}: not an IDX images file (*-images-idx3-ubyte[.gz])")
-    images = parse_idx(_read_maybe_gzip(images_path), IDX_IMAGES_MAGIC, str(images_path))
+    images = parse_idx(read_bytes(images_path), IDX_IMAGES_MAGIC, str(images_path))
     labels_path = images_path.with_name(images_path.name.replace("-images-idx3-ubyte", "-labels-idx1-ubyte"))
     if not labels_path.exists():  # a .gz images file may sit beside plain labels, or the reverse
         alternative = labels_path.with_name(labels_path.name.removesuffix(".gz") if labels_path.suffix == ".gz"
@@ -136,7 +129,7 @@ def load_idx_pair(images_path: Path) -> ImageData:
         labels_path = alternative if alternative.exists() else labels_path
     if not labels_path.exists():
         raise UserError(f"missing IDX labels file beside {images_path} (expected {labels_path.name})")
-    labels = parse_idx(_read_maybe_gzip(labels_path), IDX_LABELS_MAGIC, str(labels_path)).astype(np.int64)
+    labels = parse_idx(read_bytes(labels_path), IDX_LABELS_MAGIC, str(labels_path)).astype(np.int64)
     if len(labels) != len(images):
         raise UserError(f"{labels_path}: {len(labels)} labels for {len(images)} images")
     if len(images) == 0:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aigc.data.files import read_bytes
 from aigc.data.tokenizers import Tokenizer, token_array
 from aigc.errors import UserError
 from aigc.training.samplers import RandomBatches
@@ -49,17 +50,19 @@ def read_text(path: str | Path | None) -> bytes:
 
 
 def _read_file(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    return read_bytes(path)  # gzip is decompressed; a damaged file is a UserError
 
 
 def cache_dir() -> Path:
     """Where encoded corpora are cached: $AIGC_CACHE_DIR, else $XDG_CACHE_HOME/aigc, else ~/.cache/aigc."""
     if os.environ.get("AIGC_CACHE_DIR"):
         return Path(os.environ["AIGC_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aigc"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aigc"
+
+
+def _cache_setting() -> str:
+    return "$AIGC_CACHE_DIR" if os.environ.get("AIGC_CACHE_DIR") else \
+        "$XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the home folder's .cache"
 
 
 def encode_cached(data: bytes, tokenizer: Tokenizer, source: str = "the data") -> np.ndarray:
@@ -74,8 +77,10 @@ def encode_cached(data: bytes, tokenizer: Tokenizer, source: str = "the data") -
     if not path.is_file():
         from aigc.runs import atomic_write
 
+        from aigc.outputs import cache_folder
+
+        cache_folder(path.parent, _cache_setting())
         ids = token_array(tokenizer.encode_bytes(data, source), tokenizer.vocab_size)
-        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: ids.tofile(tmp))
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=dtype)

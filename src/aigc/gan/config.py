@@ -8,6 +8,22 @@ from aigc.config import DEVICE_CHOICES, option, parse_duration, require
 
 MODELS = ("mlp", "dcgan")
 LOSS_NAMES = ("bce", "hinge", "wgan-gp")
+DCGAN_START_SIZES = (7, 4)  # DCGAN's first feature map; each stage doubles it up to the image size
+MAX_SAMPLES = 1_000_000  # `gan sample` and `gan eval` generate every image before writing or scoring
+MIN_EVAL_SAMPLES = 4  # precision/recall with k = 3 nearest neighbours need k + 1 points per set
+
+
+def dcgan_supports(image_size: int) -> bool:
+    """Whether DCGAN builds ``image_size``: 7 or 4 times a power of two, at least twice the start."""
+    for start in DCGAN_START_SIZES:
+        ratio = image_size // start
+        if image_size % start == 0 and ratio >= 2 and ratio & (ratio - 1) == 0:
+            return True
+    return False
+
+
+def dcgan_sizes_text(limit: int = 256) -> str:
+    return ", ".join(str(s) for s in range(1, limit + 1) if dcgan_supports(s)) + ", ..."
 
 
 @dataclass
@@ -53,6 +69,11 @@ class GanTrainConfig:
         require(self.channels in (None, 1, 3), f"--channels must be 1 or 3, got {self.channels}")
         require(not self.resume or self.out is not None, "--resume needs --out RUN")
         require(self.gp_weight >= 0, f"--gp-weight must be non-negative, got {self.gp_weight}")
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
+                f"--beta1 and --beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
+        require(self.model != "dcgan" or self.image_size is None or dcgan_supports(self.image_size),
+                f"--image-size {self.image_size}: dcgan builds only {dcgan_sizes_text()} (7 or 4 times a power of "
+                "two); use one of these or --model mlp")
 
 
 @dataclass
@@ -68,7 +89,8 @@ class GanSampleConfig:
 
     def validate(self) -> None:
         require(self.run is not None, "--run RUN is required")
-        require(self.n > 0, f"--n must be positive, got {self.n}")
+        require(0 < self.n <= MAX_SAMPLES, f"--n must be in [1, {MAX_SAMPLES}], got {self.n}")
+        require(self.label is None or self.label >= 0, f"--label must be a class number (0, 1, ...), got {self.label}")
 
 
 @dataclass
@@ -86,5 +108,9 @@ class GanEvalConfig:
 
     def validate(self) -> None:
         require(self.run is not None, "--run RUN is required")
-        require(self.n > 0, f"--n must be positive, got {self.n}")
+        # Precision/recall compare each point with its k = 3 nearest neighbours in its own set, so a
+        # set needs at least k + 1 points (and C2ST trains on half of them).
+        require(MIN_EVAL_SAMPLES <= self.n <= MAX_SAMPLES,
+                f"--n must be in [{MIN_EVAL_SAMPLES}, {MAX_SAMPLES}], got {self.n}: precision/recall (k=3) compare "
+                "each sample with its 3 nearest neighbours")
         require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")

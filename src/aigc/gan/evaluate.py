@@ -28,6 +28,7 @@ from aigc.gan.models import GanModelConfig
 from aigc.gan.sample import generate_images, load_generator
 from aigc.metrics.evaluator import Evaluator, EvaluatorRecipe, load_or_train_evaluator
 from aigc.metrics.image import C2STResult, c2st, frechet_distance, label_accuracy, mode_coverage, precision_recall
+from aigc.outputs import output_file
 
 DEFAULT_RECIPE = EvaluatorRecipe()
 JUDGE_STEPS = 1500  # Adam steps of the C2ST judge on batches of 64 (about 19 passes over 2 x 2,500 images)
@@ -117,13 +118,11 @@ def compare(images: torch.Tensor, features: torch.Tensor, predicted: torch.Tenso
 def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judge_steps: int | None = None) -> dict:
     """Score a GAN run against ``--ref`` and the real-data floor; write JSON and judge.png."""
     recipe, judge_steps = recipe or DEFAULT_RECIPE, judge_steps or JUDGE_STEPS
+    json_path, judge_path = output_paths(cfg)
     device = resolve_device(cfg.device)
     generator, model_cfg, run_config = load_generator(cfg.run, cfg.ema, device)
     reference = load_reference(cfg.ref, model_cfg)
     training = load_training_data(run_config, model_cfg, cfg.run)
-    json_path = Path(cfg.json) if cfg.json else Path(cfg.run) / "eval.json"
-    if not json_path.parent.is_dir():
-        raise UserError(f"--json {json_path}: folder {json_path.parent} does not exist")
 
     evaluator = load_or_train_evaluator(training.images, training.labels, training.num_classes, recipe)
     half_a, half_b = split_reference(reference, cfg.seed)
@@ -149,11 +148,20 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
         "model": model, "real_floor": floor,
     }
     runs.save_json(json_path, result)
-    judge_path = json_path.parent / "judge.png"
     save_judge_grid(samples["images"], judged, judge_path)
     print(format_table(result))
     print(f"wrote {json_path} and {judge_path} (left: samples the judge finds most fake; right: most real)")
     return result
+
+
+def output_paths(cfg: GanEvalConfig) -> tuple[Path, Path]:
+    """Where the results go (--json, default RUN/eval.json, and judge.png beside it), checked before any
+    work: the run's own eval.json and judge.png may be rewritten, no other file of a run."""
+    runs.read_run_config(cfg.run, "gan")  # a missing or wrong run is reported as such, not as a bad --json
+    own = (Path(cfg.run) / "eval.json", Path(cfg.run) / "judge.png")
+    json_path = output_file(cfg.json or own[0], "--json", allowed=own)
+    judge_path = output_file(json_path.parent / "judge.png", "--json (judge.png beside it)", allowed=own)
+    return json_path, judge_path
 
 
 def save_judge_grid(images: torch.Tensor, judged: C2STResult, path: Path) -> None:

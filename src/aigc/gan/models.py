@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from aigc.errors import UserError
+from aigc.gan.config import MODELS, dcgan_sizes_text, dcgan_supports
+
 
 @dataclass
 class GanModelConfig:
@@ -24,6 +27,29 @@ class GanModelConfig:
     width: int = 64  # mlp: hidden units; dcgan: base channels
     spectral_norm: bool = False
     disc_norm: str = "batch"  # "batch" or "none" (wgan-gp critics and spectral norm use none)
+
+    def __post_init__(self) -> None:
+        """Refuse a config no model can be built from (e.g. a run's config.json edited by hand)."""
+        for name, kind in (("model", str), ("disc_norm", str), ("spectral_norm", bool), ("z_dim", int),
+                           ("image_size", int), ("channels", int), ("num_classes", int), ("width", int)):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise UserError(f"GAN model config: {name} must be {'an' if kind is int else 'a'} {kind.__name__}, "
+                                f"got {value!r}")
+        if self.model not in MODELS:
+            raise UserError(f"GAN model config: unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.disc_norm not in ("batch", "none"):
+            raise UserError(f"GAN model config: disc_norm must be 'batch' or 'none', got {self.disc_norm!r}")
+        for name in ("z_dim", "image_size", "width"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"GAN model config: {name} must be positive, got {getattr(self, name)}")
+        if self.channels not in (1, 3):
+            raise UserError(f"GAN model config: channels must be 1 or 3, got {self.channels}")
+        if self.num_classes < 0:
+            raise UserError(f"GAN model config: num_classes must be 0 (unconditional) or more, got {self.num_classes}")
+        if self.model == "dcgan" and not dcgan_supports(self.image_size):
+            raise UserError(f"GAN model config: dcgan needs an image size of 7 or 4 times a power of two ({dcgan_sizes_text()}), "
+                            f"got {self.image_size}")
 
     @property
     def conditional(self) -> bool:

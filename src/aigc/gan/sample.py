@@ -16,6 +16,7 @@ from aigc.errors import UserError
 from aigc.gan.config import GanSampleConfig
 from aigc.gan.loading import load_generator
 from aigc.gan.models import GanModelConfig
+from aigc.outputs import output_file
 
 
 def sample_labels(model_cfg: GanModelConfig, n: int, label: int | None) -> torch.Tensor | None:
@@ -52,13 +53,11 @@ def generate_images(generator: nn.Module, model_cfg: GanModelConfig, n: int, lab
 
 
 def sample(cfg: GanSampleConfig) -> Path:
+    out = output_file(cfg.out, "--out")  # before any work, and never over a file of a run
     device = resolve_device(cfg.device)
     generator, model_cfg, run_config = load_generator(cfg.run, cfg.ema, device)
     labels = sample_labels(model_cfg, cfg.n, cfg.label)
     images = generate_images(generator, model_cfg, cfg.n, labels, cfg.seed)
-    out = Path(cfg.out)
-    if not out.parent.is_dir():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist")
     if cfg.format == "npz":
         arrays = {"images": to_uint8(images)}
         if labels is not None:

@@ -12,6 +12,8 @@ EVAL_METRICS = ("perplexity",)  # loss, perplexity and bits per byte from one pa
 # Task metrics of fine-tuned runs: on generated completions (bleu, chrf, rouge, distinct) or on
 # predicted labels (accuracy: accuracy and macro-F1).
 TASK_METRICS = ("bleu", "chrf", "rouge", "distinct", "accuracy")
+MAX_BEAMS = 1000  # beam search keeps every beam's KV cache in memory
+MAX_SAMPLES = 100_000  # `gpt generate --num-samples`: each sample is generated and printed in turn
 
 
 def _positive(config: object, *names: str) -> None:
@@ -102,6 +104,8 @@ class GptGenerateConfig:
         require(self.stop is None or self.stop != "", "--stop must not be empty")
         require(not (self.stream and self.num_samples > 1), "--stream prints one sample; drop --num-samples")
         _positive(self, "beams")
+        require(self.beams is None or self.beams <= MAX_BEAMS, f"--beams must be at most {MAX_BEAMS}, got {self.beams}")
+        require(self.num_samples <= MAX_SAMPLES, f"--num-samples must be at most {MAX_SAMPLES}, got {self.num_samples}")
         require(not (self.beams and (self.stream or self.num_samples > 1)),
                 "--beams gives one best completion; drop --stream and --num-samples")
 
@@ -128,14 +132,17 @@ class GptEvalConfig:
         require(self.run is not None, "--run RUN is required")
         _positive(self, "batch_size", "max_new_tokens")
         known = EVAL_METRICS + TASK_METRICS
+        require(bool(self.metric_names()), f"--metrics names no metric; choose from {', '.join(known)}")
         unknown = [m for m in self.metric_names() if m not in known]
         require(not unknown, f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-        require(self.beams >= 1, f"--beams must be at least 1, got {self.beams}")
+        require(1 <= self.beams <= MAX_BEAMS, f"--beams must be in [1, {MAX_BEAMS}], got {self.beams}")
         require(all(m in TASK_METRICS for m in self.metric_names()) or
                 not any(m in TASK_METRICS for m in self.metric_names()),
                 "perplexity is measured on plain text and task metrics on a fine-tuned run's examples: "
                 "ask for them in separate calls")
         require((self.source is None) == (self.target is None), "--source and --target go together")
+        require(self.source is None or any(m in TASK_METRICS for m in self.metric_names()),
+                "--source/--target are examples for task metrics (e.g. --metrics bleu); perplexity reads --data")
 
     def metric_names(self) -> list[str]:
         return [name.strip() for name in self.metrics.split(",") if name.strip()]

@@ -17,6 +17,7 @@ from aigc.errors import UserError
 from aigc.gpt.loading import load_gpt, save_inference_run
 from aigc.gpt.config import GptExportHfConfig, GptImportHfConfig
 from aigc.gpt.model import GPT, GPTConfig
+from aigc.outputs import output_dir
 from aigc.runs import create_run_dir, prepare_run_dir
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -78,14 +79,49 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+    logging.set_verbosity_error()  # its load reports would break the one-line error promise; we check ourselves
+
+
+GPT2_ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
+# A GPT-2 tokenizer in a form we convert: tokenizers' own file, or the byte-level BPE vocabulary and merges.
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+
+
+def _check_hf_folder(hf: Path) -> None:
+    """Refuse, before loading anything, a folder that is not a GPT-2 model with weights and a tokenizer."""
+    import json
+
+    if not hf.is_dir():
+        raise UserError(f"--hf {hf}: no such folder")
+    if not (hf / "config.json").is_file():
+        raise UserError(f"{hf} is not a Hugging Face model folder (no config.json)")
+    try:
+        config = json.loads((hf / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"corrupt {hf / 'config.json'}: {exc}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{hf / 'config.json'} is not a model config (not a JSON object)")
+    model_type, architectures = config.get("model_type"), config.get("architectures") or []
+    if model_type != "gpt2" or not isinstance(architectures, list) or \
+            any(a not in GPT2_ARCHITECTURES for a in architectures):
+        shown = ", ".join(map(str, architectures)) if isinstance(architectures, list) else architectures
+        raise UserError(f"{hf} holds a {model_type!r} model ({shown or 'no architectures'}); import-hf converts "
+                        f"GPT-2 models (model_type 'gpt2', {' or '.join(GPT2_ARCHITECTURES)}) only")
+    if not (hf / "model.safetensors").is_file():
+        raise UserError(f"{hf} has no model.safetensors (weights in other formats may run pickled code, and are "
+                        "not loaded; save the model with safe_serialization)")
+    if not any(all((hf / name).is_file() for name in files) for files in TOKENIZER_FILES):
+        raise UserError(f"{hf} has no tokenizer (tokenizer.json, or vocab.json and merges.txt); save the "
+                        "tokenizer into the folder too")
 
 
 def export_hf(config: GptExportHfConfig) -> Path:
     """``aigc gpt export-hf``: a folder ``GPT2LMHeadModel.from_pretrained`` loads offline."""
     _quiet_transformers()
+    output_dir(config.out, "--out")  # before any work: a new or empty folder, never a run directory
     loaded = load_gpt(config.run, config.checkpoint, plain=True)
     model, tokenizer = loaded.model, loaded.tokenizer
-    out = create_run_dir(prepare_run_dir(config.out, resume=False))
+    out = create_run_dir(Path(config.out))
     to_hf(model).save_pretrained(out)
     _hf_tokenizer(tokenizer).save_pretrained(out)
     print(f"wrote {out}: GPT2LMHeadModel ({model.num_params() / 1e6:.2f}M parameters) and its tokenizer")
@@ -94,20 +130,29 @@ def export_hf(config: GptExportHfConfig) -> Path:
 
 def import_hf(config: GptImportHfConfig) -> Path:
     """``aigc gpt import-hf``: a GPT run (generate, eval, --init-from) from a GPT-2 folder."""
+    hf = Path(config.hf)
+    _check_hf_folder(hf)  # before importing transformers: a wrong folder is refused at once
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     _quiet_transformers()
-    hf = Path(config.hf)
-    if not (hf / "config.json").is_file():
-        raise UserError(f"{hf} is not a Hugging Face model folder (no config.json)")
     try:
-        hf_model = GPT2LMHeadModel.from_pretrained(hf, local_files_only=True)
+        hf_model, loading = GPT2LMHeadModel.from_pretrained(hf, local_files_only=True, use_safetensors=True,
+                                                            output_loading_info=True)
         hf_tokenizer = AutoTokenizer.from_pretrained(hf, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         raise UserError(f"cannot load a GPT-2 model and tokenizer from {hf}: {str(exc).splitlines()[0]}") from None
+    missing = set(loading.get("missing_keys", ())) - {"lm_head.weight"}  # tied to the token embedding
+    mismatched = loading.get("mismatched_keys", ())
+    if missing or mismatched:
+        names = sorted(missing) + [str(m[0] if isinstance(m, tuple) else m) for m in mismatched]
+        raise UserError(f"the weights in {hf} do not fit its config ({len(names)} missing or misshapen, e.g. "
+                        f"{names[0]}): a damaged or mismatched model.safetensors")
     if not hasattr(hf_tokenizer, "backend_tokenizer"):
         raise UserError(f"the tokenizer in {hf} has no fast (tokenizers) form to convert")
     tokenizer = Tokenizer(hf_tokenizer.backend_tokenizer)
+    if tokenizer.vocab_size < 2:
+        raise UserError(f"the tokenizer in {hf} has {tokenizer.vocab_size} token(s); a damaged or empty tokenizer")
     model = from_hf(hf_model)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise UserError(f"the tokenizer in {hf} has {tokenizer.vocab_size} tokens, the model only "

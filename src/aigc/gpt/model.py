@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from aigc.errors import UserError
+
 
 @dataclass
 class GPTConfig:
@@ -30,8 +32,22 @@ class GPTConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        """Refuse a config no GPT can be built from (e.g. a run's config.json edited by hand), as a
+        :class:`UserError` (a ``ValueError`` too, for callers that catch that)."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"GPT model config: {name} must be an integer, got {value!r}")
+            if value <= 0:
+                raise ConfigError(f"GPT model config: {name} must be positive, got {value}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"GPT model config: dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+            raise ConfigError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+
+class ConfigError(UserError, ValueError):
+    """A GPTConfig that cannot be built: bad input (a UserError) and a ValueError for older callers."""
 
 
 class KVCache:

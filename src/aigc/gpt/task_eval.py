@@ -9,7 +9,6 @@ JSON results, so a reader can look at what was scored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -70,7 +69,9 @@ def evaluate_task(config: GptEvalConfig, names: list[str]) -> dict:
     for name in names:
         results.update(TASK_METRICS[name](outputs))
     if config.json:
-        hypotheses = Path(config.json).with_suffix(".hyp.txt")
+        from aigc.gpt.evaluate import hypotheses_path  # it imports this module lazily
+
+        hypotheses = hypotheses_path(config.json)
         atomic_write(hypotheses, lambda tmp: tmp.write_text("".join(o.replace("\n", " ") + "\n"
                                                                     for o in outputs.outputs)))
         results["hypotheses"] = str(hypotheses)

@@ -13,7 +13,6 @@ Shapes: B batch, T time, C channels, K classes.
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from aigc.data.files import read_bytes
 from aigc.data.tokenizers import Tokenizer
 from aigc.errors import UserError
 from aigc.gpt.config import FINETUNE_TEMPLATE as DEFAULT_TEMPLATE
@@ -54,14 +54,13 @@ class Task:
 # ---------------------------------------------------------------- reading examples
 
 def _open_text(path: Path) -> list[str]:
-    """The lines of a text file (gzip when it ends in .gz), without line ends."""
+    """The lines of a text file (gzip or not), without line ends."""
     if not path.is_file():
         raise UserError(f"data not found: {path}")
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        return raw.decode("utf-8").splitlines()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+        return read_bytes(path).decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(f"cannot read {path}: not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
 def read_jsonl(path: str | Path, kind: str) -> list[dict]:

@@ -23,6 +23,7 @@ from torch import nn
 
 from aigc import runs
 from aigc.errors import UserError
+from aigc.outputs import cache_folder
 
 ARCHITECTURE_VERSION = 1  # bump when LeNet changes, so old cache entries are not reused
 
@@ -143,8 +144,9 @@ def load_or_train_evaluator(images: torch.Tensor, labels: torch.Tensor, num_clas
     path = (cache or cache_dir()) / "evaluators" / f"{key}.safetensors"
     network = LeNet(images.shape[1], num_classes, recipe.width, recipe.features)
     if not _load_cached(network, path):
+        cache_folder(path.parent, "the cache argument" if cache else  # before the training, not after it
+                     "$XDG_CACHE_HOME" if os.environ.get("XDG_CACHE_HOME") else "the home folder's .cache")
         network = train_evaluator(images, labels, num_classes, recipe)
-        path.parent.mkdir(parents=True, exist_ok=True)
         runs.save_weights(path, network.state_dict(), {"key": key, "recipe": json.dumps(dataclasses.asdict(recipe))})
     return Evaluator(network.requires_grad_(False), key, images.shape[1], images.shape[-1], num_classes)
 

@@ -15,6 +15,7 @@ Two kinds of data, one ``Codec`` for each (saved into the run as ``vocab.json``)
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,7 +139,12 @@ def read_lines(path: str | Path) -> list[list[str]]:
 
 
 def is_ids(lines: list[list[str]]) -> bool:
-    return all(token.lstrip("-").isdigit() for line in lines for token in line)
+    """Whether every token is a decimal integer in ASCII digits (``str.isdigit`` also takes '²' or '٣',
+    which are not ids)."""
+    return all(_DECIMAL.fullmatch(token) for line in lines for token in line)
+
+
+_DECIMAL = re.compile(r"-?[0-9]+")
 
 
 def ids_tensor(lines: list[list[str]], vocab_size: int, source: str) -> torch.Tensor:
@@ -148,10 +154,10 @@ def ids_tensor(lines: list[list[str]], vocab_size: int, source: str) -> torch.Te
         if len(line) != length:
             raise UserError(f"{source} line {number} has {len(line)} tokens, line 1 has {length}; "
                             "token-id data needs sequences of one length")
-    tokens = torch.from_numpy(np.array(lines, dtype=np.int64))
-    bad = (tokens < 0) | (tokens >= vocab_size)
-    if bad.any():
-        row, col = bad.nonzero()[0].tolist()
-        raise UserError(f"{source} line {row + 1} has token id {tokens[row, col].item()} outside the vocabulary "
-                        f"[0, {vocab_size})")
-    return tokens
+    for number, line in enumerate(lines, 1):  # in Python ints first: an id past int64 is just out of range
+        bad = next((t for t in line if not _DECIMAL.fullmatch(t) or not 0 <= int(t) < vocab_size), None)
+        if bad is not None and not _DECIMAL.fullmatch(bad):
+            raise UserError(f"{source} line {number} has {bad[:30]!r}, not a token id (a decimal integer)")
+        if bad is not None:
+            raise UserError(f"{source} line {number} has token id {bad[:30]} outside the vocabulary [0, {vocab_size})")
+    return torch.from_numpy(np.array(lines, dtype=np.int64))
