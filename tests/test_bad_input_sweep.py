@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 from aigc.cli import COMMANDS, main
 from aigc.config import _field_type, build_config, flag_name
 from aigc.errors import UserError
+from conftest import checkpoint_file
 
 ERROR_LINE = re.compile(r"^aigc( [\w-]+)*: error: \S")
 HUGE = 2**70
@@ -78,7 +79,7 @@ def _damaged_copies(run: Path, root: Path, name: str, model_edits: dict[str, dic
     out[f"{name}_garbage_config"] = garbage
     truncated = root / f"{name}_truncated"
     shutil.copytree(run, truncated)
-    for weights in truncated.glob("*.safetensors"):
+    for weights in truncated.rglob("*.safetensors"):
         weights.write_bytes(weights.read_bytes()[:len(weights.read_bytes()) // 2])
     out[f"{name}_truncated"] = truncated
     for label, edit in model_edits.items():
@@ -236,7 +237,7 @@ def path_values(w: World, name: str, field: str) -> list[tuple[str, str]]:
     if field == "out" and name == "gpt export-hf":
         return [("a file", w["text"]), under_file, ("a run", w["gpt"]), ("a full folder", w["idx"])]
     if field in ("out", "json"):  # a file a command writes
-        run_file = w.paths["gan"] / "model.safetensors" if family == "gan" else w.paths["gpt"] / "config.json"
+        run_file = checkpoint_file(w.paths["gan"]) if family == "gan" else w.paths["gpt"] / "config.json"
         return [("a folder", w["empty_dir"]), ("under a file", str(w.paths["text"] / "x.out")),
                 ("in a missing folder", str(w.root / "no" / "x.out")), ("a file of its run", str(run_file)),
                 ("a gan run's config", str(w.paths["gan"] / "config.json")),
@@ -301,8 +302,8 @@ def bad_case(draw, w: World):
         if value is not None and not config_refuses(command, {**base_config_values(w, command), field.name: value}):
             number = str(HUGE) if base is int else "nan"  # it may be valid (and start work): use one that is not
         return command, field.name, [flag, number]
-    values = [v for label, v in wrong_values(w, name, field.name) if not known_elsewhere(name, field.name, label)]
-    if not values:  # every wrong path of this flag is a known problem elsewhere: a usage error instead
+    values = [v for _, v in wrong_values(w, name, field.name)]
+    if not values:  # a flag with no wrong path: a usage error instead
         return command, field.name, [flag]
     return command, field.name, [flag, draw(st.sampled_from(values))]
 
@@ -357,46 +358,6 @@ def write_tomls(w: World) -> None:
 
 
 # ------------------------------------------------------------------------------ one case
-
-# Problems the sweep finds in code being rewritten by another engineer (the trainers, runs.py,
-# gpt/checkpoints.py): left out of the sweep, and run as xfail cases (one per flag) below.
-MAKES_OUT_FIRST = {"gpt train", "gpt finetune", "textgan train"}
-PREPARES_RUN_DIR = {"gan train", "gpt train", "gpt finetune", "textgan train"}
-OUT_FIRST = ("the trainer creates --out (and may write tokenizer.json, config.json) before it has read and "
-             "checked its inputs, so a refused input leaves files behind")
-UNDER_A_FILE = "runs.prepare_run_dir: an --out under a file raises NotADirectoryError"
-
-
-def known_elsewhere(name: str, field: str, label: str) -> str | None:
-    if field == "out" and label == "under a file" and name in PREPARES_RUN_DIR:
-        return UNDER_A_FILE
-    if name in MAKES_OUT_FIRST and field in RUN_FIELDS | DATA_FIELDS:
-        return OUT_FIRST
-    return None
-
-
-def _known_cases():
-    cases = []
-    for command in COMMANDS:
-        name = command_name(command)
-        for field in dataclasses.fields(command.config):
-            label = "under a file" if field.name == "out" else "missing"
-            reason = known_elsewhere(name, field.name, label)
-            if reason:
-                cases.append(pytest.param(name, field.name, label, id=f"{name} {flag_name(field.name)} {label}",
-                                          marks=pytest.mark.xfail(reason=reason, strict=False)))
-    return cases
-
-
-@pytest.mark.parametrize("name, field, label", _known_cases())
-def test_known_problems_elsewhere(sweep_world, name, field, label):
-    command = next(c for c in COMMANDS if command_name(c) == name)
-    (value,) = [v for lab, v in wrong_values(sweep_world, name, field) if lab == label]
-    try:
-        check_case(sweep_world, command, field, [flag_name(field), value])
-    finally:
-        _restore_scratch(sweep_world)
-
 
 def run_case(w: World, command, field: str, words: list[str]) -> tuple[int, str, str]:
     flags = dict(base_flags(w)[command_name(command)])
@@ -465,8 +426,7 @@ def test_every_wrong_path_of(sweep_world, name):
     failures = []
     for field in dataclasses.fields(command.config):
         for label, value in wrong_values(w, name, field.name):
-            if not known_elsewhere(name, field.name, label):
-                failures += _failure(w, command, field.name, [flag_name(field.name), value], label)
+            failures += _failure(w, command, field.name, [flag_name(field.name), value], label)
     for words in toml_values(w, command):
         failures += _failure(w, command, "config", words, Path(words[1]).name)
     assert not failures, "\n\n".join(failures)

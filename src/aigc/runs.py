@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from aigc.errors import UserError
+from aigc.outputs import output_dir
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -252,7 +253,7 @@ def prepare_run_dir(out: str | Path, resume: bool) -> Path:
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not empty; pass --resume to continue it, or choose another --out")
-    return out
+    return output_dir(out, "--out")  # its nearest existing folder must take it
 
 
 def create_run_dir(out: Path) -> Path:

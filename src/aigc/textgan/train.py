@@ -109,6 +109,9 @@ def load_sequences(config: TextGanTrainConfig, oracle: Oracle | None,
             codec = Codec("ids", _id_range(config, oracle, base))
             tokens = ids_tensor(lines, codec.size, config.data)
         else:
+            if config.vocab_size is not None:
+                raise UserError(f"{config.data} holds words, not token ids (a line has a token that is not a "
+                                "decimal id), so --vocab-size does not apply; drop it or fix the ids")
             if base is not None and base[1].kind != "words":
                 raise UserError(f"{config.data} holds words but the base run {config.base} was trained on token ids")
             codec = base[1] if base else Codec.from_sentences(lines)
