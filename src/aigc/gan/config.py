@@ -96,8 +96,8 @@ class GanSampleConfig:
 @dataclass
 class GanEvalConfig:
     run: str | None = option(None, "run directory written by `aigc gan train` (required)")
-    ref: str = option("mnist5k", "real images to compare with: mnist5k (bundled; the default model's own training "
-                      "data, so memorising looks perfect) or a held-out IDX/image folder such as the MNIST test set")
+    ref: str = option("mnist5k", "real images to compare with: mnist5k (bundled; what `aigc gan train` learns from "
+                      "unless told otherwise, so memorising looks perfect) or a held-out IDX/image folder such as the MNIST test set")
     n: int = option(10000, "number of samples to generate (in batches of --batch-size)")
     json: str | None = option(None, "where to write every metric as JSON (default: RUN/eval.json); "
                               "judge.png goes beside it")
