@@ -113,7 +113,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per field of ``cls`` (defaults are SUPPRESSed so we see what was given)."""
     parser.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
                         help="read any of these options from a TOML file; flags win")
+    groups: dict[type, Any] = {cls: parser}  # a shared option group's flags under its own heading
     for field in dataclasses.fields(cls):
+        owner = declaring_class(cls, field.name)
+        if owner not in groups:
+            groups[owner] = parser.add_argument_group((owner.__doc__ or owner.__name__).strip().splitlines()[0])
         base, _ = _field_type(cls, field)
         meta = field.metadata
         help_text = meta.get("help", "")
@@ -128,7 +132,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             if meta.get("choices"):
                 kwargs["choices"] = list(meta["choices"])
                 kwargs["metavar"] = "{" + ",".join(meta["choices"]) + "}"
-        parser.add_argument(flag_name(field.name), **kwargs)
+        groups[owner].add_argument(flag_name(field.name), **kwargs)
+
+
+def declaring_class(cls: type, name: str) -> type:
+    """The class in ``cls``'s hierarchy that declares the field ``name`` last (itself, or a shared
+    option group such as ``aigc.training.options.RunOptions``)."""
+    return next(klass for klass in cls.__mro__ if name in klass.__dict__.get("__annotations__", {}))
 
 
 def _argparse_type(cls: type, field: dataclasses.Field) -> Callable[[str], Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigc.config import DEVICE_CHOICES, option, parse_duration, require
+from aigc.config import DEVICE_CHOICES, option, require
+from aigc.training.options import RunOptions
 
 MODELS = ("mlp", "dcgan")
 LOSS_NAMES = ("bce", "hinge", "wgan-gp")
@@ -27,7 +28,7 @@ def dcgan_sizes_text(limit: int = 256) -> str:
 
 
 @dataclass
-class GanTrainConfig:
+class GanTrainConfig(RunOptions):
     data: str = option("mnist5k", "mnist5k (bundled), a folder of IDX files, or a folder with one sub-folder per class")
     model: str = option("dcgan", "generator/discriminator architecture", choices=MODELS)
     conditional: bool = option(False, "class-conditional model (one-hot label in G, projection in D)")
@@ -35,8 +36,6 @@ class GanTrainConfig:
     spectral_norm: bool = option(False, "spectral normalisation on the discriminator's layers")
     steps: int | None = option(None, "generator updates to train for (default 2000 unless --epochs is given)")
     epochs: int | None = option(None, "passes over the data instead of --steps")
-    time_budget: float | None = option(None, "train for this long instead (e.g. 90s, 10m); with --steps or "
-                                             "--epochs, whichever ends first", parse=parse_duration)
     batch_size: int = option(64, "images per batch")
     lr: float = option(2e-4, "Adam learning rate (both networks)")
     beta1: float = option(0.5, "Adam beta1")
@@ -49,17 +48,14 @@ class GanTrainConfig:
     channels: int | None = option(None, "1 (grey) or 3 (RGB) (default: the data's own)")
     ema_decay: float = option(0.999, "EMA decay of generator weights used for sampling (0 turns EMA off)")
     amp: bool = option(True, "bf16 autocast where the hardware supports it")
-    device: str = option("auto", "where to train", choices=DEVICE_CHOICES)
-    seed: int = option(0, "random seed: the same seed and data give the same run")
-    out: str | None = option(None, "run directory (default: runs/gan-<date>-<time>)")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
     log_every: int = option(50, "steps between metric lines")
     sample_every: int = option(500, "steps between sample grids in samples/")
     save_every: int = option(500, "steps between checkpoints")
 
     def validate(self) -> None:
+        self.validate_run()
         require(not (self.steps is not None and self.epochs is not None), "give --steps or --epochs, not both")
-        for name in ("steps", "epochs", "time_budget", "n_critic", "width", "image_size"):
+        for name in ("steps", "epochs", "n_critic", "width", "image_size"):
             value = getattr(self, name)
             require(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
         for name in ("batch_size", "z_dim", "log_every", "sample_every", "save_every"):
@@ -67,7 +63,6 @@ class GanTrainConfig:
         require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         require(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         require(self.channels in (None, 1, 3), f"--channels must be 1 or 3, got {self.channels}")
-        require(not self.resume or self.out is not None, "--resume needs --out RUN")
         require(self.gp_weight >= 0, f"--gp-weight must be non-negative, got {self.gp_weight}")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
                 f"--beta1 and --beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")

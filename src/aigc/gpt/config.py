@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigc.config import DEVICE_CHOICES, option, parse_duration, require
+from aigc.config import DEVICE_CHOICES, option, require
+from aigc.training.options import LmOptimizerOptions, RunOptions
 
 TOKENIZERS = ("char", "bpe")
 CHECKPOINTS = ("best", "last")
@@ -23,7 +24,7 @@ def _positive(config: object, *names: str) -> None:
 
 
 @dataclass
-class GptTrainConfig:
+class GptTrainConfig(LmOptimizerOptions, RunOptions):
     data: str | None = option(None, "a text file or a folder of .txt files (default: the Python language "
                                     "reference bundled with Python, pydoc_data.topics)")
     val_data: str | None = option(None, "validation text (default: the last 10%% of --data)")
@@ -38,31 +39,21 @@ class GptTrainConfig:
     block_size: int = option(64, "context length in tokens")
     dropout: float = option(0.0, "dropout probability")
     batch_size: int = option(12, "sequences per micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
     lr: float = option(1e-3, "peak learning rate (AdamW)")
     min_lr: float = option(1e-4, "learning rate at the end of the cosine decay")
     warmup_iters: int = option(100, "steps of linear warm-up")
     max_iters: int | None = option(None, "optimizer steps (default 2000 unless --time-budget is given)")
-    lr_decay_iters: int | None = option(None, "steps over which the cosine decays (default: --max-iters)")
-    time_budget: float | None = option(None, "train for this long instead (e.g. 90s, 2m); the cosine then "
-                                             "decays over the budget", parse=parse_duration)
     weight_decay: float = option(0.1, "AdamW weight decay, on matrices only")
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.99, "AdamW beta2")
-    grad_clip: float = option(1.0, "clip the gradient norm to this (0 turns clipping off)")
-    amp: bool = option(True, "bf16 autocast where the hardware supports it")
     compile: bool = option(False, "torch.compile the model (faster steps after a compile of tens of seconds)")
-    device: str = option("auto", "where to train", choices=DEVICE_CHOICES)
-    seed: int = option(0, "random seed: the same seed and data give the same run")
-    out: str | None = option(None, "run directory (default: runs/gpt-<date>-<time>)")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
     eval_interval: int = option(250, "steps between validation losses (and checkpoints)")
     eval_iters: int = option(20, "validation batches per evaluation (the same batches every time)")
     log_every: int = option(10, "steps between training-loss lines in metrics.jsonl")
 
     def validate(self) -> None:
-        _positive(self, "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
-                  "max_iters", "lr_decay_iters", "time_budget", "eval_interval", "eval_iters", "log_every")
+        self.validate_run()
+        self.validate_optimizer()
+        _positive(self, "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters",
+                  "eval_interval", "eval_iters", "log_every")
         require(self.n_embd % self.n_head == 0,
                 f"--n-embd ({self.n_embd}) must be a multiple of --n-head ({self.n_head})")
         require(self.tokenizer != "bpe" or self.vocab_size >= 256,
@@ -70,9 +61,7 @@ class GptTrainConfig:
         require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         require(self.lr > 0 and 0 <= self.min_lr <= self.lr, "need 0 < --lr and 0 <= --min-lr <= --lr")
         require(self.warmup_iters >= 0, f"--warmup-iters must be non-negative, got {self.warmup_iters}")
-        require(self.weight_decay >= 0 and self.grad_clip >= 0, "--weight-decay and --grad-clip must be non-negative")
-        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
-        require(not self.resume or self.out is not None, "--resume needs --out RUN")
+        require(self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay}")
 
 
 @dataclass
@@ -176,9 +165,8 @@ FINETUNE_TEMPLATE = "{prompt} => "
 
 
 @dataclass
-class GptFinetuneConfig:
+class GptFinetuneConfig(LmOptimizerOptions, RunOptions):
     base: str | None = option(None, "the pretrained GPT run to start from (required)")
-    out: str | None = option(None, "run directory for the fine-tuned model (default: runs/finetune-<date>-<time>)")
     task: str = option("completion", "completion: learn to continue prompts (loss on the completion only); "
                                      "classify: a classification head on the last token", choices=FINETUNE_TASKS)
     data: str | None = option(None, "training examples, JSONL: {\"prompt\", \"completion\"} or {\"text\", \"label\"} "
@@ -199,22 +187,11 @@ class GptFinetuneConfig:
     checkpoint: str = option("best", "which weights of --base to start from", choices=CHECKPOINTS)
     dropout: float | None = option(None, "dropout probability (default: the base run's)")
     batch_size: int = option(16, "examples per micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
     lr: float | None = option(None, "peak learning rate (default: 3e-4 for full, 1e-3 for the others)")
     min_lr: float | None = option(None, "learning rate at the end of the cosine decay (default: --lr / 10)")
     warmup_iters: int = option(50, "steps of linear warm-up")
     max_iters: int | None = option(None, "optimizer steps (default 1000 unless --time-budget is given)")
-    lr_decay_iters: int | None = option(None, "steps over which the cosine decays (default: --max-iters)")
-    time_budget: float | None = option(None, "train for this long instead (e.g. 90s, 2m; not with adalora)",
-                                       parse=parse_duration)
     weight_decay: float = option(0.0, "AdamW weight decay, on matrices only")
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.99, "AdamW beta2")
-    grad_clip: float = option(1.0, "clip the gradient norm to this (0 turns clipping off)")
-    amp: bool = option(True, "bf16 autocast where the hardware supports it")
-    device: str = option("auto", "where to train", choices=DEVICE_CHOICES)
-    seed: int = option(0, "random seed: the same seed and data give the same run")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
     eval_interval: int = option(200, "steps between validation losses (and checkpoints)")
     eval_examples: int = option(500, "validation examples scored at each evaluation")
     log_every: int = option(10, "steps between training-loss lines in metrics.jsonl")
@@ -228,15 +205,15 @@ class GptFinetuneConfig:
         require((self.val_source is None) == (self.val_target is None), "--val-source and --val-target go together")
         require(self.task == "completion" or self.source is None, "--source/--target are for --task completion")
         require("{prompt}" in self.template, "--template must contain {prompt}")
-        _positive(self, "rank", "alpha", "adapter_size", "batch_size", "grad_accum", "lr", "min_lr", "max_iters",
-                  "lr_decay_iters", "time_budget", "eval_interval", "eval_examples", "log_every")
+        self.validate_run()
+        self.validate_optimizer()
+        _positive(self, "rank", "alpha", "adapter_size", "batch_size", "lr", "min_lr", "max_iters", "eval_interval",
+                  "eval_examples", "log_every")
         require(self.dropout is None or 0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         require(self.warmup_iters >= 0, f"--warmup-iters must be non-negative, got {self.warmup_iters}")
-        require(self.weight_decay >= 0 and self.grad_clip >= 0, "--weight-decay and --grad-clip must be non-negative")
-        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
+        require(self.weight_decay >= 0, f"--weight-decay must be non-negative, got {self.weight_decay}")
         require(not (self.method == "adalora" and self.time_budget and not self.max_iters),
                 "--method adalora schedules its rank budget over --max-iters; give --max-iters, not --time-budget")
-        require(not self.resume or self.out is not None, "--resume needs --out RUN")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from aigc.errors import UserError
 from aigc.gpt.loading import load_gpt
 from aigc.gpt.config import TASK_METRICS, GptEvalConfig
 from aigc.gpt.model import GPT
+from aigc.gpt.task_eval import evaluate_task, hypotheses_path
 from aigc.outputs import output_file
 from aigc.runs import atomic_write
 
@@ -64,11 +65,6 @@ def perplexity(inputs: EvalInput) -> dict[str, float]:
             "bits_per_byte": nll / math.log(2) / max(n_bytes, 1), "tokens": count, "bytes": n_bytes}
 
 
-def hypotheses_path(json_path: str | Path) -> Path:
-    """Where task metrics put the generated hypotheses (or predicted labels): FILE.hyp.txt beside --json."""
-    return Path(json_path).with_suffix(".hyp.txt")
-
-
 METRICS: dict[str, Callable[[EvalInput], dict[str, float]]] = {
     "perplexity": perplexity,
 }
@@ -82,9 +78,7 @@ def evaluate_command(config: GptEvalConfig) -> dict[str, float]:
         if task:
             output_file(hypotheses_path(config.json), "--json (its .hyp.txt beside it)")
     if task:
-        from aigc.gpt.task_eval import evaluate_task  # fine-tuned runs: decode or classify, then score
-
-        results = evaluate_task(config, config.metric_names())
+        results = evaluate_task(config, config.metric_names())  # fine-tuned runs: decode or classify, then score
     else:
         results = _language_model_metrics(config)
     for name, value in results.items():

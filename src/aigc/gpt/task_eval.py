@@ -9,6 +9,7 @@ JSON results, so a reader can look at what was scored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -69,8 +70,6 @@ def evaluate_task(config: GptEvalConfig, names: list[str]) -> dict:
     for name in names:
         results.update(TASK_METRICS[name](outputs))
     if config.json:
-        from aigc.gpt.evaluate import hypotheses_path  # it imports this module lazily
-
         hypotheses = hypotheses_path(config.json)
         atomic_write(hypotheses, lambda tmp: tmp.write_text("".join(o.replace("\n", " ") + "\n"
                                                                     for o in outputs.outputs)))
@@ -116,3 +115,7 @@ def _eval_examples(config: GptEvalConfig, finetuned: Finetuned) -> list[dict]:
     raise UserError(f"{config.run} records no separate validation data; pass --data FILE.jsonl "
                     "or --source F --target F")
 
+
+def hypotheses_path(json_path: str | Path) -> Path:
+    """Where task metrics put the generated hypotheses (or predicted labels): FILE.hyp.txt beside --json."""
+    return Path(json_path).with_suffix(".hyp.txt")

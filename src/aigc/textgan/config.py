@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigc.config import option, parse_duration, require
-from aigc.config import DEVICE_CHOICES
+from aigc.config import option, require
+from aigc.training.options import RunOptions
 
 DISCRIMINATORS = ("cnn", "transformer")
 REWARDS = ("discriminator", "constant")
@@ -13,7 +13,7 @@ CONSTANT_REWARD = 0.5  # the control's verdict: "can't tell", for every sequence
 
 
 @dataclass
-class TextGanTrainConfig:
+class TextGanTrainConfig(RunOptions):
     data: str | None = option(None, "training sequences (required): a text file with one sentence a line (words "
                                     "split on spaces) or one sequence of token ids a line; 'oracle' draws "
                                     "--oracle-samples sequences from --oracle")
@@ -48,22 +48,14 @@ class TextGanTrainConfig:
     d_steps: int = option(3, "discriminator steps per round, each on fresh generated negatives")
     reward: str = option("discriminator", "discriminator: SeqGAN; constant: the control that gives every "
                                           f"sequence the verdict {CONSTANT_REWARD} (no discriminator)", choices=REWARDS)
-    time_budget: float | None = option(None, "stop after this long (e.g. 90s, 10m), whatever phase the run is in",
-                                       parse=parse_duration)
-    device: str = option("auto", "where to train", choices=DEVICE_CHOICES)
-    seed: int = option(0, "random seed: the same seed and data give the same run")
-    out: str | None = option(None, "run directory (required)")
-    resume: bool = option(False, "continue the run in --out from its last checkpoint")
     log_every: int = option(50, "steps between metric lines")
     eval_every: int = option(500, "steps between validation NLL (and NLL-oracle) evaluations")
     save_every: int = option(250, "steps between checkpoints")
 
     def validate(self) -> None:
         require(self.data is not None or self.resume, "--data FILE|oracle is required")
-        require(self.out is not None, "--out RUN is required")
         require(self.data != "oracle" or self.oracle is not None, "--data oracle needs --oracle oracle_params.npz")
-        require(self.time_budget is None or self.time_budget > 0,
-                f"--time-budget must be positive, got {self.time_budget}")
+        self.validate_run()
         require(self.rollouts >= 1, f"--rollouts must be at least 1, got {self.rollouts}")
         for name in ("oracle_samples", "oracle_length", "n_layer", "n_head", "n_embd", "batch_size", "log_every",
                      "eval_every", "save_every"):
