@@ -323,3 +323,18 @@ def test_a_fine_tune_resumes_from_another_folder(every_run, run_cli, sentences, 
     monkeypatch.chdir(sentences.parent.parent)
     status, _, err = run_cli("gpt", "finetune", "--max-iters", 4, "--out", run, "--resume")
     assert status == 0, err
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_pickle_with_code_is_refused_in_one_line_and_never_run(every_run, run_cli, corpus, sentences,
+                                                                  tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = every_run["gan"]
+    torch.save({"step": _Payload()}, checkpoint_file(run, "state.pt"))
+    status, _, err = run_cli(*resume_args("gan", run, corpus, sentences))
+    assert_one_line_error(status, err, "not a plain tensor state", "was not loaded")
+    assert not (tmp_path / "pwned").exists()
