@@ -410,7 +410,7 @@ def test_every_flag_is_swept(sweep_world):
                     f"{command_name(command)} {flag_name(field.name)} has no wrong values in the sweep"
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+@settings(max_examples=120, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_bad_input_sweep(sweep_world, data):
