@@ -43,3 +43,31 @@ def unconditional_gan_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("serve-gan") / "any-digit"
     return train(GanTrainConfig(model="mlp", width=16, steps=2, batch_size=16, out=str(out),
                                 device="cpu", amp=False, log_every=2, sample_every=2, save_every=2))
+
+
+class LiveServer:
+    """An app under uvicorn on a free loopback port, in a thread of this process."""
+
+    def __init__(self, app):
+        import threading
+
+        import uvicorn
+
+        from aigc.serve.cli import listening_socket
+
+        self.app = app
+        self.socket = listening_socket("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            self.thread.join(0.02)
+            assert self.thread.is_alive(), "the server did not start"
+
+    def engine(self, model: str):
+        return self.app.state.models[model].engine
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -140,7 +140,7 @@ def test_a_full_queue_refuses_and_a_closing_engine_aborts(loaded):
     greedy = Sampling(temperature=0)
     first, first_events = collect(engine, "to be", 10_000, greedy)
     engine.submit([first])
-    first_events.get(timeout=60)  # running, so the queue is empty again
+    first_events.get(timeout=60)  # running: its row is taken, the one place in the queue is free
     waiting, waiting_events = collect(engine, "or", 5, greedy)
     engine.submit([waiting])
     with pytest.raises(QueueFull):

@@ -106,6 +106,7 @@ class Engine:
     """Decodes the sequences of one GPT together, up to ``max_batch`` at a time."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int = 16, max_queue: int = 64):
+        """``max_queue``: sequences that may wait for a row beyond the ``max_batch`` running."""
         if max_batch < 1 or max_queue < 0:
             raise UserError(f"need max_batch >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -152,8 +153,10 @@ class Engine:
         with self._wake:
             if self._closing:
                 raise EngineClosed("the server is shutting down")
-            if len(self._waiting) + len(sequences) > self.max_queue:
-                raise QueueFull(f"the queue is full ({len(self._waiting)} waiting, at most {self.max_queue})")
+            free = self.max_batch + self.max_queue - len(self._rows) - len(self._waiting)
+            if len(sequences) > free:  # rows, then the queue behind them, are full
+                raise QueueFull(f"the queue is full ({len(self._rows)} running, {len(self._waiting)} waiting, "
+                                f"at most {self.max_batch} + {self.max_queue})")
             self._waiting.extend(sequences)
             self._wake.notify()
 
