@@ -87,13 +87,13 @@ class Sequence:
 class _Row:
     """The engine's state for one running sequence."""
 
-    def __init__(self, sequence: Sequence, tokenizer: Tokenizer, device: torch.device):
+    def __init__(self, sequence: Sequence, token_bytes: list[bytes], device: torch.device):
         self.sequence = sequence
         prompt = len(sequence.prompt_ids)
         self.tokens = torch.zeros(1, prompt + sequence.max_tokens, dtype=torch.long, device=device)  # (1, N)
         self.tokens[0, :prompt] = torch.tensor(sequence.prompt_ids, device=device)
         self.length = prompt  # tokens so far, prompt included
-        self.text = StopText(tokenizer.token_bytes, sequence.stop)
+        self.text = StopText(token_bytes, sequence.stop)
         self.generator = torch.Generator(device=device).manual_seed(sequence.seed)
         self.logits: torch.Tensor | None = None  # (1, V): predict the next token
 
@@ -113,6 +113,8 @@ class Engine:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.device = model.transformer.wte.weight.device
         self.block_size = model.config.block_size
+        # Each token's bytes; ids past the tokenizer's (a vocabulary padded for speed) decode to nothing.
+        self.token_bytes = tokenizer.token_bytes + [b""] * (model.config.vocab_size - tokenizer.vocab_size)
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._rows: list[_Row] = []  # _rows[b] runs in row b of the batch cache
         self._cache = model.new_batch_cache(max_batch)
@@ -221,7 +223,7 @@ class Engine:
                 if not self._waiting:
                     return
                 sequence = self._waiting.popleft()
-            row = _Row(sequence, self.tokenizer, self.device)
+            row = _Row(sequence, self.token_bytes, self.device)
             cache = self.model.new_cache(1)
             row.logits = self.model(row.tokens[:, :row.length], cache=cache)[0][:, -1]  # (1, V)
             self._cache.add(cache)
@@ -247,10 +249,12 @@ class Engine:
     def _logprob(self, logits: torch.Tensor, token: int, k: int) -> TokenLogprob:
         logp = logits.float().log_softmax(dim=-1)  # (V,)
         top = logp.topk(min(k, logp.numel())) if k > 0 else None
-        names = self.tokenizer.token_bytes
         alternatives = {} if top is None else {
-            _token_text(names, int(i)): float(v) for v, i in zip(top.values, top.indices)}
-        return TokenLogprob(_token_text(names, token), float(logp[token]), alternatives)
+            self._token_text(int(i)): float(v) for v, i in zip(top.values, top.indices)}
+        return TokenLogprob(self._token_text(token), float(logp[token]), alternatives)
+
+    def _token_text(self, token: int) -> str:
+        return self.token_bytes[token].decode("utf-8", errors="replace")
 
     def _remove(self, b: int) -> None:
         self._cache.remove(b)
@@ -272,8 +276,4 @@ class Engine:
         logits = self.model(newest, cache=self._cache)[0][:, -1]  # (rows, V)
         for b, row in enumerate(self._rows):
             row.logits = logits[b:b + 1]
-
-
-def _token_text(token_bytes: list[bytes], token: int) -> str:
-    return token_bytes[token].decode("utf-8", errors="replace") if token < len(token_bytes) else ""
 
