@@ -320,3 +320,19 @@ def test_a_folder_that_is_not_a_run_and_a_port_in_use_are_one_line(run_cli, tmp_
         taken.listen()
         port = str(taken.getsockname()[1])
         assert_one_line_error(*run_cli("serve", "--gpt", str(gpt_run), "--port", port)[::2], port, "in use")
+
+
+def test_an_image_seed_draws_what_aigc_gan_sample_draws(client, gan_run):
+    import torch
+
+    from aigc.data.images import to_uint8
+    from aigc.gan.loading import load_gan
+    from aigc.gan.sample import generate_images
+
+    gan = load_gan(gan_run)
+    expected = to_uint8(generate_images(gan.generator, gan.model_config, 3, torch.full((3,), 5), seed=9))
+    response = client.images.generate(model=gan_run.name, prompt="five", n=3, extra_body={"seed": 9})
+    import numpy as np
+
+    drawn = [np.asarray(Image.open(io.BytesIO(base64.b64decode(d.b64_json)))) for d in response.data]
+    assert len(drawn) == 3 and all((img == e[:, :, 0]).all() for img, e in zip(drawn, expected))
