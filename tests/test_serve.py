@@ -336,3 +336,26 @@ def test_an_image_seed_draws_what_aigc_gan_sample_draws(client, gan_run):
 
     drawn = [np.asarray(Image.open(io.BytesIO(base64.b64decode(d.b64_json)))) for d in response.data]
     assert len(drawn) == 3 and all((img == e[:, :, 0]).all() for img, e in zip(drawn, expected))
+
+
+def test_the_key_comes_from_the_environment_and_shutdown_answers_503(gpt_run, monkeypatch):
+    monkeypatch.setenv("AIGC_API_KEY", "from-env")
+    live = LiveServer(create_app(gpt=[f"tiny={gpt_run}"], device="cpu"))
+    try:
+        assert httpx.get(live.url + "/v1/models").status_code == 401
+        assert httpx.get(live.url + "/v1/models", headers={"Authorization": "Bearer from-env"}).status_code == 200
+        live.app.state.begin_shutdown(0.0).join()
+        assert httpx.get(live.url + "/health").status_code == 503
+        refused = httpx.post(live.url + "/v1/completions", headers={"Authorization": "Bearer from-env"},
+                             json={"model": "tiny", "prompt": "to"})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+    finally:
+        live.close()
+
+
+def test_rates_read_as_requests_per_minute():
+    from aigc.serve.config import parse_rate
+
+    assert parse_rate("60/min") == parse_rate("60/m") == parse_rate("60") == 60
+    with pytest.raises(ValueError):
+        parse_rate("60/hour")
