@@ -160,8 +160,11 @@ def test_health_is_open_and_metrics_count_what_happened(server, client):
 def test_a_client_that_disconnects_frees_its_row(server):
     with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
                       json={"model": "tiny", "prompt": "to", "max_tokens": 5000, "stream": True}) as response:
-        next(response.iter_lines())
+        lines = response.iter_lines()  # held: a dropped iterator would close the response itself
+        next(lines)
+        time.sleep(0.2)
         assert server.engine("tiny").running == 1
+        response.close()
     deadline = time.monotonic() + 10
     while server.engine("tiny").running and time.monotonic() < deadline:
         time.sleep(0.02)
