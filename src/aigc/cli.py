@@ -21,6 +21,7 @@ from aigc.errors import UserError
 from aigc.gan.config import GanEvalConfig, GanSampleConfig, GanTrainConfig
 from aigc.gpt.config import (GptEvalConfig, GptExportHfConfig, GptFinetuneConfig, GptGenerateConfig, GptImportHfConfig,
                              GptMergeConfig, GptTrainConfig)
+from aigc.serve.config import ServeConfig
 from aigc.textgan.config import TextGanTrainConfig
 
 
@@ -62,6 +63,8 @@ COMMANDS = [
             GptExportHfConfig, "aigc.gpt.hf:export_hf"),
     Command("gpt", "import-hf", "make a GPT run from a Hugging Face GPT-2 model folder",
             GptImportHfConfig, "aigc.gpt.hf:import_hf"),
+    Command(None, "serve", "serve GPT and GAN runs over HTTP: OpenAI's API with continuous batching, a playground page, "
+                           "metrics", ServeConfig, "aigc.serve.cli:serve"),
     Command("textgan", "train", "train a GPT generator by MLE, then adversarially against a discriminator (SeqGAN)",
             TextGanTrainConfig, "aigc.textgan.train:train"),
 ]

@@ -69,6 +69,13 @@ def _converter(cls: type, field: dataclasses.Field) -> Callable[[Any], Any]:
             return None
         if parse is not None:
             return parse(value)
+        if typing.get_origin(base) is list:  # a repeatable flag, or a TOML array
+            (item,) = typing.get_args(base)
+            if not isinstance(value, list):
+                raise ValueError(f"not a list: {value!r}")
+            for element in value:
+                _check_toml_type(item, element)
+            return [item(v) for v in value]
         if not isinstance(value, str):  # a TOML value: it has a type of its own, which must be the field's
             _check_toml_type(base, value)
         if base is bool:
@@ -126,6 +133,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": field.name}
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is list:  # ``list[str]``: the flag may be given several times
+            kwargs["action"] = "append"
+            kwargs["metavar"] = field.name.upper()
         else:
             kwargs["type"] = _argparse_type(cls, field)
             kwargs["metavar"] = field.name.upper()

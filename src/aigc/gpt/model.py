@@ -97,6 +97,108 @@ class KVCache:
         chosen = self.select(rows)
         self.keys, self.values = chosen.keys, chosen.values
 
+    # What the model asks of a cache (BatchKVCache answers the same questions per row).
+
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        """(T,) positions of T new tokens placed after the cached ones."""
+        if self.length + T > self.config.block_size:
+            raise ValueError(f"sequence of {self.length + T} tokens exceeds block_size {self.config.block_size}")
+        return torch.arange(self.length, self.length + T, device=device)
+
+    def attention_mask(self, T: int, total: int, device: torch.device) -> torch.Tensor | None:
+        """Which of the ``total`` cached keys each of the T new queries may see (None: all)."""
+        return _cached_mask(T, total, device)
+
+    def advance(self, T: int) -> None:
+        """Count the T tokens that every layer has just appended."""
+        self.length += T
+
+
+class BatchKVCache:
+    """Keys and values of up to ``capacity`` independent sequences decoded together, each with
+    its own length: the batched cache of continuous batching.
+
+    Rows ``0 .. rows - 1`` are in use. A sequence joins with its prompt already prefilled in a
+    one-row :class:`KVCache` (:meth:`add`), and leaves at once (:meth:`remove`, which moves the
+    last row into the freed one so rows in use stay contiguous). Every model call then feeds
+    exactly one new token per row in use: row b's token goes to position ``lengths[b]``, and
+    its query sees only that row's own tokens (a key mask hides the other rows' longer tails).
+    """
+
+    def __init__(self, config: GPTConfig, capacity: int, device: torch.device, dtype: torch.dtype):
+        self.config = config
+        hs = config.n_embd // config.n_head
+        shape = (capacity, config.n_head, config.block_size, hs)
+        # Zeros, not empty: masked-out keys and values still enter the attention product, where
+        # uninitialised memory (a NaN) would poison the rows that only give them weight 0.
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.lengths: list[int] = []  # tokens cached in each row in use
+        self._lengths = torch.zeros(0, dtype=torch.long, device=device)  # the same, as a tensor (rows,)
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    def add(self, cache: KVCache) -> int:
+        """Copy the one sequence of ``cache`` into a free row; returns that row."""
+        if self.rows == self.keys[0].size(0):
+            raise ValueError(f"the batch cache is full ({self.rows} rows)")
+        self.lengths.append(0)
+        self.replace(self.rows - 1, cache)
+        return self.rows - 1
+
+    def replace(self, row: int, cache: KVCache) -> None:
+        """Make row ``row`` hold the one sequence of ``cache`` (the sliding window rebuilds a row)."""
+        if cache.keys[0].size(0) != 1:
+            raise ValueError(f"a batch row takes a one-sequence cache, not {cache.keys[0].size(0)}")
+        n = cache.length
+        for layer in range(self.config.n_layer):
+            self.keys[layer][row, :, :n] = cache.keys[layer][0, :, :n]  # (nh, n, hs)
+            self.values[layer][row, :, :n] = cache.values[layer][0, :, :n]
+        self.lengths[row] = n
+        self._sync_lengths()
+
+    def remove(self, row: int) -> None:
+        """Free row ``row``: the last row in use moves into it (callers renumber that one)."""
+        last = self.rows - 1
+        if row != last:
+            n = self.lengths[last]
+            for layer in range(self.config.n_layer):
+                self.keys[layer][row, :, :n] = self.keys[layer][last, :, :n]
+                self.values[layer][row, :, :n] = self.values[layer][last, :, :n]
+            self.lengths[row] = n
+        self.lengths.pop()
+        self._sync_lengths()
+
+    def _sync_lengths(self) -> None:
+        self._lengths = torch.tensor(self.lengths, dtype=torch.long, device=self.keys[0].device)
+
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        """(rows, 1): each row's new token goes after that row's own tokens."""
+        if T != 1:
+            raise ValueError(f"a batch cache takes one new token per row, not {T}")
+        if max(self.lengths, default=0) + 1 > self.config.block_size:
+            raise ValueError(f"a row of the batch cache exceeds block_size {self.config.block_size}")
+        return self._lengths[:, None]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (rows, nh, 1, hs) at each row's own position; return the keys and values
+        (rows, nh, S, hs) up to the longest row, S = its length + 1."""
+        rows = torch.arange(self.rows, device=k.device)
+        self.keys[layer][rows, :, self._lengths] = k[:, :, 0]  # (rows, nh, hs) written at (b, :, lengths[b])
+        self.values[layer][rows, :, self._lengths] = v[:, :, 0]
+        end = max(self.lengths) + 1
+        return self.keys[layer][:self.rows, :, :end], self.values[layer][:self.rows, :, :end]
+
+    def attention_mask(self, T: int, total: int, device: torch.device) -> torch.Tensor:
+        """(rows, 1, 1, total) bool: row b's query sees its own lengths[b] + 1 keys, not the padding."""
+        return (torch.arange(total, device=device)[None, :] <= self._lengths[:, None])[:, None, None, :]
+
+    def advance(self, T: int) -> None:
+        self.lengths = [n + T for n in self.lengths]
+        self._lengths = self._lengths + T
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -107,7 +209,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | BatchKVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
@@ -116,7 +218,7 @@ class CausalSelfAttention(nn.Module):
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
             k, v = cache.append(layer, k, v)  # (B, nh, past + T, hs)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=_cached_mask(T, k.size(2), x.device))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.attention_mask(T, k.size(2), x.device))
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
@@ -148,7 +250,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | BatchKVCache | None = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 
@@ -191,25 +293,33 @@ class GPT(nn.Module):
         weight = self.transformer.wte.weight
         return KVCache(self.config, batch_size, weight.device, weight.dtype)
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def new_batch_cache(self, capacity: int) -> BatchKVCache:
+        """An empty cache for up to ``capacity`` sequences of their own lengths (continuous batching)."""
+        weight = self.transformer.wte.weight
+        return BatchKVCache(self.config, capacity, weight.device, weight.dtype)
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | BatchKVCache | None = None) -> torch.Tensor:
         """idx (B, T) token ids -> the final LayerNorm's output (B, T, C): what the LM head reads.
 
-        With a ``cache``, idx holds only the new tokens; they are placed after the cached ones.
+        With a ``cache``, idx holds only the new tokens; they are placed after the cached ones
+        (a ``BatchKVCache`` takes one token per row, idx (B, 1), each after its own row's tokens).
         """
         T = idx.size(1)
-        start = 0 if cache is None else cache.length
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens exceeds block_size {self.config.block_size}")
+            pos = torch.arange(T, device=idx.device)  # (T,)
+        else:
+            pos = cache.positions(T, idx.device)  # (T,), or (B, 1) for a BatchKVCache
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cache: KVCache | BatchKVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets (B, T) are given.
 
         With a ``cache``, idx holds only the new tokens; they are placed after the cached ones.
