@@ -26,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import struct
 import traceback
 from pathlib import Path
@@ -176,6 +177,15 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 # ------------------------------------------------------------------------------ the commands
 
+# `aigc serve` on a port that is always taken: a value the sweep ought to refuse but that slipped
+# through would otherwise start a server that never returns. (Bad hosts are still refused first:
+# the name is looked up before the port is bound.)
+_BUSY = socket.socket()
+_BUSY.bind(("127.0.0.1", 0))
+_BUSY.listen()
+BUSY_PORT = _BUSY.getsockname()[1]
+
+
 def base_flags(w: World) -> dict[str, dict[str, str | None]]:
     """A command line per command that would run, with tiny settings (None: a flag without value)."""
     s = w.paths["scratch"]
@@ -196,6 +206,7 @@ def base_flags(w: World) -> dict[str, dict[str, str | None]]:
         "gpt merge": {"run": w["gpt"], "out": str(s / "merged")},
         "gpt export-hf": {"run": w["gpt"], "out": str(s / "hf")},
         "gpt import-hf": {"hf": w["empty_dir"], "out": str(s / "imported")},
+        "serve": {"gpt": w["gpt"], "gan": w["gan"], "port": str(BUSY_PORT), "device": "cpu"},
         "textgan train": {"data": w["ids"], "vocab-size": "10", "max-iters": "1", "d-pretrain-steps": "1",
                           "adv-rounds": "1", "rollouts": "1", "n-layer": "1", "n-head": "1", "n-embd": "8",
                           "batch-size": "8", "device": "cpu", "out": str(s / "tg")},
@@ -217,7 +228,9 @@ def path_values(w: World, name: str, field: str) -> list[tuple[str, str]]:
     family = FAMILY[name.split()[0] if " " in name else None]
     other = "gpt" if family == "gan" else "gan"
     missing = ("missing", str(w.root / "no" / "such" / "thing"))
-    if field in RUN_FIELDS:
+    if name == "serve" and field in ("gpt", "gan"):
+        family, other = field, "gan" if field == "gpt" else "gpt"
+    if field in RUN_FIELDS or (name == "serve" and field in ("gpt", "gan")):
         damaged = ("garbage_config", "truncated", "bad_types", "negative",
                    "unknown_model" if family == "gan" else "no_heads")
         return [missing, ("a file", w["text"]), ("an empty folder", w["empty_dir"]), ("another kind", w[other]),
@@ -255,7 +268,8 @@ COMPANIONS = {("gpt finetune", "source"): {"data": None, "target": "text"},
 
 
 STRING_VALUES = {"metrics": ["", ",", "perplexity,nope", "bleu,perplexity"], "template": ["no placeholder", ""],
-                 "stop": [""], "prompt": ["\u2603 snowman", "ZZZ"]}
+                 "stop": [""], "prompt": ["\u2603 snowman", "ZZZ"], "host": ["", "no such host", "256.1.1.1"],
+                 "api_key": ["", "   "]}
 
 
 def wrong_values(w: World, name: str, field: str) -> list[tuple[str, str]]:

@@ -40,6 +40,7 @@ class ServeConfig:
 
     def validate(self) -> None:
         require(bool(self.gpt or self.gan), "give at least one run to serve: --gpt PATH or --gan PATH")
+        require(self.api_key is None or bool(self.api_key.strip()), "--api-key must not be empty or blank")
         require(0 < self.port < 65536, f"--port must be in 1-65535, got {self.port}")
         for name in ("max_batch", "max_tokens_cap", "max_n", "max_body"):
             require(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

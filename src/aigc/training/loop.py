@@ -115,7 +115,8 @@ def run(trainer, plan: Plan, run_dir: Path, start: Start) -> None:
                 _check_finite(values, step, run_dir)
                 window.add(values)
                 elapsed = time.perf_counter() - started
-                finished = plan.done(step, elapsed) or interrupted()
+                stopping = interrupted()  # read once: a Ctrl-C after this is seen at the next step
+                finished = plan.done(step, elapsed) or stopping
                 boundary = step in plan.boundaries
                 aligned = step % plan.log_every == 0 or boundary
                 if aligned or finished:
@@ -134,7 +135,7 @@ def run(trainer, plan: Plan, run_dir: Path, start: Start) -> None:
                 if step % plan.save_every == 0 or boundary or finished:
                     save(trainer, run_dir, step, time.perf_counter() - started, window)
                 progress.update(step if plan.max_steps else min(int(elapsed), progress.total), **values)
-                if interrupted():
+                if stopping:
                     raise KeyboardInterrupt(f"interrupted at step {step}; a resumable checkpoint is in {run_dir}")
     finally:
         progress.close()
