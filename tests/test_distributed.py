@@ -203,6 +203,15 @@ def test_a_rendezvous_that_never_completes_is_one_line(root):
     assert not (root / "alone").exists()
 
 
+def test_fsdp_shards_a_gpt_saves_whole_weights_and_resumes_exactly(gpt_runs, root):
+    """FSDP2 on gloo/CPU: 4 steps, then resumed to 8 (both sharded), give the run of one
+    process with twice the batch."""
+    out = root / "fsdp"
+    torchrun(root, *gpt_args(root, out, 4, max_iters=4, lr_decay_iters=8, strategy="fsdp"))
+    torchrun(root, "gpt", "train", "--resume", "--max-iters", "8", "--strategy", "fsdp", "--out", out)
+    assert_same_run(gpt_runs[0], out, "loss")
+
+
 def test_fsdp_outside_torchrun_and_for_other_trainers_is_one_line(root, run_cli):
     status, _, err = run_cli(*gpt_args(root, root / "fsdp-alone", 4, strategy="fsdp"))
     assert_one_line_error(status, err, "--strategy fsdp", "torchrun")

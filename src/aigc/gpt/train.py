@@ -39,7 +39,7 @@ RUN_DEFINING = ("data", "val_data", "tokenizer", "vocab_size", "init_from", "n_l
 
 def train(config: GptTrainConfig) -> Path:
     """Train a GPT as ``config`` says; returns the run directory."""
-    distributed.setup(config)
+    distributed.setup(config, fsdp=True)
     config, run_dir = loop.open_run(config, GPT_KIND, "gpt", lambda name: name not in RUN_DEFINING)
     device = distributed.device(config)
     torch.manual_seed(config.seed)
@@ -84,10 +84,13 @@ class GptTrainer:
                  device: torch.device):
         self.config, self.model, self.device = config, model, device
         # What computes the training loss: compiled if asked, in DDP under torchrun; `model` stays
-        # the plain module (the same parameters) for evaluating and saving.
-        self.forward = distributed.wrap(torch.compile(model) if config.compile else model)
+        # the plain module (the same parameters) for evaluating and saving. With --strategy fsdp,
+        # `model` itself is sharded: its parameters become DTensors, each rank holding a slice.
+        self.sharded = config.strategy == "fsdp"
+        self.forward = distributed.wrap(torch.compile(model) if config.compile else model, config.strategy)
         self.optimizer = torch.optim.AdamW(model.optimizer_groups(config.weight_decay), lr=config.lr,
-                                           betas=(config.beta1, config.beta2), fused=device.type in ("cpu", "cuda"))
+                                           betas=(config.beta1, config.beta2),
+                                           fused=device.type in ("cpu", "cuda") and not self.sharded)
         self.tokens, block = train_tokens, model.config.block_size
         self.sampler = RandomBatches(len(train_tokens) - block, config.batch_size, seed=config.seed,
                                      rank=distributed.rank(), world_size=distributed.world_size())
@@ -130,16 +133,25 @@ class GptTrainer:
         return self.is_best
 
     def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        if self.sharded:  # gathered whole on rank 0 (the others get {}): the same files as ever
+            return {WEIGHTS_FILE: {k: v for k, v in distributed.full_model_state(self.model).items()
+                                   if k != "lm_head.weight"}}
         return {WEIGHTS_FILE: self.model.weights()}
 
     def state_dict(self) -> dict:
-        return {"optimizers": {"model": self.optimizer.state_dict()},
+        optimizer = (distributed.full_optimizer_state(self.model, self.optimizer) if self.sharded
+                     else self.optimizer.state_dict())
+        return {"optimizers": {"model": optimizer},
                 "samplers": {"windows": self.sampler.state_dict()}, "rng": {},
                 "trainer": {"best_val_loss": self.best_val_loss}}
 
     def load_state(self, folder: Path, state: dict) -> None:
-        load_into(self.model, folder / WEIGHTS_FILE)
-        self.optimizer.load_state_dict(state["optimizers"]["model"])
+        if self.sharded:
+            distributed.load_full_state(self.model, self.optimizer, folder / WEIGHTS_FILE,
+                                        state["optimizers"]["model"])
+        else:
+            load_into(self.model, folder / WEIGHTS_FILE)
+            self.optimizer.load_state_dict(state["optimizers"]["model"])
         self.sampler.load_state_dict(state["samplers"]["windows"])
         self.best_val_loss = float(state["trainer"]["best_val_loss"])
 

@@ -163,3 +163,38 @@ def gradient_sync(module: nn.Module, enabled: bool) -> Iterator[None]:
             module.set_requires_gradient_sync(True)
     else:
         yield
+
+
+# --- FSDP2 checkpoints: gathered whole on rank 0, so a sharded run saves the files of any other
+
+def _full_options(**more):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **more)
+
+
+def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A sharded module's whole state dict on rank 0 (on the CPU); {} on the other ranks."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(module, options=_full_options(cpu_offload=True))
+
+
+def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer state of a sharded module, whole on rank 0 (keyed by parameter name)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer, options=_full_options(cpu_offload=True))
+
+
+def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer, weights_file, optimizer_state: dict) -> None:
+    """Load whole weights (a safetensors file without the tied ``lm_head.weight``) and a whole
+    optimizer state into a sharded module: every rank reads them and keeps its own shard."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    from aigc.runs import load_weights
+
+    tensors, _ = load_weights(weights_file)
+    set_model_state_dict(module, {**tensors, "lm_head.weight": tensors["transformer.wte.weight"]},
+                         options=_full_options())
+    set_optimizer_state_dict(module, optimizer, optimizer_state, options=_full_options())
