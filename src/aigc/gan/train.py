@@ -4,7 +4,9 @@ Read top to bottom: load data, build models and optimizers (or restore them with
 ``--resume``), then the shared loop (``aigc.training.loop``) over steps. One step is
 ``n_critic`` discriminator updates, each on a fresh real batch, followed by one generator
 update. Everything random draws from generators whose states are checkpointed, so a resumed
-run continues the same trajectory bit for bit.
+run continues the same trajectory bit for bit. Under torchrun, G and D train in
+DistributedDataParallel, each rank on its own slice of every global batch (of images and of
+noise); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ from torch import nn
 
 from aigc import __version__, runs
 from aigc.data.images import ImageData, load_images, save_grid
-from aigc.devices import autocast, resolve_device
+from aigc.devices import autocast
 from aigc.errors import UserError
 from aigc.gan.config import GanTrainConfig
 from aigc.gan.loading import GAN_KIND, load_prefixed, model_config_of
 from aigc.gan.losses import LOSSES, GanLoss, gradient_penalty
 from aigc.gan.models import GanModelConfig, build_discriminator, build_generator
 from aigc.logging import plot_metrics, read_metrics
-from aigc.training import loop
+from aigc.training import distributed, loop
 from aigc.training.samplers import EpochBatches
 
 DEFAULT_STEPS = 2000
@@ -65,7 +67,7 @@ def _model_config(cfg: GanTrainConfig, data: ImageData) -> GanModelConfig:
 
 def _max_steps(cfg: GanTrainConfig, data_size: int, n_critic: int) -> int | None:
     if cfg.epochs is not None:
-        return max(1, cfg.epochs * (data_size // cfg.batch_size) // n_critic)
+        return max(1, cfg.epochs * (data_size // (cfg.batch_size * distributed.world_size())) // n_critic)
     if cfg.steps is None and cfg.time_budget is not None:
         return None
     return cfg.steps or DEFAULT_STEPS
@@ -84,25 +86,34 @@ class GanTrainer:
         self.generator = build_generator(model_cfg).to(device)
         self.discriminator = build_discriminator(model_cfg).to(device)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False) if cfg.ema_decay > 0 else None
+        # What the updates call: in DDP under torchrun (the same parameters as the plain modules,
+        # which sampling, EMA and checkpoints use). G's update calls the plain D, whose weights
+        # take no gradient there.
+        self.train_generator = distributed.wrap(self.generator)
+        self.train_discriminator = distributed.wrap(self.discriminator)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=betas)
-        self.sampler = EpochBatches(len(data), cfg.batch_size, cfg.seed)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.sampler = EpochBatches(len(data), cfg.batch_size, cfg.seed, self.rank, self.world_size)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 2)
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.fixed_z, self.fixed_labels = fixed_sample_inputs(model_cfg, cfg.seed)
         conditional = "+cond" if model_cfg.conditional else ""
         self.name = f"gan {cfg.model}{conditional} {cfg.loss}"
-        self.throughput = ("images_per_s", cfg.batch_size * self.n_critic)
+        self.throughput = ("images_per_s", cfg.batch_size * self.n_critic * self.world_size)
 
     # --- one training step -------------------------------------------------------------
     def _sample_noise(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch = self.cfg.batch_size
-        z = torch.randn(batch, self.model_cfg.z_dim, generator=self.noise, device=self.device)
+        """This rank's slice of the global batch of noise (and labels), as the samplers slice images."""
+        batch = self.cfg.batch_size * self.world_size
+        mine = slice(self.rank * self.cfg.batch_size, (self.rank + 1) * self.cfg.batch_size)
+        z = torch.randn(batch, self.model_cfg.z_dim, generator=self.noise, device=self.device)[mine]
         labels = None
         if self.model_cfg.conditional:
-            labels = torch.randint(0, self.model_cfg.num_classes, (batch,), generator=self.noise, device=self.device)
+            labels = torch.randint(0, self.model_cfg.num_classes, (batch,), generator=self.noise,
+                                   device=self.device)[mine]
         return z, labels
 
     def _discriminator_update(self, fake: torch.Tensor, fake_labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -110,11 +121,12 @@ class GanTrainer:
         real = self.images[indices]
         real_labels = self.labels[indices] if self.model_cfg.conditional else None
         with autocast(self.device, self.cfg.amp):
-            real_logits = self.discriminator(real, real_labels).float()
-            fake_logits = self.discriminator(fake.detach(), fake_labels).float()
+            real_logits = self.train_discriminator(real, real_labels).float()
+            fake_logits = self.train_discriminator(fake.detach(), fake_labels).float()
         loss = self.loss.discriminator(real_logits, fake_logits)
         if self.loss.gradient_penalty:
-            loss = loss + self.cfg.gp_weight * gradient_penalty(self.discriminator, real, fake.float(), real_labels)
+            loss = loss + self.cfg.gp_weight * gradient_penalty(self.train_discriminator, real, fake.float(),
+                                                                real_labels)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
@@ -132,7 +144,7 @@ class GanTrainer:
             last = critic_step == self.n_critic - 1
             # The generator's graph is kept only for the fake batch the generator update reuses.
             with torch.set_grad_enabled(last), autocast(self.device, self.cfg.amp):
-                fake = self.generator(z, fake_labels)
+                fake = self.train_generator(z, fake_labels)
             stats = self._discriminator_update(fake, fake_labels)
         self.discriminator.requires_grad_(False)  # no weight gradients for D in G's update
         with autocast(self.device, self.cfg.amp):
@@ -151,9 +163,10 @@ class GanTrainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """The fixed noise's sample grid, samples/step_NNNNNN.png (GAN losses do not say how good
-        the images are; `aigc gan eval` measures that)."""
-        render_samples(self.sampling_generator(), self.fixed_z, self.fixed_labels,
-                       self.out / "samples" / f"step_{step:06d}.png", self.device)
+        the images are; `aigc gan eval` measures that). Rank 0 draws it."""
+        if distributed.is_main():
+            render_samples(self.sampling_generator(), self.fixed_z, self.fixed_labels,
+                           self.out / "samples" / f"step_{step:06d}.png", self.device)
         return {}
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -190,9 +203,10 @@ class GanTrainer:
 
 def train(cfg: GanTrainConfig) -> Path:
     """Train a GAN as configured; returns the run directory."""
+    distributed.setup(cfg)
     cfg, out = loop.open_run(cfg, GAN_KIND, "gan", lambda name: name in RESUME_OVERRIDABLE)
     saved_model = model_config_of(runs.read_run_config(out, GAN_KIND), out) if cfg.resume else None
-    device = resolve_device(cfg.device)
+    device = distributed.device(cfg)
     data = load_images(cfg.data, saved_model.image_size if saved_model else cfg.image_size,
                        saved_model.channels if saved_model else cfg.channels)
     model_cfg = _model_config(cfg, data)
@@ -202,17 +216,23 @@ def train(cfg: GanTrainConfig) -> Path:
     plan = loop.Plan(_max_steps(cfg, len(data), trainer.n_critic), cfg.time_budget, cfg.log_every,
                      cfg.sample_every, cfg.save_every, steps_flag="--steps")
     start = loop.restore(trainer, out, plan) if cfg.resume else loop.Start()
-    runs.create_run_dir(out)
-    runs.save_json(out / runs.CONFIG_FILE, {
-        "kind": GAN_KIND, "aigc_version": __version__, "model": model_cfg.to_dict(),
-        "train": dataclasses.asdict(cfg), "class_names": data.class_names, "data_source": data.source})
-    (out / "samples").mkdir(exist_ok=True)
-    print(f"training {out}: {len(data)} images of {data.source}, {plan.max_steps or cfg.time_budget} "
-          f"{'steps' if plan.max_steps else 'seconds'}, batch {cfg.batch_size}, device {device}", flush=True)
+    main = distributed.is_main()
+    if main:
+        runs.create_run_dir(out)
+        runs.save_json(out / runs.CONFIG_FILE, {
+            "kind": GAN_KIND, "aigc_version": __version__, "model": model_cfg.to_dict(),
+            "train": dataclasses.asdict(cfg), "class_names": data.class_names, "data_source": data.source})
+        (out / "samples").mkdir(exist_ok=True)
+        processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
+        print(f"training {out}: {len(data)} images of {data.source}, {plan.max_steps or cfg.time_budget} "
+              f"{'steps' if plan.max_steps else 'seconds'}, batch {cfg.batch_size}{processes}, device {device}",
+              flush=True)
     loop.run(trainer, plan, out, start)
-    plot_metrics(read_metrics(out / runs.METRICS_FILE), ["d_loss", "g_loss"], out / runs.PLOT_FILE,
-                 title=f"{cfg.model} {cfg.loss}")
-    print(f"done: {out} (samples in {out / 'samples'}, loss curve {out / runs.PLOT_FILE})", flush=True)
+    if main:
+        plot_metrics(read_metrics(out / runs.METRICS_FILE), ["d_loss", "g_loss"], out / runs.PLOT_FILE,
+                     title=f"{cfg.model} {cfg.loss}")
+        print(f"done: {out} (samples in {out / 'samples'}, loss curve {out / runs.PLOT_FILE})", flush=True)
+    distributed.teardown()
     return out
 
 

@@ -3,7 +3,9 @@
 Read top to bottom: examples and task, the base model with the method applied (and a head for
 classify), AdamW on the trainable parameters only, then the shared loop
 (``aigc.training.loop``) with warm-up + cosine learning rates, clipping and bf16 autocast,
-the task's loss, validation loss at intervals, and best and last checkpoints.
+the task's loss, validation loss at intervals, and best and last checkpoints. Under
+torchrun the task model trains in DistributedDataParallel (its trainable parameters only),
+each rank on its own slice of every global batch; rank 0 writes.
 
 A fine-tuned run (``kind`` "gpt-finetune") records its base run, method and task in
 ``config.json`` and copies the base's ``tokenizer.json``. With ``--method full`` its
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 
 from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer
-from aigc.devices import autocast, resolve_device
+from aigc.devices import autocast
 from aigc.errors import UserError
 from aigc.gpt.config import GptFinetuneConfig
 from aigc.gpt.loading import (FINETUNE_KIND, GPT_KIND, build_task_model, load_task_weights, model_config_of,
@@ -32,7 +34,7 @@ from aigc.gpt.peft_methods import MethodSettings, Tuned, count_parameters
 from aigc.gpt.tasks import Encoded, Task, TaskModel, encode_examples, read_jsonl, read_pairs
 from aigc.logging import plot_metrics, read_metrics
 from aigc.runs import METRICS_FILE, PLOT_FILE, create_run_dir, read_run_config
-from aigc.training import loop
+from aigc.training import distributed, loop
 from aigc.training.samplers import EpochBatches
 from aigc.training.schedule import CosineSchedule, set_lr
 from aigc.training.steps import accumulated_step
@@ -47,9 +49,10 @@ RUN_DEFINING = ("base", "task", "data", "source", "target", "val_data", "val_sou
 
 def finetune(config: GptFinetuneConfig) -> Path:
     """Fine-tune a GPT run as ``config`` says; returns the run directory."""
+    distributed.setup(config)
     config, run_dir = loop.open_run(config, FINETUNE_KIND, "finetune", lambda name: name not in RUN_DEFINING)
     config = _with_defaults(config)
-    device = resolve_device(config.device)
+    device = distributed.device(config)
     torch.manual_seed(config.seed)
 
     base = Path(config.base)
@@ -69,16 +72,18 @@ def finetune(config: GptFinetuneConfig) -> Path:
     plan = loop.Plan(config.max_iters, config.time_budget, config.log_every, config.eval_interval,
                      save_every=config.eval_interval, steps_flag="--max-iters")
     start = loop.restore(trainer, run_dir, plan) if config.resume else loop.Start()
-    create_run_dir(run_dir)
-    _write_run_config(run_dir, config, model_config, task, settings, tokenizer)
-
-    n_trainable, n_total = count_parameters(model)
-    print(f"gpt finetune: {config.method} on {config.task}, {len(train_set):,} training and {len(val_set):,} "
-          f"validation examples; trainable parameters {n_trainable:,} of {n_total:,} "
-          f"({100 * n_trainable / n_total:.2f}%); run {run_dir}", flush=True)
+    if distributed.is_main():
+        create_run_dir(run_dir)
+        _write_run_config(run_dir, config, model_config, task, settings, tokenizer)
+        n_trainable, n_total = count_parameters(model)
+        print(f"gpt finetune: {config.method} on {config.task}, {len(train_set):,} training and {len(val_set):,} "
+              f"validation examples; trainable parameters {n_trainable:,} of {n_total:,} "
+              f"({100 * n_trainable / n_total:.2f}%); run {run_dir}", flush=True)
     loop.run(trainer, plan, run_dir, start)
-    plot_metrics(read_metrics(run_dir / METRICS_FILE), ["loss", "val_loss"], run_dir / PLOT_FILE,
-                 title=f"fine-tuning loss ({config.method})")
+    if distributed.is_main():
+        plot_metrics(read_metrics(run_dir / METRICS_FILE), ["loss", "val_loss"], run_dir / PLOT_FILE,
+                     title=f"fine-tuning loss ({config.method})")
+    distributed.teardown()
     return run_dir
 
 
@@ -123,14 +128,17 @@ class FinetuneTrainer:
         self.config, self.model, self.tuned, self.device = config, model, tuned, device
         self.train_set, self.val_set = train_set, val_set
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.train_model = distributed.wrap(model)  # in DDP under torchrun; `model` for evaluating and saving
         self.optimizer = torch.optim.AdamW(
             [{"params": [p for p in self.trainable if p.dim() >= 2], "weight_decay": config.weight_decay},
              {"params": [p for p in self.trainable if p.dim() < 2], "weight_decay": 0.0}],
             lr=config.lr, betas=(config.beta1, config.beta2))
-        self.sampler = EpochBatches(len(train_set), min(config.batch_size, len(train_set)), config.seed)
+        world = distributed.world_size()
+        self.sampler = EpochBatches(len(train_set), min(config.batch_size, max(1, len(train_set) // world)),
+                                    config.seed, distributed.rank(), world)
         self.schedule = CosineSchedule(config.lr, config.min_lr, config.warmup_iters,
                                        config.lr_decay_iters or config.max_iters, config.time_budget)
-        self.throughput = ("examples_per_s", self.sampler.batch_size * config.grad_accum)
+        self.throughput = ("examples_per_s", self.sampler.batch_size * config.grad_accum * world)
         self.lr = config.lr
         self.best_val_loss, self.is_best = math.inf, False
 
@@ -138,13 +146,14 @@ class FinetuneTrainer:
         self.lr = self.schedule(step, elapsed)
         set_lr(self.optimizer, self.lr)
         loss = accumulated_step(self.optimizer, self.trainable, self._micro_batch_loss, self.config.grad_accum,
-                                self.config.grad_clip, before_zero_grad=lambda: self.tuned.after_step(step + 1))
+                                self.config.grad_clip, before_zero_grad=lambda: self.tuned.after_step(step + 1),
+                                module=self.train_model)
         return {"loss": loss}
 
     def _micro_batch_loss(self) -> tuple[torch.Tensor, float]:
         batch = [self.train_set[i] for i in self.sampler.next().tolist()]
         with autocast(self.device, self.config.amp):
-            loss = self.model.loss(batch, self.device)
+            loss = self.train_model(batch, self.device)
         return loss + self.tuned.penalty(), loss.item()
 
     def status(self) -> dict:

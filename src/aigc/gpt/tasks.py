@@ -167,6 +167,11 @@ class TaskModel(nn.Module):
         super().__init__()
         self.gpt, self.head = gpt, head
 
+    def forward(self, batch: list[Encoded], device: torch.device) -> torch.Tensor:
+        """The loss, as ``forward``: DistributedDataParallel averages the gradients of what its
+        forward computes."""
+        return self.loss(batch, device)
+
     def loss(self, batch: list[Encoded], device: torch.device) -> torch.Tensor:
         """Mean cross-entropy of a batch: over completion tokens, or over the class decisions."""
         if self.head is None:

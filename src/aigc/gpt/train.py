@@ -4,7 +4,8 @@ Read top to bottom: data and tokenizer, model, optimizer, then the shared loop
 (``aigc.training.loop``) of steps with warm-up + cosine learning rates, gradient clipping and
 bf16 autocast; validation loss at intervals with the last and best checkpoints; each
 checkpoint's ``state.pt`` holds everything --resume needs to continue the same trajectory
-(optimizer, step, RNG and data-sampler states).
+(optimizer, step, RNG and data-sampler states). Under torchrun each rank trains on its own
+slice of every global batch, the model in DistributedDataParallel; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import torch
 
 from aigc.data import text
 from aigc.data.tokenizers import TOKENIZER_FILE, Tokenizer, train_tokenizer
-from aigc.devices import autocast, resolve_device
+from aigc.devices import autocast
 from aigc.gpt.config import GptTrainConfig
 from aigc.gpt.loading import GPT_KIND, load_into, model_config_of, weights_path, write_run_config
 from aigc.gpt.model import GPT, GPTConfig
 from aigc.logging import plot_metrics, read_metrics
 from aigc.runs import METRICS_FILE, PLOT_FILE, WEIGHTS_FILE, create_run_dir, read_run_config
-from aigc.training import loop
+from aigc.training import distributed, loop
 from aigc.training.samplers import RandomBatches
 from aigc.training.schedule import CosineSchedule, set_lr
 from aigc.training.steps import accumulated_step
@@ -38,8 +39,9 @@ RUN_DEFINING = ("data", "val_data", "tokenizer", "vocab_size", "init_from", "n_l
 
 def train(config: GptTrainConfig) -> Path:
     """Train a GPT as ``config`` says; returns the run directory."""
+    distributed.setup(config, fsdp=True)
     config, run_dir = loop.open_run(config, GPT_KIND, "gpt", lambda name: name not in RUN_DEFINING)
-    device = resolve_device(config.device)
+    device = distributed.device(config)
     torch.manual_seed(config.seed)
 
     data = text.read_text(config.data)
@@ -52,16 +54,24 @@ def train(config: GptTrainConfig) -> Path:
     plan = loop.Plan(trainer.max_iters, config.time_budget, config.log_every, config.eval_interval,
                      save_every=config.eval_interval, steps_flag="--max-iters")
     start = loop.restore(trainer, run_dir, plan) if config.resume else loop.Start()
-    if not config.resume:
-        create_run_dir(run_dir)
-        tokenizer.save(run_dir / TOKENIZER_FILE)
-    write_run_config(run_dir, model_config, tokenizer, asdict(config))
-
-    print(f"gpt: {model.num_params() / 1e6:.2f}M parameters, {tokenizer.kind} tokenizer with "
-          f"{tokenizer.vocab_size} tokens, {len(train_tokens):,} training tokens; run {run_dir}", flush=True)
+    if distributed.is_main():
+        if not config.resume:
+            create_run_dir(run_dir)
+            tokenizer.save(run_dir / TOKENIZER_FILE)
+        write_run_config(run_dir, model_config, tokenizer, asdict(config))
+        print(f"gpt: {model.num_params() / 1e6:.2f}M parameters, {tokenizer.kind} tokenizer with "
+              f"{tokenizer.vocab_size} tokens, {len(train_tokens):,} training tokens{_processes()}; run {run_dir}",
+              flush=True)
     loop.run(trainer, plan, run_dir, start)
-    plot_metrics(read_metrics(run_dir / METRICS_FILE), ["loss", "val_loss"], run_dir / PLOT_FILE, title="GPT loss")
+    if distributed.is_main():
+        plot_metrics(read_metrics(run_dir / METRICS_FILE), ["loss", "val_loss"], run_dir / PLOT_FILE,
+                     title="GPT loss")
+    distributed.teardown()
     return run_dir
+
+
+def _processes() -> str:
+    return f", {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
 
 
 class GptTrainer:
@@ -73,16 +83,22 @@ class GptTrainer:
     def __init__(self, config: GptTrainConfig, model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
                  device: torch.device):
         self.config, self.model, self.device = config, model, device
-        self.forward = torch.compile(model) if config.compile else model
+        # What computes the training loss: compiled if asked, in DDP under torchrun; `model` stays
+        # the plain module (the same parameters) for evaluating and saving. With --strategy fsdp,
+        # `model` itself is sharded: its parameters become DTensors, each rank holding a slice.
+        self.sharded = config.strategy == "fsdp"
+        self.forward = distributed.wrap(torch.compile(model) if config.compile else model, config.strategy)
         self.optimizer = torch.optim.AdamW(model.optimizer_groups(config.weight_decay), lr=config.lr,
-                                           betas=(config.beta1, config.beta2), fused=device.type in ("cpu", "cuda"))
+                                           betas=(config.beta1, config.beta2),
+                                           fused=device.type in ("cpu", "cuda") and not self.sharded)
         self.tokens, block = train_tokens, model.config.block_size
-        self.sampler = RandomBatches(len(train_tokens) - block, config.batch_size, seed=config.seed)
+        self.sampler = RandomBatches(len(train_tokens) - block, config.batch_size, seed=config.seed,
+                                     rank=distributed.rank(), world_size=distributed.world_size())
         self.val_batches = text.fixed_windows(val_tokens, block, config.batch_size, config.eval_iters)
         self.max_iters = config.max_iters or (None if config.time_budget else DEFAULT_MAX_ITERS)
         self.schedule = CosineSchedule(config.lr, config.min_lr, config.warmup_iters,
                                        config.lr_decay_iters or self.max_iters, config.time_budget)
-        self.throughput = ("tokens_per_s", config.batch_size * block * config.grad_accum)
+        self.throughput = ("tokens_per_s", config.batch_size * block * config.grad_accum * distributed.world_size())
         self.lr = config.lr
         self.best_val_loss, self.is_best = math.inf, False
 
@@ -91,7 +107,7 @@ class GptTrainer:
         self.lr = self.schedule(step, elapsed)
         set_lr(self.optimizer, self.lr)
         loss = accumulated_step(self.optimizer, self.model.parameters(), self._micro_batch_loss,
-                                self.config.grad_accum, self.config.grad_clip)
+                                self.config.grad_accum, self.config.grad_clip, module=self.forward)
         return {"loss": loss}
 
     def _micro_batch_loss(self) -> tuple[torch.Tensor, float]:
@@ -117,16 +133,25 @@ class GptTrainer:
         return self.is_best
 
     def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        if self.sharded:  # gathered whole on rank 0 (the others get {}): the same files as ever
+            return {WEIGHTS_FILE: {k: v for k, v in distributed.full_model_state(self.model).items()
+                                   if k != "lm_head.weight"}}
         return {WEIGHTS_FILE: self.model.weights()}
 
     def state_dict(self) -> dict:
-        return {"optimizers": {"model": self.optimizer.state_dict()},
+        optimizer = (distributed.full_optimizer_state(self.model, self.optimizer) if self.sharded
+                     else self.optimizer.state_dict())
+        return {"optimizers": {"model": optimizer},
                 "samplers": {"windows": self.sampler.state_dict()}, "rng": {},
                 "trainer": {"best_val_loss": self.best_val_loss}}
 
     def load_state(self, folder: Path, state: dict) -> None:
-        load_into(self.model, folder / WEIGHTS_FILE)
-        self.optimizer.load_state_dict(state["optimizers"]["model"])
+        if self.sharded:
+            distributed.load_full_state(self.model, self.optimizer, folder / WEIGHTS_FILE,
+                                        state["optimizers"]["model"])
+        else:
+            load_into(self.model, folder / WEIGHTS_FILE)
+            self.optimizer.load_state_dict(state["optimizers"]["model"])
         self.sampler.load_state_dict(state["samplers"]["windows"])
         self.best_val_loss = float(state["trainer"]["best_val_loss"])
 

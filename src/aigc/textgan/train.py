@@ -14,6 +14,12 @@ is one step counter, driven by the shared loop (``aigc.training.loop``); each ch
 ``state.pt`` holds it with the optimizers, the data sampler's and torch's RNG states, so
 ``--resume`` continues the same trajectory. What is saved last is
 what gets reported: there is no best-of-run checkpoint.
+
+Under torchrun, the generator and discriminator train in DistributedDataParallel. Every rank
+draws the same global batch of generated sequences (the ranks' torch RNGs stay equal) and
+keeps its own slice, so the Monte-Carlo rollouts -- the costly part -- are split across the
+ranks; real sequences come from each rank's slice of the sampler's global batch. Evaluation
+runs on every rank alike; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from pathlib import Path
 import torch
 
 from aigc import __version__
-from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gpt.loading import load_into
 from aigc.gpt.model import GPT, GPTConfig
@@ -39,7 +44,7 @@ from aigc.textgan.discriminators import build_discriminator, discriminator_loss
 from aigc.textgan.loading import DISC_FILE, TEXTGAN_KIND, load_base
 from aigc.textgan.oracle import Oracle
 from aigc.textgan.rollout import policy_gradient_loss, rollout_rewards
-from aigc.training import loop
+from aigc.training import distributed, loop
 from aigc.training.samplers import RandomBatches
 
 ORACLE_EVAL_SAMPLES = 1000
@@ -50,8 +55,9 @@ RESUME_OVERRIDABLE = {"adv_rounds", "time_budget", "log_every", "eval_every", "s
 
 def train(config: TextGanTrainConfig) -> Path:
     """Train as ``config`` says; returns the run directory."""
+    distributed.setup(config)
     config, run_dir = loop.open_run(config, TEXTGAN_KIND, "textgan", lambda name: name in RESUME_OVERRIDABLE)
-    device = resolve_device(config.device)
+    device = distributed.device(config)
     torch.manual_seed(config.seed)
 
     oracle = Oracle.load(config.oracle) if config.oracle else None
@@ -70,18 +76,21 @@ def train(config: TextGanTrainConfig) -> Path:
     plan = loop.Plan(trainer.total, config.time_budget, config.log_every, config.eval_every, config.save_every,
                      steps_flag="--adv-rounds", boundaries=trainer.boundaries)
     start = loop.restore(trainer, run_dir, plan) if config.resume else loop.Start()
-    create_run_dir(run_dir)
-    save_json(run_dir / CONFIG_FILE, {"kind": TEXTGAN_KIND, "aigc_version": __version__,
-                                      "model": dataclasses.asdict(model_config), "train": dataclasses.asdict(config)})
-    if not config.resume:
-        codec.save(run_dir)
-
-    print(f"textgan: generator {model.num_params() / 1e6:.2f}M parameters, {len(train_seqs)} training sequences "
-          f"of {train_seqs.size(1)} tokens, phases " + ", ".join(f"{name} {n}" for name, n in trainer.phases)
-          + f"; run {run_dir}", flush=True)
+    if distributed.is_main():
+        create_run_dir(run_dir)
+        save_json(run_dir / CONFIG_FILE, {"kind": TEXTGAN_KIND, "aigc_version": __version__,
+                                          "model": dataclasses.asdict(model_config),
+                                          "train": dataclasses.asdict(config)})
+        if not config.resume:
+            codec.save(run_dir)
+        print(f"textgan: generator {model.num_params() / 1e6:.2f}M parameters, {len(train_seqs)} training "
+              f"sequences of {train_seqs.size(1)} tokens, phases "
+              + ", ".join(f"{name} {n}" for name, n in trainer.phases) + f"; run {run_dir}", flush=True)
     loop.run(trainer, plan, run_dir, start)
-    plot_metrics(read_metrics(run_dir / METRICS_FILE), ["mle_loss", "val_nll", "nll_oracle", "reward"],
-                 run_dir / PLOT_FILE, title="text GAN")
+    if distributed.is_main():
+        plot_metrics(read_metrics(run_dir / METRICS_FILE), ["mle_loss", "val_nll", "nll_oracle", "reward"],
+                     run_dir / PLOT_FILE, title="text GAN")
+    distributed.teardown()
     return run_dir
 
 
@@ -157,7 +166,12 @@ class TextGanTrainer:
                  train_seqs: torch.Tensor, val_seqs: torch.Tensor, oracle: Oracle | None):
         self.config, self.model, self.disc, self.codec = config, model, disc, codec
         self.train_seqs, self.val_seqs, self.oracle = train_seqs, val_seqs, oracle
-        self.sampler = RandomBatches(len(train_seqs), config.batch_size, config.seed)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.sampler = RandomBatches(len(train_seqs), config.batch_size, config.seed, self.rank, self.world_size)
+        # What the updates call: in DDP under torchrun; sampling, rollouts, evaluation and
+        # checkpoints use the plain modules (the same parameters).
+        self.train_model = distributed.wrap(model)
+        self.train_disc = distributed.wrap(disc) if disc is not None else None
         self.g_opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
         self.d_opt = torch.optim.Adam(disc.parameters(), lr=config.d_lr) if disc is not None else None
         mle = 0 if config.base else config.max_iters
@@ -189,15 +203,20 @@ class TextGanTrainer:
 
     def mle_step(self, lr: float | None = None) -> dict[str, float]:
         self.model.train()
-        loss = gen.mle_loss(self.model, self.batch(), self.codec.bos)
+        loss = gen.mle_loss(self.train_model, self.batch(), self.codec.bos)
         self._generator_update(loss, lr or self.config.lr)
         return {"mle_loss": loss.item()}
 
+    def generated(self) -> torch.Tensor:
+        """This rank's slice of a global batch of generated sequences (B, L)."""
+        n = self.config.batch_size * self.world_size
+        fake = gen.sample(self.model, n, self.codec.bos, batch_size=n, eos=self.codec.eos)
+        return fake[self.rank * self.config.batch_size:(self.rank + 1) * self.config.batch_size]
+
     def d_step(self) -> dict[str, float]:
-        fake = gen.sample(self.model, self.config.batch_size, self.codec.bos, batch_size=self.config.batch_size,
-                          eos=self.codec.eos)
+        fake = self.generated()
         self.disc.train()
-        loss, accuracy = discriminator_loss(self.disc, self.batch(), fake)
+        loss, accuracy = discriminator_loss(self.train_disc, self.batch(), fake)
         self.d_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.d_opt.step()
@@ -212,15 +231,14 @@ class TextGanTrainer:
 
     def policy_gradient_step(self) -> dict[str, float]:
         c = self.config
-        fake = gen.sample(self.model, c.batch_size, self.codec.bos, batch_size=c.batch_size,
-                          eos=self.codec.eos)  # (B, L)
+        fake = self.generated()  # (B, L)
         if self.disc is None:
             rewards = torch.full(fake.shape, CONSTANT_REWARD, device=fake.device)
         else:
             rewards = rollout_rewards(self.model, fake, self.codec.bos, self.verdict, c.rollouts,
                                       eos=self.codec.eos)  # (B, L)
         self.model.eval()  # the policy that sampled: no dropout
-        loss = policy_gradient_loss(self.model, fake, rewards, self.codec.bos, c.baseline)
+        loss = policy_gradient_loss(self.train_model, fake, rewards, self.codec.bos, c.baseline)
         self._generator_update(loss, c.g_lr)
         return {"pg_loss": loss.item(), "reward": rewards.mean().item(), "final_reward": rewards[:, -1].mean().item()}
 

@@ -19,6 +19,10 @@ A trainer is any object with these methods (no base class; each recipe writes it
 Every checkpoint's ``state.pt`` has the same keys for every run kind: ``step``,
 ``elapsed``, ``log_window``, ``rng`` (``torch`` plus the trainer's named generators),
 ``optimizers``, ``samplers`` and ``trainer`` (anything else the trainer keeps).
+
+Under torchrun every rank runs this loop in step with the others: each step's losses are
+averaged over the ranks, the ranks stop together, and only rank 0 logs and writes
+(``training.distributed``); every rank restores from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -38,6 +42,7 @@ from aigc import runs
 from aigc.config import resumed
 from aigc.errors import TrainingDiverged, UserError
 from aigc.logging import MetricsLog, Progress, RunningMeans
+from aigc.training import distributed
 
 
 @dataclass(frozen=True)
@@ -71,9 +76,15 @@ class Start:
 def open_run(config, kind: str, name: str, may_change: Callable[[str], bool]) -> tuple[Any, Path]:
     """The run directory of a training command (``--out``, default runs/<name>-<date>-<time>),
     checked to take a new run or to hold one to resume, and the config to train with: on
-    resume the saved settings, overridden by those given now where ``may_change`` allows."""
-    out = Path(config.out) if config.out else runs.unique_dir(Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S"))
+    resume the saved settings, overridden by those given now where ``may_change`` allows.
+    ``--resume-if-exists`` resumes when ``--out`` has a checkpoint and starts the run when not.
+    Under torchrun, rank 0 names the run directory for all."""
+    out = Path(config.out) if config.out else distributed.from_main(
+        runs.unique_dir(Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")))
+    if config.resume_if_exists and not config.resume and runs.read_pointer(out) is not None:
+        config = replace(config, resume=True)
     run_dir = runs.prepare_run_dir(out, config.resume)
+    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if config.resume:
         config = resumed(config, runs.read_run_config(run_dir, kind).get("train") or {}, may_change)
     return config, run_dir
@@ -101,49 +112,56 @@ def run(trainer, plan: Plan, run_dir: Path, start: Start) -> None:
     raises KeyboardInterrupt."""
     step, window = start.step, start.window
     started = time.perf_counter() - start.elapsed
-    log = MetricsLog(run_dir, resume_step=step if start.resumed else None)
+    main = distributed.is_main()  # only rank 0 logs and writes
+    log = MetricsLog(run_dir, resume_step=step if start.resumed else None) if main else None
     progress = Progress(plan.max_steps or int(plan.time_budget), trainer.name,
-                        initial=step if plan.max_steps else int(start.elapsed))
+                        initial=step if plan.max_steps else int(start.elapsed)) if main else None
     window_started, window_steps = time.perf_counter(), 0
     try:
         finished = plan.done(step, start.elapsed)
         with _interrupt_after_step() as interrupted:
             while not finished:  # decided once per step, so the last step always evaluates and saves
-                values = trainer.train_step(step, time.perf_counter() - started)
+                # Rank 0's clock for every rank, so that time-based schedules agree.
+                values = trainer.train_step(step, distributed.from_main(time.perf_counter() - started))
                 step += 1
                 window_steps += 1
+                values = distributed.mean_over_ranks(values)  # the same values, and finite check, on every rank
                 _check_finite(values, step, run_dir)
                 window.add(values)
                 elapsed = time.perf_counter() - started
                 stopping = interrupted()  # read once: a Ctrl-C after this is seen at the next step
-                finished = plan.done(step, elapsed) or stopping
+                finished = distributed.any_rank(plan.done(step, elapsed) or stopping)
                 boundary = step in plan.boundaries
                 aligned = step % plan.log_every == 0 or boundary
                 if aligned or finished:
                     seconds = time.perf_counter() - window_started
                     line = {**window.means(), **trainer.status(), "elapsed": round(elapsed, 3),
                             **_throughput(trainer, window_steps, seconds)}
-                    log.log(step, **line, **({} if aligned else {"partial": True}))
+                    if main:
+                        log.log(step, **line, **({} if aligned else {"partial": True}))
                     window_started, window_steps = time.perf_counter(), 0
                     if aligned:  # a partial window goes on in a resumed run
                         window.reset()
                 if (plan.eval_every and step % plan.eval_every == 0) or boundary or finished:
-                    results = trainer.evaluate(step)
-                    if results:
+                    results = trainer.evaluate(step)  # on every rank: none waits long for rank 0
+                    if results and main:
                         log.log(step, **results)
                         progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
                 if step % plan.save_every == 0 or boundary or finished:
                     save(trainer, run_dir, step, time.perf_counter() - started, window)
-                progress.update(step if plan.max_steps else min(int(elapsed), progress.total), **values)
+                if main:
+                    progress.update(step if plan.max_steps else min(int(elapsed), progress.total), **values)
                 if stopping:
                     raise KeyboardInterrupt(f"interrupted at step {step}; a resumable checkpoint is in {run_dir}")
     finally:
-        progress.close()
-        log.close()
+        if main:
+            progress.close()
+            log.close()
 
 
 def save(trainer, run_dir: Path, step: int, elapsed: float, window: RunningMeans) -> None:
-    """One checkpoint: the trainer's weights (refused if any is not finite) and its state."""
+    """One checkpoint: the trainer's weights (refused if any is not finite) and its state.
+    Every rank gathers them (sharded weights need all ranks); rank 0 writes them."""
     weights = trainer.weights()
     bad = [f"{file}:{name}" for file, tensors in weights.items() for name, t in tensors.items()
            if t.is_floating_point() and not torch.isfinite(t).all()]
@@ -154,7 +172,8 @@ def save(trainer, run_dir: Path, step: int, elapsed: float, window: RunningMeans
     state = {"step": step, "elapsed": elapsed, "log_window": window.state_dict(),
              "rng": {"torch": torch.get_rng_state(), **own["rng"]},
              "optimizers": own["optimizers"], "samplers": own["samplers"], "trainer": own["trainer"]}
-    runs.save_checkpoint(run_dir, step, weights, state, best=trainer.best())
+    if distributed.is_main():
+        runs.save_checkpoint(run_dir, step, weights, state, best=trainer.best())
 
 
 def _check_finite(values: dict[str, float], step: int, run_dir: Path) -> None:

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 from aigc.config import DEVICE_CHOICES, option, parse_duration, require
 
+STRATEGIES = ("ddp", "fsdp")
+DIST_BACKENDS = ("auto", "gloo", "nccl")
+
 
 @dataclass
 class RunOptions:
@@ -20,14 +23,23 @@ class RunOptions:
     seed: int = option(0, "random seed: the same seed and data give the same run")
     out: str | None = option(None, "run directory (default: runs/<kind>-<date>-<time>)")
     resume: bool = option(False, "continue the run in --out from its last checkpoint")
+    resume_if_exists: bool = option(False, "continue the run in --out if it has a checkpoint, else start it "
+                                           "(for restarts by torchrun --max-restarts)")
     time_budget: float | None = option(None, "train for this long (e.g. 90s, 10m); with a step count too, whichever "
                                              "ends first; a learning-rate schedule then decays over the budget",
                                        parse=parse_duration)
+    strategy: str = option("ddp", "under torchrun: ddp keeps a whole model on every process; fsdp shards "
+                                  "parameters and optimizer state (gpt train only)", choices=STRATEGIES)
+    dist_backend: str = option("auto", "under torchrun: gloo on CPU, nccl on CUDA", choices=DIST_BACKENDS)
+    dist_timeout: float = option(60.0, "under torchrun: seconds a process waits for the others (to join, and at "
+                                       "each step) before it gives up", parse=parse_duration)
 
     def validate_run(self) -> None:
         require(self.time_budget is None or self.time_budget > 0,
                 f"--time-budget must be positive, got {self.time_budget}")
         require(not self.resume or self.out is not None, "--resume needs --out RUN")
+        require(not self.resume_if_exists or self.out is not None, "--resume-if-exists needs --out RUN")
+        require(self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}")
 
 
 @dataclass
