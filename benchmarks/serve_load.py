@@ -49,7 +49,10 @@ def make_run(shape: str, folder: Path) -> Path:
     run = folder / shape
     run.mkdir()
     tokenizer = train_char(PROMPT + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'-\n")
-    save_inference_run(run, GPT(GPTConfig(**SHAPES[shape])), tokenizer)
+    model = GPT(GPTConfig(**SHAPES[shape]))
+    with torch.no_grad():  # ids past the tokenizer's (GPT-2's 50,257 against 65 characters) get logit 0, below
+        model.transformer.wte.weight[tokenizer.vocab_size:] = 0  # the best real one: every token streams text
+    save_inference_run(run, model, tokenizer)
     return run
 
 
