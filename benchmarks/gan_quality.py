@@ -33,7 +33,7 @@ from aigc.data.images import load_images, save_grid
 from aigc.gan.config import GanEvalConfig, GanTrainConfig
 from aigc.gan.evaluate import DEFAULT_RECIPE, evaluate_run
 from aigc.gan.loading import load_generator
-from aigc.gan.sample import generate_images, sample_labels
+from aigc.gan.generation import generate_images, sample_labels
 from aigc.gan.train import train
 from aigc.logging import read_metrics
 

@@ -10,7 +10,7 @@ from aigc.data.images import load_images
 from aigc.errors import TrainingDiverged
 from aigc.gan.config import GanTrainConfig
 from aigc.gan.loading import load_generator
-from aigc.gan.sample import generate_images
+from aigc.gan.generation import generate_images
 from aigc.gan.train import GanTrainer, _model_config, train
 from aigc.training import loop
 

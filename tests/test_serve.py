@@ -330,7 +330,7 @@ def test_an_image_seed_draws_what_aigc_gan_sample_draws(client, gan_run):
 
     from aigc.data.images import to_uint8
     from aigc.gan.loading import load_gan
-    from aigc.gan.sample import generate_images
+    from aigc.gan.generation import generate_images
 
     gan = load_gan(gan_run)
     expected = to_uint8(generate_images(gan.generator, gan.model_config, 3, torch.full((3,), 5), seed=9))

@@ -98,12 +98,6 @@ def load_weights(path: str | Path) -> tuple[dict, dict[str, str]]:
         raise UserError(f"corrupt weights file {path}: {exc}") from None
 
 
-def save_state(path: str | Path, state: dict) -> None:
-    import torch
-
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
 def load_state(path: str | Path) -> dict:
     """A ``state.pt`` loaded as plain tensors and containers only (``weights_only``): a file
     that needs anything else (pickled code) is refused, never executed."""

@@ -25,7 +25,8 @@ from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gan.config import GanEvalConfig
 from aigc.gan.models import GanModelConfig
-from aigc.gan.sample import generate_images, load_generator
+from aigc.gan.generation import generate_images
+from aigc.gan.loading import load_generator
 from aigc.metrics.evaluator import Evaluator, EvaluatorRecipe, load_or_train_evaluator
 from aigc.metrics.image import C2STResult, c2st, frechet_distance, label_accuracy, mode_coverage, precision_recall
 from aigc.outputs import output_file

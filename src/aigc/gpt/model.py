@@ -50,6 +50,14 @@ class ConfigError(UserError, ValueError):
     """A GPTConfig that cannot be built: bad input (a UserError) and a ValueError for older callers."""
 
 
+def _layer_buffers(config: GPTConfig, rows: int, device: torch.device, dtype: torch.dtype,
+                   make) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Keys and values for every layer, each (rows, nh, block_size, hs), made by ``make``."""
+    shape = (rows, config.n_head, config.block_size, config.n_embd // config.n_head)
+    return ([make(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+            [make(shape, device=device, dtype=dtype) for _ in range(config.n_layer)])
+
+
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated to block_size.
 
@@ -59,10 +67,7 @@ class KVCache:
 
     def __init__(self, config: GPTConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
         self.config = config
-        hs = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, config.block_size, hs)
-        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.keys, self.values = _layer_buffers(config, batch_size, device, dtype, torch.empty)
         self.length = 0  # tokens cached so far (the position of the next token)
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,12 +132,9 @@ class BatchKVCache:
 
     def __init__(self, config: GPTConfig, capacity: int, device: torch.device, dtype: torch.dtype):
         self.config = config
-        hs = config.n_embd // config.n_head
-        shape = (capacity, config.n_head, config.block_size, hs)
         # Zeros, not empty: masked-out keys and values still enter the attention product, where
         # uninitialised memory (a NaN) would poison the rows that only give them weight 0.
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.keys, self.values = _layer_buffers(config, capacity, device, dtype, torch.zeros)
         self.lengths: list[int] = []  # tokens cached in each row in use
         self._lengths = torch.zeros(0, dtype=torch.long, device=device)  # the same, as a tensor (rows,)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from aigc.errors import UserError
+from aigc.gan.generation import generate_images
 from aigc.gan.loading import GanRun, load_gan
 from aigc.gpt.loading import GptRun, load_gpt
 from aigc.serve.engine import Engine
@@ -99,13 +100,9 @@ class ServedGan:
 
         from aigc.data.images import to_uint8
 
-        # The noise of `aigc gan sample --seed` (aigc.gan.sample.generate_images, a recipe a
-        # component does not import), so a seed draws the same images here and there.
-        z = torch.randn(n, self.config.z_dim, generator=torch.Generator().manual_seed(seed))  # (n, z_dim)
-        device = next(self.run.generator.parameters()).device
-        labels = None if label is None else torch.full((n,), label, dtype=torch.int64, device=device)
-        with self._lock, torch.no_grad():
-            images = to_uint8(self.run.generator(z.to(device), labels).float())  # (n, H, W, C)
+        labels = None if label is None else torch.full((n,), label, dtype=torch.int64)
+        with self._lock:  # the same images as `aigc gan sample --seed` draws
+            images = to_uint8(generate_images(self.run.generator, self.config, n, labels, seed))  # (n, H, W, C)
         encoded = []
         for image in images:
             buffer = io.BytesIO()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 
 from aigc import runs
 from aigc.errors import UserError
+from aigc.loading import run_kind
 from aigc.gpt.loading import GPT_KIND, load_gpt, load_into, model_config_of
 from aigc.gpt.model import GPT
 from aigc.textgan.data import Codec
@@ -42,7 +42,7 @@ def load_base(run: str | Path) -> tuple[GPT, Codec]:
     """The generator to start from: a textgan run's, or a pretrained GPT run's grown by one
     embedding row for the start token (a copy of the newline token's: lines start after one)."""
     run = Path(run)
-    if _run_kind(run) != GPT_KIND:
+    if run_kind(run) != GPT_KIND:
         loaded = load_textgan(run)
         return loaded.model, loaded.codec
     pretrained = load_gpt(run, "best")
@@ -57,9 +57,3 @@ def load_base(run: str | Path) -> tuple[GPT, Codec]:
     model.load_weights(weights)
     return model, codec
 
-
-def _run_kind(run: Path) -> str | None:
-    try:
-        return json.loads((run / runs.CONFIG_FILE).read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None  # load_textgan says what is wrong
