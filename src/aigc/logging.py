@@ -1,54 +1,54 @@
-"""Progress reporting, metrics.jsonl, TensorBoard and loss plots for training recipes."""
+"""Progress reporting, metrics.jsonl (mirrored to the trackers of ``aigc.trackers``) and loss plots
+for training recipes."""
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
 from typing import Iterable
 
 from aigc.runs import METRICS_FILE
+from aigc.trackers import numeric, open_trackers
 
 
 class MetricsLog:
-    """Appends ``{"step": ..., **values}`` lines to metrics.jsonl and scalars to TensorBoard.
+    """Appends ``{"step": ..., **values}`` lines to metrics.jsonl and the numbers to the
+    trackers (``aigc.trackers``: TensorBoard by default, Weights & Biases, or none).
 
     On resume, lines logged after the resumed checkpoint are dropped first, and so is a
     ``partial`` line (a run's last, incomplete averaging window) at the checkpoint itself:
     the window goes on in the resumed run, so the file reads like one uninterrupted run.
+    ``config`` is what a tracker records as the run's settings (W&B's run config).
     """
 
-    def __init__(self, run_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, resume_step: int | None = None, trackers: tuple[str, ...] = ("tensorboard",),
+                 config: dict | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and _kept_on_resume(json.loads(line), resume_step)]
             self.path.write_text("".join(line + "\n" for line in kept))
+        self._trackers = open_trackers(trackers, Path(run_dir), resume_step, config or {})
         self._file = open(self.path, "a")
-        self._writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional at run time
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                purge = None if resume_step is None else resume_step + 1
-                self._writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge)
 
     def log(self, step: int, **values: float) -> None:
         self._file.write(json.dumps({"step": step, **values}) + "\n")
         self._file.flush()
-        if self._writer is not None:
-            for name, value in values.items():
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self._writer.add_scalar(name, value, step)
+        numbers = numeric(values)
+        for tracker in self._trackers:
+            tracker.scalars(step, numbers)
+
+    def image(self, step: int, name: str, path: Path) -> None:
+        """A picture the run drew at ``step`` (a sample grid), for the trackers that show images."""
+        for tracker in self._trackers:
+            tracker.image(step, name, path)
 
     def close(self) -> None:
         self._file.close()
-        if self._writer is not None:
-            self._writer.close()
+        for tracker in self._trackers:
+            tracker.close()
 
 
 def _kept_on_resume(entry: dict, resume_step: int) -> bool:

@@ -36,6 +36,7 @@ STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"  # the loss curves of every run kind
 POINTER_FILE = "checkpoint.json"
+SAMPLES_DIR = "samples"  # samples/step_NNNNNN.png: what a trainer drew at a step, which the trackers show
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_CHOICES = ("best", "last")
 

@@ -33,7 +33,7 @@ from aigc.training.samplers import EpochBatches
 DEFAULT_STEPS = 2000
 # Settings a resumed run takes from the command line; all others come from the saved run.
 RESUME_OVERRIDABLE = {"steps", "epochs", "time_budget", "log_every", "sample_every", "save_every", "device", "out",
-                      "resume"}
+                      "resume", "tracker"}
 
 
 @torch.no_grad()
@@ -166,7 +166,7 @@ class GanTrainer:
         the images are; `aigc gan eval` measures that). Rank 0 draws it."""
         if distributed.is_main():
             render_samples(self.sampling_generator(), self.fixed_z, self.fixed_labels,
-                           self.out / "samples" / f"step_{step:06d}.png", self.device)
+                           self.out / runs.SAMPLES_DIR / f"step_{step:06d}.png", self.device)
         return {}
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -214,7 +214,7 @@ def train(cfg: GanTrainConfig) -> Path:
         raise UserError(f"the data in --data {cfg.data} no longer fits the saved model of {out}")
     trainer = GanTrainer(cfg, model_cfg, data, device, out)
     plan = loop.Plan(_max_steps(cfg, len(data), trainer.n_critic), cfg.time_budget, cfg.log_every,
-                     cfg.sample_every, cfg.save_every, steps_flag="--steps")
+                     cfg.sample_every, cfg.save_every, steps_flag="--steps", trackers=cfg.trackers())
     start = loop.restore(trainer, out, plan) if cfg.resume else loop.Start()
     main = distributed.is_main()
     if main:
@@ -222,7 +222,7 @@ def train(cfg: GanTrainConfig) -> Path:
         runs.save_json(out / runs.CONFIG_FILE, {
             "kind": GAN_KIND, "aigc_version": __version__, "model": model_cfg.to_dict(),
             "train": dataclasses.asdict(cfg), "class_names": data.class_names, "data_source": data.source})
-        (out / "samples").mkdir(exist_ok=True)
+        (out / runs.SAMPLES_DIR).mkdir(exist_ok=True)
         processes = f" x {trainer.world_size} processes" if trainer.world_size > 1 else ""
         print(f"training {out}: {len(data)} images of {data.source}, {plan.max_steps or cfg.time_budget} "
               f"{'steps' if plan.max_steps else 'seconds'}, batch {cfg.batch_size}{processes}, device {device}",
@@ -231,7 +231,7 @@ def train(cfg: GanTrainConfig) -> Path:
     if main:
         plot_metrics(read_metrics(out / runs.METRICS_FILE), ["d_loss", "g_loss"], out / runs.PLOT_FILE,
                      title=f"{cfg.model} {cfg.loss}")
-        print(f"done: {out} (samples in {out / 'samples'}, loss curve {out / runs.PLOT_FILE})", flush=True)
+        print(f"done: {out} (samples in {out / runs.SAMPLES_DIR}, loss curve {out / runs.PLOT_FILE})", flush=True)
     distributed.teardown()
     return out
 

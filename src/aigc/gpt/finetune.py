@@ -70,7 +70,7 @@ def finetune(config: GptFinetuneConfig) -> Path:
     model, tuned = build_task_model(model_config, task, settings, weights_path(base, config.checkpoint))
     trainer = FinetuneTrainer(config, model.to(device), tuned, train_set, val_set, device)
     plan = loop.Plan(config.max_iters, config.time_budget, config.log_every, config.eval_interval,
-                     save_every=config.eval_interval, steps_flag="--max-iters")
+                     save_every=config.eval_interval, steps_flag="--max-iters", trackers=config.trackers())
     start = loop.restore(trainer, run_dir, plan) if config.resume else loop.Start()
     if distributed.is_main():
         create_run_dir(run_dir)

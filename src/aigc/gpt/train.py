@@ -52,7 +52,7 @@ def train(config: GptTrainConfig) -> Path:
         load_into(model, init_weights)
     trainer = GptTrainer(config, model, train_tokens, val_tokens, device)
     plan = loop.Plan(trainer.max_iters, config.time_budget, config.log_every, config.eval_interval,
-                     save_every=config.eval_interval, steps_flag="--max-iters")
+                     save_every=config.eval_interval, steps_flag="--max-iters", trackers=config.trackers())
     start = loop.restore(trainer, run_dir, plan) if config.resume else loop.Start()
     if distributed.is_main():
         if not config.resume:

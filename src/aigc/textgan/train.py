@@ -50,7 +50,7 @@ from aigc.training.samplers import RandomBatches
 ORACLE_EVAL_SAMPLES = 1000
 # Settings a resumed run takes from the command line; all others come from the saved run.
 RESUME_OVERRIDABLE = {"adv_rounds", "time_budget", "log_every", "eval_every", "save_every", "device", "out",
-                      "resume"}
+                      "resume", "tracker"}
 
 
 def train(config: TextGanTrainConfig) -> Path:
@@ -74,7 +74,8 @@ def train(config: TextGanTrainConfig) -> Path:
                                                                          sequences.size(1)).to(device)
     trainer = TextGanTrainer(config, model, disc, codec, train_seqs.to(device), val_seqs.to(device), oracle)
     plan = loop.Plan(trainer.total, config.time_budget, config.log_every, config.eval_every, config.save_every,
-                     steps_flag="--adv-rounds", boundaries=trainer.boundaries)
+                     steps_flag="--adv-rounds", boundaries=trainer.boundaries,
+                     trackers=config.trackers())
     start = loop.restore(trainer, run_dir, plan) if config.resume else loop.Start()
     if distributed.is_main():
         create_run_dir(run_dir)

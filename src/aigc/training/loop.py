@@ -27,6 +27,7 @@ averaged over the ranks, the ranks stop together, and only rank 0 logs and write
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -38,7 +39,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from aigc import runs
+from aigc import runs, trackers
 from aigc.config import resumed
 from aigc.errors import TrainingDiverged, UserError
 from aigc.logging import MetricsLog, Progress, RunningMeans
@@ -56,6 +57,7 @@ class Plan:
     save_every: int
     steps_flag: str = "--steps"  # the flag that asks for more steps, for the resume message
     boundaries: frozenset[int] = field(default_factory=frozenset)  # steps that always log, evaluate and save
+    trackers: tuple[str, ...] = ("tensorboard",)  # where metrics go besides metrics.jsonl (aigc.trackers)
 
     def done(self, step: int, elapsed: float) -> bool:
         if self.max_steps is not None and step >= self.max_steps:
@@ -87,6 +89,7 @@ def open_run(config, kind: str, name: str, may_change: Callable[[str], bool]) ->
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if config.resume:
         config = resumed(config, runs.read_run_config(run_dir, kind).get("train") or {}, may_change)
+    trackers.check_available(config.trackers())  # a missing tracker library is refused before any write
     return config, run_dir
 
 
@@ -113,7 +116,8 @@ def run(trainer, plan: Plan, run_dir: Path, start: Start) -> None:
     step, window = start.step, start.window
     started = time.perf_counter() - start.elapsed
     main = distributed.is_main()  # only rank 0 logs and writes
-    log = MetricsLog(run_dir, resume_step=step if start.resumed else None) if main else None
+    log = MetricsLog(run_dir, resume_step=step if start.resumed else None, trackers=plan.trackers,
+                     config=_run_config(run_dir)) if main else None
     progress = Progress(plan.max_steps or int(plan.time_budget), trainer.name,
                         initial=step if plan.max_steps else int(start.elapsed)) if main else None
     window_started, window_steps = time.perf_counter(), 0
@@ -147,6 +151,8 @@ def run(trainer, plan: Plan, run_dir: Path, start: Start) -> None:
                     if results and main:
                         log.log(step, **results)
                         progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+                    if main:
+                        _log_samples(log, run_dir, step)
                 if step % plan.save_every == 0 or boundary or finished:
                     save(trainer, run_dir, step, time.perf_counter() - started, window)
                 if main:
@@ -174,6 +180,18 @@ def save(trainer, run_dir: Path, step: int, elapsed: float, window: RunningMeans
              "optimizers": own["optimizers"], "samplers": own["samplers"], "trainer": own["trainer"]}
     if distributed.is_main():
         runs.save_checkpoint(run_dir, step, weights, state, best=trainer.best())
+
+
+def _run_config(run_dir: Path) -> dict:
+    """The run's config.json (written before the loop starts), which a tracker records."""
+    path = run_dir / runs.CONFIG_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _log_samples(log: MetricsLog, run_dir: Path, step: int) -> None:
+    """Send the sample grids the trainer drew at ``step`` (samples/step_NNNNNN*.png) to the trackers."""
+    for path in sorted((run_dir / runs.SAMPLES_DIR).glob(f"step_{step:06d}*.png")):
+        log.image(step, "samples", path)
 
 
 def _check_finite(values: dict[str, float], step: int, run_dir: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aigc.config import DEVICE_CHOICES, option, parse_duration, require
+from aigc.trackers import parse_trackers, tracker_names
 
 STRATEGIES = ("ddp", "fsdp")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
@@ -33,6 +34,10 @@ class RunOptions:
     dist_backend: str = option("auto", "under torchrun: gloo on CPU, nccl on CUDA", choices=DIST_BACKENDS)
     dist_timeout: float = option(60.0, "under torchrun: seconds a process waits for the others (to join, and at "
                                        "each step) before it gives up", parse=parse_duration)
+    tracker: str = option("tensorboard", "where metrics go besides metrics.jsonl: tensorboard (RUN/tb), wandb "
+                                         "(Weights & Biases; offline unless WANDB_MODE=online), none, or a comma "
+                                         "list such as tensorboard,wandb; may change on --resume",
+                          parse=parse_trackers)
 
     def validate_run(self) -> None:
         require(self.time_budget is None or self.time_budget > 0,
@@ -40,6 +45,11 @@ class RunOptions:
         require(not self.resume or self.out is not None, "--resume needs --out RUN")
         require(not self.resume_if_exists or self.out is not None, "--resume-if-exists needs --out RUN")
         require(self.dist_timeout > 0, f"--dist-timeout must be positive, got {self.dist_timeout}")
+        self.trackers()
+
+    def trackers(self) -> tuple[str, ...]:
+        """The trackers --tracker names, checked (a config made in Python included)."""
+        return tracker_names(self.tracker)
 
 
 @dataclass
