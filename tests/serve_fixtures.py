@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from aigc.serve.background import BackgroundServer
+
 # Characters the tiny GPT knows: its corpus. Prompts of the tests stay inside it.
 CORPUS = "to be or not to be, that is the question. user: assistant: system:\n" * 120
 
@@ -45,29 +47,8 @@ def unconditional_gan_run(tmp_path_factory) -> Path:
                                 device="cpu", amp=False, log_every=2, sample_every=2, save_every=2))
 
 
-class LiveServer:
+class LiveServer(BackgroundServer):
     """An app under uvicorn on a free loopback port, in a thread of this process."""
-
-    def __init__(self, app):
-        import threading
-
-        import uvicorn
-
-        from aigc.serve.cli import listening_socket
-
-        self.app = app
-        self.socket = listening_socket("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            self.thread.join(0.02)
-            assert self.thread.is_alive(), "the server did not start"
 
     def engine(self, model: str):
         return self.app.state.models[model].engine
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
