@@ -269,7 +269,7 @@ COMPANIONS = {("gpt finetune", "source"): {"data": None, "target": "text"},
 
 STRING_VALUES = {"metrics": ["", ",", "perplexity,nope", "bleu,perplexity"], "template": ["no placeholder", ""],
                  "stop": [""], "prompt": ["\u2603 snowman", "ZZZ"], "host": ["", "no such host", "256.1.1.1"],
-                 "api_key": ["", "   "]}
+                 "api_key": ["", "   "], "tracker": ["", ",", "mlflow", "none,wandb", "tensorboard,nope"]}
 
 
 def wrong_values(w: World, name: str, field: str) -> list[tuple[str, str]]:
