@@ -8,6 +8,7 @@ import gzip
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -79,6 +80,25 @@ def test_an_allocation_failure_is_one_line_naming_the_sizes(run_cli, tmp_path):
     status, _, err = run_cli("gpt", "train", "--data", data, "--n-embd", 10**9, "--n-head", 1, "--device", "cpu",
                              "--out", tmp_path / "run")
     assert_one_line_error(status, err, "out of memory", "GiB", "--n-embd 1000000000")
+
+
+def test_a_config_made_in_python_is_refused_as_its_flag_is(tmp_path):
+    """The recipes check a config they are handed (the notebook's way in) as build_config checks flags."""
+    from aigc.gan.config import GanEvalConfig, GanTrainConfig
+    from aigc.gan.evaluate import evaluate_run
+    from aigc.gan.train import train
+    from aigc.gpt.config import GptEvalConfig
+    from aigc.gpt.evaluate import evaluate_command
+
+    cases = [(lambda: train(GanTrainConfig(steps=0, out=str(tmp_path / "a"))), "--steps must be positive"),
+             (lambda: train(GanTrainConfig(lr=float("nan"), out=str(tmp_path / "b"))), "--lr must be a number"),
+             (lambda: train(GanTrainConfig(tracker="mlflow", out=str(tmp_path / "c"))), "unknown tracker"),
+             (lambda: evaluate_run(GanEvalConfig(run=str(tmp_path), n=2)), "--n must be in"),
+             (lambda: evaluate_command(GptEvalConfig()), "--run")]
+    for call, fragment in cases:
+        with pytest.raises(UserError, match=re.escape(fragment)):
+            call()
+    assert not list(tmp_path.iterdir())
 
 
 def test_help_still_imports_no_torch():

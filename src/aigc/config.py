@@ -195,12 +195,8 @@ def build_config(cls: type, given: dict[str, Any]) -> Any:
                 raise UserError(f"bad value for {key!r} in {given['config']}: choose from {', '.join(choices)}")
     values.update({k: v for k, v in given.items() if k in fields})
     config = cls(**values)
-    check_fields(config)
     object.__setattr__(config, GIVEN, frozenset(values))  # what the user set, for resumed()
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
-    return config
+    return checked(config)
 
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
@@ -228,6 +224,17 @@ def check_fields(config: Any) -> None:
             range_text = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
             require((low is None or value >= low) and (high is None or value <= high),
                     f"{flag} must be in {range_text}, got {value}")
+
+
+def checked(config: Any) -> Any:
+    """``config`` checked as :func:`build_config` checks what the command line gives (the rules of
+    :func:`check_fields`, then the class's ``validate()``): recipes call it so that a config made in
+    Python (``train(GanTrainConfig(steps=0))``) is refused with the same message as the flag."""
+    check_fields(config)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:

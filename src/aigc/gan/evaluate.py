@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from aigc import runs
+from aigc.config import checked
 from aigc.data.images import ImageData, load_images, save_grid, to_uint8, to_unit_range
 from aigc.devices import resolve_device
 from aigc.errors import UserError
@@ -117,7 +118,10 @@ def compare(images: torch.Tensor, features: torch.Tensor, predicted: torch.Tenso
 
 
 def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judge_steps: int | None = None) -> dict:
-    """Score a GAN run against ``--ref`` and the real-data floor; write JSON and judge.png."""
+    """Score a GAN run against ``--ref`` and the real-data floor; write JSON and judge.png; return
+    the results. ``recipe`` and ``judge_steps`` (the evaluator's training and the C2ST judge's steps)
+    default to the command's."""
+    checked(cfg)
     recipe, judge_steps = recipe or DEFAULT_RECIPE, judge_steps or JUDGE_STEPS
     json_path, judge_path = output_paths(cfg)
     device = resolve_device(cfg.device)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from aigc.data import text
 from aigc.data.tokenizers import Tokenizer
+from aigc.config import checked
 from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gpt.loading import load_gpt
@@ -71,7 +72,8 @@ METRICS: dict[str, Callable[[EvalInput], dict[str, float]]] = {
 
 
 def evaluate_command(config: GptEvalConfig) -> dict[str, float]:
-    """``aigc gpt eval``: print the metrics (and write them as JSON with --json)."""
+    """``aigc gpt eval``: print the metrics (and write them as JSON with --json); return them."""
+    checked(config)
     task = any(name in TASK_METRICS for name in config.metric_names())
     if config.json:  # checked before any work, and never over a file of a run
         output_file(config.json, "--json")

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from aigc import runs, trackers
-from aigc.config import resumed
+from aigc.config import checked, resumed
 from aigc.errors import TrainingDiverged, UserError
 from aigc.logging import MetricsLog, Progress, RunningMeans
 from aigc.training import distributed
@@ -80,7 +80,9 @@ def open_run(config, kind: str, name: str, may_change: Callable[[str], bool]) ->
     checked to take a new run or to hold one to resume, and the config to train with: on
     resume the saved settings, overridden by those given now where ``may_change`` allows.
     ``--resume-if-exists`` resumes when ``--out`` has a checkpoint and starts the run when not.
-    Under torchrun, rank 0 names the run directory for all."""
+    Under torchrun, rank 0 names the run directory for all. A config made in Python is checked
+    as the command line's are."""
+    checked(config)
     out = Path(config.out) if config.out else distributed.from_main(
         runs.unique_dir(Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")))
     if config.resume_if_exists and not config.resume and runs.read_pointer(out) is not None:
