@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from aigc import __version__
+from aigc.compress.config import CompressConfig, GptExportOnnxConfig
 from aigc.config import add_config_arguments, build_config, flag_name
 from aigc.demo_config import DemoConfig
 from aigc.errors import UserError
@@ -36,7 +37,7 @@ class Command:
 
 AREAS = {
     "gan": "image GANs: train, sample, eval",
-    "gpt": "GPT language models: train, generate, eval, finetune, merge, export-hf, import-hf",
+    "gpt": "GPT language models: train, generate, eval, finetune, merge, export-hf, import-hf, export-onnx",
     "textgan": "adversarial training of a GPT text generator (SeqGAN): train",
 }
 
@@ -63,6 +64,10 @@ COMMANDS = [
             GptExportHfConfig, "aigc.gpt.hf:export_hf"),
     Command("gpt", "import-hf", "make a GPT run from a Hugging Face GPT-2 model folder",
             GptImportHfConfig, "aigc.gpt.hf:import_hf"),
+    Command("gpt", "export-onnx", "write a GPT run as an ONNX graph with its KV cache, checked in ONNX Runtime",
+            GptExportOnnxConfig, "aigc.compress.command:export_onnx"),
+    Command(None, "compress", "a smaller, faster copy of a GPT or GAN run: int8 or bf16 weights, pruned heads and "
+                              "MLP channels", CompressConfig, "aigc.compress.command:compress"),
     Command(None, "serve", "serve GPT and GAN runs over HTTP: OpenAI's API with continuous batching, a playground page, "
                            "metrics", ServeConfig, "aigc.serve.cli:serve"),
     Command("textgan", "train", "train a GPT generator by MLE, then adversarially against a discriminator (SeqGAN)",

@@ -6,6 +6,7 @@ one seed draws the same images in all three.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -37,7 +38,7 @@ def samples_per_class(model_cfg: GanModelConfig, n: int) -> int:
 def generate_images(generator: nn.Module, model_cfg: GanModelConfig, n: int, labels: torch.Tensor | None,
                     seed: int, batch_size: int = 1000) -> torch.Tensor:
     """``n`` images (n, C, H, W) in [-1, 1], generated in batches so any ``n`` fits in memory."""
-    device = next(generator.parameters()).device
+    device = next(itertools.chain(generator.parameters(), generator.buffers()), torch.empty(0)).device
     noise = torch.Generator().manual_seed(seed)
     chunks = []
     for start in range(0, n, batch_size):

@@ -56,10 +56,28 @@ def load_gan(run: str | Path, ema: bool = True, device: torch.device | str = "cp
     model_config = model_config_of(run_config, run)
     folder = runs.checkpoint_dir(run, "last")
     tensors, _ = runs.load_weights(folder / runs.WEIGHTS_FILE)
-    prefix = "ema_generator" if ema and any(k.startswith("ema_generator.") for k in tensors) else "generator"
     generator = build_generator(model_config)
-    load_prefixed(generator, tensors, prefix, folder)
+    scheme = (run_config.get("compression") or {}).get("quantize")
+    if scheme:
+        generator = _compressed_generator(generator, tensors, scheme, folder, torch.device(device))
+    else:
+        prefix = "ema_generator" if ema and any(k.startswith("ema_generator.") for k in tensors) else "generator"
+        load_prefixed(generator, tensors, prefix, folder)
     return GanRun(generator.to(device).eval(), model_config, run_config, run)
+
+
+def _compressed_generator(generator: nn.Module, tensors: dict[str, torch.Tensor], scheme: str, folder: Path,
+                          device: torch.device) -> nn.Module:
+    """The generator of an ``aigc compress`` run (its only generator: the source's EMA copy)."""
+    from aigc.compress.gan import load_compressed_generator
+
+    if scheme == "int8-dynamic" and device.type != "cpu":
+        raise UserError(f"{folder} holds int8-dynamic weights, which run on the CPU only; use --device cpu")
+    try:
+        return load_compressed_generator(generator, tensors, scheme)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise UserError(f"{folder}: the {scheme} weights do not fit the model in config.json ({first_line})") from None
 
 
 def load_generator(run: str | Path, ema: bool = True, device: torch.device | str = "cpu"

@@ -47,7 +47,7 @@ def perplexity(inputs: EvalInput) -> dict[str, float]:
     tokenizer, so char and BPE models compare on it.
     """
     model, block = inputs.model.eval(), inputs.model.config.block_size
-    device = model.transformer.wte.weight.device
+    device = model.device
     windows = text.tiling_windows(inputs.tokens, block)
     token_bytes = np.array([len(b) for b in inputs.tokenizer.token_bytes] +
                            [0] * (model.config.vocab_size - inputs.tokenizer.vocab_size))

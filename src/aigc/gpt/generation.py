@@ -156,7 +156,7 @@ class Generator:
 
     def __init__(self, model: GPT, tokenizer: Tokenizer):
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.device = model.transformer.wte.weight.device
+        self.device = model.device
 
     @classmethod
     def from_run(cls, run: str, checkpoint: str = "best", device: str = "auto") -> "Generator":

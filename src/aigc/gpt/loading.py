@@ -30,6 +30,7 @@ from aigc.gpt.tasks import ClassificationHead, Task, TaskModel
 GPT_KIND = "gpt"
 FINETUNE_KIND = "gpt-finetune"
 ADAPTER_FILE = "adapter.safetensors"
+OPTIONAL_MODEL_FIELDS = ("head_size", "mlp_width")
 
 
 @dataclass
@@ -61,18 +62,23 @@ def write_run_config(run_dir: Path, model_config: GPTConfig, tokenizer: Tokenize
 
 
 def save_inference_run(run_dir: Path, model: GPT, tokenizer: Tokenizer, extra_weights: dict | None = None,
-                       **config) -> None:
-    """Write a GPT run that was not trained here (an import, a merge): one checkpoint at step 0."""
+                       weights: dict | None = None, train: dict | None = None, **config) -> None:
+    """Write a GPT run that was not trained here (an import, a merge, a compression): one
+    checkpoint at step 0 holding ``weights`` (default: the model's own); ``train``: the training
+    config of the run it came from, if any (its data is the default evaluation text)."""
     tokenizer.save(run_dir / TOKENIZER_FILE)
-    weights = {runs.WEIGHTS_FILE: model.weights(), **({ADAPTER_FILE: extra_weights} if extra_weights else {})}
+    weights = {runs.WEIGHTS_FILE: model.weights() if weights is None else weights,
+               **({ADAPTER_FILE: extra_weights} if extra_weights else {})}
     runs.save_checkpoint(run_dir, 0, weights, state=None)
-    write_run_config(run_dir, model.config, tokenizer, train=None, **config)
+    write_run_config(run_dir, model.config, tokenizer, train=train, **config)
 
 
 def model_config_of(run_config: dict, run: Path) -> GPTConfig:
     try:
         values = run_config["model"]
-        return GPTConfig(**{f.name: values[f.name] for f in fields(GPTConfig)})
+        # head_size and mlp_width came later (pruning): runs written before have neither.
+        return GPTConfig(**{f.name: values[f.name] for f in fields(GPTConfig)
+                            if f.name in values or f.name not in OPTIONAL_MODEL_FIELDS})
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{run / runs.CONFIG_FILE} has no valid GPT model config ({exc})") from None
 
@@ -85,6 +91,9 @@ def weights_path(run: Path, checkpoint: str, name: str = runs.WEIGHTS_FILE) -> P
 def load_into(model: GPT, path: Path) -> int:
     """Load a GPT's weights from a safetensors file into ``model``; returns their step."""
     tensors, metadata = runs.load_weights(path)
+    if any(t.dtype == torch.int8 for t in tensors.values()):
+        raise UserError(f"{path} holds int8 weights (a run of aigc compress, for inference); train or fine-tune "
+                        "from the run it came from")
     try:
         model.load_weights(tensors)
     except (KeyError, RuntimeError) as exc:
@@ -93,18 +102,67 @@ def load_into(model: GPT, path: Path) -> int:
 
 
 def load_gpt(run: str | Path, checkpoint: str = "best", device: torch.device | str = "cpu",
-             plain: bool = False) -> GptRun:
+             plain: bool = False, dtype: str = "fp32") -> GptRun:
     """The language model of a GPT run, or of a completion run of ``aigc gpt finetune`` (its base
     with the fine-tuned weights: LoRA/AdaLoRA folded in, adapters kept; ``plain``: refuse
-    adapters, for callers that need GPT-2's exact layout)."""
+    adapters and quantized weights, for callers that need GPT-2's exact layout).
+
+    A run of ``aigc compress`` loads in the form it was compressed to (int8 or bf16 weights);
+    the float32 weights of any other run run in ``dtype``: ``fp32``, ``bf16``, or ``auto``
+    (bf16 where the device has native bf16; see :func:`decode_dtype`)."""
     run = Path(run)
     run_config = runs.read_run_config(run, (GPT_KIND, FINETUNE_KIND))
     if run_config["kind"] == FINETUNE_KIND:
         return _finetuned_language_model(run, checkpoint, device, plain)
     model = GPT(model_config_of(run_config, run))
-    load_into(model, weights_path(run, checkpoint))
+    scheme = quantization_of(run_config, run)
+    if scheme is None:
+        load_into(model, weights_path(run, checkpoint))
+        model = model.to(device)
+        if decode_dtype(dtype, model.device) == torch.bfloat16:
+            model = model.to(torch.bfloat16)
+    elif plain:
+        raise UserError(f"{run} holds {scheme} weights, which have no place in a GPT-2 layout; "
+                        f"use the run it was compressed from ({run_config['compression'].get('source')})")
+    else:
+        model = _load_compressed(model, weights_path(run, checkpoint), scheme, device)
     tokenizer = load_tokenizer(run, model.config)
-    return GptRun(model.to(device).eval(), tokenizer, run_config, run)
+    return GptRun(model.eval(), tokenizer, run_config, run)
+
+
+def quantization_of(run_config: dict, run: Path) -> str | None:
+    """The quantization scheme a compressed run's weights are in (None: float32 weights)."""
+    from aigc.compress.quantize import SCHEMES
+
+    compression = run_config.get("compression") or {}
+    scheme = compression.get("quantize") if isinstance(compression, dict) else "?"
+    if scheme is not None and scheme not in SCHEMES:
+        raise UserError(f"{run / runs.CONFIG_FILE} names an unknown quantization {scheme!r} "
+                        f"(known: {', '.join(SCHEMES)})")
+    return scheme
+
+
+def decode_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype float32 weights run in for decoding: ``auto`` takes bf16 where the device
+    computes it natively (half the bytes read per token), else float32."""
+    from aigc.devices import bf16_supported
+
+    if dtype == "bf16" or (dtype == "auto" and bf16_supported(torch.device(device))):
+        return torch.bfloat16
+    return torch.float32
+
+
+def _load_compressed(model: GPT, path: Path, scheme: str, device: torch.device | str) -> GPT:
+    from aigc.compress.gpt import load_compressed
+
+    tensors, _ = runs.load_weights(path)
+    if scheme in ("int8", "int8-dynamic") and torch.device(device).type != "cpu":
+        raise UserError(f"{path.parent.parent.parent} holds {scheme} weights, which run on the CPU only; "
+                        "use --device cpu, or compress with --quantize bf16 for an accelerator")
+    try:
+        return load_compressed(model, tensors, scheme).to(device)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise UserError(f"{path} does not hold {scheme} weights of this model: {str(exc).splitlines()[0]}") from None
 
 
 def load_tokenizer(run: Path, model_config: GPTConfig) -> Tokenizer:

@@ -30,6 +30,10 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
+    # Set only by structured pruning (``aigc compress --prune-heads/--prune-mlp``), which keeps
+    # fewer heads of the same size and fewer MLP channels; None: GPT-2's n_embd // n_head and 4 * n_embd.
+    head_size: int | None = None
+    mlp_width: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse a config no GPT can be built from (e.g. a run's config.json edited by hand), as a
@@ -40,10 +44,29 @@ class GPTConfig:
                 raise ConfigError(f"GPT model config: {name} must be an integer, got {value!r}")
             if value <= 0:
                 raise ConfigError(f"GPT model config: {name} must be positive, got {value}")
+        for name in ("head_size", "mlp_width"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ConfigError(f"GPT model config: {name} must be a positive integer or null, got {value!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"GPT model config: dropout must be a number in [0, 1), got {self.dropout!r}")
-        if self.n_embd % self.n_head:
+        if self.head_size is None and self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head (hs)."""
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def mlp_dim(self) -> int:
+        """Hidden channels of each block's MLP."""
+        return self.mlp_width or 4 * self.n_embd
+
+    @property
+    def gpt2_shaped(self) -> bool:
+        """Whether the shapes are GPT-2's own (a pruned model's are not)."""
+        return self.head_dim * self.n_head == self.n_embd and self.mlp_dim == 4 * self.n_embd
 
 
 class ConfigError(UserError, ValueError):
@@ -53,7 +76,7 @@ class ConfigError(UserError, ValueError):
 def _layer_buffers(config: GPTConfig, rows: int, device: torch.device, dtype: torch.dtype,
                    make) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Keys and values for every layer, each (rows, nh, block_size, hs), made by ``make``."""
-    shape = (rows, config.n_head, config.block_size, config.n_embd // config.n_head)
+    shape = (rows, config.n_head, config.block_size, config.head_dim)
     return ([make(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
             [make(shape, device=device, dtype=dtype) for _ in range(config.n_layer)])
 
@@ -205,23 +228,25 @@ class BatchKVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v projections in one matmul
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.n_head, self.head_size = config.n_head, config.head_dim
+        inner = config.n_head * config.head_dim  # = C, unless heads were pruned
+        self.c_attn = nn.Linear(config.n_embd, 3 * inner)  # q, k, v projections in one matmul
+        self.c_proj = nn.Linear(inner, config.n_embd)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | BatchKVCache | None = None, layer: int = 0) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        B, T, _ = x.shape
+        inner = self.n_head * self.head_size
+        q, k, v = self.c_attn(x).split(inner, dim=2)  # 3 x (B, T, nh * hs)
+        q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                dropout_p=self.dropout if self.training else 0.0)
         else:
             k, v = cache.append(layer, k, v)  # (B, nh, past + T, hs)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.attention_mask(T, k.size(2), x.device))
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        y = y.transpose(1, 2).reshape(B, T, inner)  # (B, T, nh * hs): heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -235,13 +260,13 @@ def _cached_mask(T: int, total: int, device: torch.device) -> torch.Tensor | Non
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_dim)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj = nn.Linear(config.mlp_dim, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, mlp_dim) -> (B, T, C)
 
 
 class Block(nn.Module):
@@ -287,18 +312,31 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> int:
-        """Parameters, counting the tied embedding once."""
-        return sum(p.numel() for p in self.parameters())
+        """Parameters, counting the tied embedding once: from the config, so an int8 model
+        (whose matrices are buffers or packed) counts the same as its float source."""
+        c = self.config
+        inner, layer_norm = c.n_head * c.head_dim, 2 * c.n_embd
+        attention = c.n_embd * 3 * inner + 3 * inner + inner * c.n_embd + c.n_embd
+        mlp = c.n_embd * c.mlp_dim + c.mlp_dim + c.mlp_dim * c.n_embd + c.n_embd
+        block = 2 * layer_norm + attention + mlp
+        return (c.vocab_size + c.block_size) * c.n_embd + c.n_layer * block + layer_norm
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.ln_f.weight.device
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        """The dtype of the residual stream (LayerNorms stay float even where matrices are int8)."""
+        return self.transformer.ln_f.weight.dtype
 
     def new_cache(self, batch_size: int) -> KVCache:
         """An empty KV cache for ``batch_size`` sequences, on the model's device and in its dtype."""
-        weight = self.transformer.wte.weight
-        return KVCache(self.config, batch_size, weight.device, weight.dtype)
+        return KVCache(self.config, batch_size, self.device, self.activation_dtype)
 
     def new_batch_cache(self, capacity: int) -> BatchKVCache:
         """An empty cache for up to ``capacity`` sequences of their own lengths (continuous batching)."""
-        weight = self.transformer.wte.weight
-        return BatchKVCache(self.config, capacity, weight.device, weight.dtype)
+        return BatchKVCache(self.config, capacity, self.device, self.activation_dtype)
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | BatchKVCache | None = None) -> torch.Tensor:
         """idx (B, T) token ids -> the final LayerNorm's output (B, T, C): what the LM head reads.

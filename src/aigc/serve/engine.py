@@ -111,7 +111,7 @@ class Engine:
             raise UserError(f"need max_batch >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.device = model.transformer.wte.weight.device
+        self.device = model.device
         self.block_size = model.config.block_size
         # Each token's bytes; ids past the tokenizer's (a vocabulary padded for speed) decode to nothing.
         self.token_bytes = tokenizer.token_bytes + [b""] * (model.config.vocab_size - tokenizer.vocab_size)

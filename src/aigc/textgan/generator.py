@@ -83,7 +83,7 @@ def sample(model: GPT, n: int, bos: int, temperature: float = 1.0, generator: to
     (``eos``: the absorbing end token, see ``sample_into``)."""
     was_training = model.training
     model.eval()
-    device = model.transformer.wte.weight.device
+    device = model.device
     chunks = []
     for size in [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else []):
         cache = model.new_cache(size)

@@ -90,7 +90,11 @@ def open_run(config, kind: str, name: str, may_change: Callable[[str], bool]) ->
     run_dir = runs.prepare_run_dir(out, config.resume)
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if config.resume:
-        config = resumed(config, runs.read_run_config(run_dir, kind).get("train") or {}, may_change)
+        run_config = runs.read_run_config(run_dir, kind)
+        if run_config.get("compression"):
+            raise UserError(f"{run_dir} was written by aigc compress, for inference: it has no training state to "
+                            f"resume; resume the run it came from ({run_config['compression'].get('source')})")
+        config = resumed(config, run_config.get("train") or {}, may_change)
     trackers.check_available(config.trackers())  # a missing tracker library is refused before any write
     return config, run_dir
 

@@ -1,0 +1,145 @@
+"""Weight quantization for inference: int8 matrices with one scale per output row, and bf16.
+
+A quantized weights file is plain safetensors (no pickle): each quantized matrix ``name`` is
+stored as int8 ``name`` (out, in) beside its float32 scales ``name + SCALE_SUFFIX`` (out,), with
+``w ~= q * scale[:, None]`` (symmetric, per output channel: the usual int8 weight scheme, which
+keeps each row's own range). Everything else (biases, LayerNorms, positions) stays float32.
+
+Two ways to run int8 weights, chosen by the scheme a run was compressed with:
+
+- ``int8`` (weight-only): activations stay float; the product reads the int8 weights
+  directly through PyTorch's ``_weight_int8pack_mm`` kernel (the one torchao's int8
+  weight-only layout used on CPU). Decoding is bound by reading weights, so a quarter of the
+  bytes is most of the gain. Its fast CPU path takes bf16 activations, used where the CPU
+  has native bf16.
+- ``int8-dynamic``: activations are quantized to int8 on the fly too, and the product runs
+  in int8 through ``torch.ao.nn.quantized.dynamic.Linear`` (fbgemm / oneDNN), the fast int8
+  kernels on CPUs without bf16.
+
+torchao's ``quantize_`` (Int8WeightOnlyConfig / Int8DynamicActivationInt8WeightConfig) was
+measured on the same model first and is slower on these CPUs (docs/benchmarks-compress.md),
+so it is not used here; the benchmark keeps measuring it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aigc.devices import bf16_supported
+
+SCHEMES = ("int8", "int8-dynamic", "bf16")
+INT8_SCHEMES = ("int8", "int8-dynamic")
+SCALE_SUFFIX = ".scale"
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float -> int8 (out, in) and float32 scales (out,) with weight ~= q * scale[:, None]."""
+    scale = weight.detach().float().abs().amax(dim=1).clamp(min=1e-12) / 127  # a row's largest |w| maps to 127
+    q = torch.round(weight.detach().float() / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_rows(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """int8 (out, in) and scales (out,) -> float32 (out, in)."""
+    return q.float() * scale[:, None]
+
+
+def quantize_tensors(tensors: dict[str, torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+    """A weights dict with the matrices ``names`` as int8 plus scales; the rest as they are."""
+    out = dict(tensors)
+    for name in names:
+        out[name], out[name + SCALE_SUFFIX] = quantize_rows(tensors[name])
+    return out
+
+
+def split_quantized(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """A quantized weights dict -> (float tensors with every int8 matrix dequantized, the int8
+    matrices themselves {name: (q, scale)}). Raises ValueError on an int8 matrix without scales."""
+    quantized = {}
+    for name, tensor in tensors.items():
+        if tensor.dtype != torch.int8:
+            continue
+        scale = tensors.get(name + SCALE_SUFFIX)
+        if scale is None or tensor.dim() != 2 or scale.shape != (tensor.size(0),):
+            raise ValueError(f"the int8 tensor {name} has no matching {name + SCALE_SUFFIX}")
+        quantized[name] = (tensor, scale.float())
+    floats = {name: t for name, t in tensors.items()
+              if t.dtype != torch.int8 and not (name.endswith(SCALE_SUFFIX) and name[:-len(SCALE_SUFFIX)] in quantized)}
+    floats.update({name: dequantize_rows(q, s) for name, (q, s) in quantized.items()})
+    return floats, quantized
+
+
+class Int8Linear(nn.Module):
+    """``y = x @ (q * scale).T + bias`` reading the int8 weights q (out, in) directly."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features, self.out_features = q.size(1), q.size(0)
+        # A fresh copy: tensors read from a safetensors file may sit at unaligned addresses,
+        # which the kernel's vector loads crash on.
+        self.register_buffer("q", q.clone(memory_format=torch.contiguous_format))
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
+        # The kernel's bf16 path is the fast one (and it needs in % 8 == 0: other widths crash it).
+        self.compute_dtype = (torch.bfloat16 if q.device.type == "cpu" and bf16_supported(q.device)
+                              and self.in_features % 8 == 0 else torch.float32)
+        self.register_buffer("scale", scale.to(self.compute_dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()  # (N, in)
+        if self.q.device.type == "cpu":
+            y = torch._weight_int8pack_mm(flat, self.q, self.scale)  # (N, out)
+        else:
+            y = F.linear(flat, self.q.to(self.compute_dtype) * self.scale[:, None])
+        y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table held as int8 rows and their scales (the GPT's table is also its LM
+    head, so both read the same int8 matrix)."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.register_buffer("q", q.contiguous())
+        self.register_buffer("row_scale", scale.float())
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, self.q).float() * self.row_scale[idx].unsqueeze(-1)  # (..., C)
+
+
+def dynamic_int8_linear(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """A ``torch.ao`` dynamic-quantized Linear holding exactly the int8 weights q (out, in)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    with warnings.catch_warnings():  # torch 2.13 marks its quantized tensors deprecated; they still run
+        warnings.simplefilter("ignore", UserWarning)
+        layer = DynamicLinear(q.size(1), q.size(0), bias_=bias is not None, dtype=torch.qint8)
+        qweight = torch._make_per_channel_quantized_tensor(q.cpu(), scale.double().cpu(),
+                                                           torch.zeros(q.size(0), dtype=torch.long), 0)
+        layer.set_weight_bias(qweight, None if bias is None else bias.detach().float().cpu())
+    return layer
+
+
+def int8_linear(scheme: str, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """The module that runs int8 weights under ``scheme`` (see the module docstring)."""
+    if scheme == "int8-dynamic":
+        return dynamic_int8_linear(q, scale, bias)
+    return Int8Linear(q, scale, bias)
+
+
+def swap_linears(root: nn.Module, quantized: dict, scheme: str, prefix: str = "") -> None:
+    """Replace every nn.Linear of ``root`` whose weight ``prefix + path.weight`` is in
+    ``quantized`` {name: (q, scale)} by the int8 module of ``scheme``."""
+    for path, module in list(root.named_modules()):
+        name = f"{prefix}{path}.weight"
+        if isinstance(module, nn.Linear) and name in quantized:
+            q, scale = quantized[name]
+            parent_path, _, child = path.rpartition(".")
+            parent = root.get_submodule(parent_path) if parent_path else root
+            setattr(parent, child, int8_linear(scheme, q, scale, module.bias))
