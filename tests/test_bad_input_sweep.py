@@ -207,6 +207,8 @@ def base_flags(w: World) -> dict[str, dict[str, str | None]]:
         "gpt export-hf": {"run": w["gpt"], "out": str(s / "hf")},
         "gpt import-hf": {"hf": w["empty_dir"], "out": str(s / "imported")},
         "serve": {"gpt": w["gpt"], "gan": w["gan"], "port": str(BUSY_PORT), "device": "cpu"},
+        "compress": {"run": w["gpt"], "out": str(s / "compressed"), "quantize": "int8"},
+        "gpt export-onnx": {"run": w["gpt"], "out": str(s / "model.onnx")},
         "textgan train": {"data": w["ids"], "vocab-size": "10", "max-iters": "1", "d-pretrain-steps": "1",
                           "adv-rounds": "1", "rollouts": "1", "n-layer": "1", "n-head": "1", "n-embd": "8",
                           "batch-size": "8", "device": "cpu", "out": str(s / "tg")},
@@ -219,8 +221,9 @@ def command_name(command) -> str:
 
 FAMILY = {"gan": "gan", "gpt": "gpt", "textgan": "gpt", None: "gan"}
 RUN_FIELDS = {"run", "base", "init_from"}
-DATA_FIELDS = {"data", "val_data", "source", "target", "val_source", "val_target", "ref", "oracle"}
-NEW_RUN_COMMANDS = {"demo", "gan train", "gpt train", "gpt finetune", "gpt merge", "gpt import-hf", "textgan train"}
+DATA_FIELDS = {"data", "val_data", "source", "target", "val_source", "val_target", "ref", "oracle", "calibration_data"}
+NEW_RUN_COMMANDS = {"demo", "gan train", "gpt train", "gpt finetune", "gpt merge", "gpt import-hf", "textgan train",
+                    "compress"}
 
 
 def path_values(w: World, name: str, field: str) -> list[tuple[str, str]]:
@@ -230,6 +233,9 @@ def path_values(w: World, name: str, field: str) -> list[tuple[str, str]]:
     missing = ("missing", str(w.root / "no" / "such" / "thing"))
     if name == "serve" and field in ("gpt", "gan"):
         family, other = field, "gan" if field == "gpt" else "gpt"
+    if name == "compress" and field == "run":  # GPT and GAN runs both compress: no other kind to refuse
+        return [missing, ("a file", w["text"]), ("an empty folder", w["empty_dir"]),
+                *((k, w[f"gpt_{k}"]) for k in ("garbage_config", "truncated", "bad_types", "negative", "no_heads"))]
     if field in RUN_FIELDS or (name == "serve" and field in ("gpt", "gan")):
         damaged = ("garbage_config", "truncated", "bad_types", "negative",
                    "unknown_model" if family == "gan" else "no_heads")
@@ -264,7 +270,9 @@ COMPANIONS = {("gpt finetune", "source"): {"data": None, "target": "text"},
               ("gpt finetune", "val_source"): {"val-target": "text"},
               ("gpt finetune", "val_target"): {"val-source": "text"},
               ("gpt eval", "source"): {"target": "text"},
-              ("gpt eval", "target"): {"source": "text"}}
+              ("gpt eval", "target"): {"source": "text"},
+              # calibration text is read only to rank heads by gradients (or to retrain them)
+              ("compress", "calibration_data"): {"importance": "=taylor", "prune-heads": "=0.5"}}
 
 
 STRING_VALUES = {"metrics": ["", ",", "perplexity,nope", "bleu,perplexity"], "template": ["no placeholder", ""],
@@ -379,8 +387,8 @@ def run_case(w: World, command, field: str, words: list[str]) -> tuple[int, str,
     for flag, value in COMPANIONS.get((command_name(command), field), {}).items():
         if value is None:
             flags.pop(flag)
-        else:
-            flags[flag] = w[value]
+        else:  # a world path, or "=" and a literal value
+            flags[flag] = value[1:] if value.startswith("=") else w[value]
     argv = command_name(command).split()
     for flag, value in flags.items():
         argv += [f"--{flag}"] if value is None else [f"--{flag}", value]

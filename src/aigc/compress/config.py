@@ -58,7 +58,7 @@ class GptExportOnnxConfig:
     quantize: str | None = option(None, "int8: also quantize the graph with ONNX Runtime's dynamic int8 "
                                         "(MatMul weights)", choices=("int8",))
     checkpoint: str = option("best", "which checkpoint to export", choices=("best", "last"))
-    opset: int = option(18, "ONNX opset version", minimum=14)
+    opset: int = option(18, "ONNX opset version (torch's exporter writes 18 and later)", minimum=18, maximum=23)
 
     def validate(self) -> None:
         require(self.run is not None, "--run RUN is required")

@@ -14,7 +14,11 @@ EVAL_METRICS = ("perplexity",)  # loss, perplexity and bits per byte from one pa
 # predicted labels (accuracy: accuracy and macro-F1).
 TASK_METRICS = ("bleu", "chrf", "rouge", "distinct", "accuracy")
 MAX_BEAMS = 1000  # beam search keeps every beam's KV cache in memory
-MAX_SAMPLES = 100_000  # `gpt generate --num-samples`: each sample is generated and printed in turn
+MAX_SAMPLES = 100_000
+DECODE_DTYPES = ("auto", "fp32", "bf16")
+DTYPE_HELP = ("the dtype float32 weights decode in: auto is bf16 where the CPU or GPU computes bf16 natively and "
+              "the model has 20M+ parameters (fewer bytes read per token), else fp32; a run of aigc compress keeps "
+              "its own")  # `gpt generate --num-samples`: each sample is generated and printed in turn
 
 
 def _positive(config: object, *names: str) -> None:
@@ -83,6 +87,7 @@ class GptGenerateConfig:
     length_penalty: float = option(1.0, "beam search ranks finished beams by log-probability / length ** this")
     checkpoint: str = option("best", "best: lowest validation loss; last: the latest step", choices=CHECKPOINTS)
     device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
+    dtype: str = option("auto", DTYPE_HELP, choices=DECODE_DTYPES)
 
     def validate(self) -> None:
         require(self.run is not None, "--run RUN is required")

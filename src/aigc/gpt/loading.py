@@ -113,14 +113,13 @@ def load_gpt(run: str | Path, checkpoint: str = "best", device: torch.device | s
     run = Path(run)
     run_config = runs.read_run_config(run, (GPT_KIND, FINETUNE_KIND))
     if run_config["kind"] == FINETUNE_KIND:
-        return _finetuned_language_model(run, checkpoint, device, plain)
+        return _finetuned_language_model(run, checkpoint, device, plain, dtype)
     model = GPT(model_config_of(run_config, run))
     scheme = quantization_of(run_config, run)
     if scheme is None:
         load_into(model, weights_path(run, checkpoint))
         model = model.to(device)
-        if decode_dtype(dtype, model.device) == torch.bfloat16:
-            model = model.to(torch.bfloat16)
+        model = model.to(decode_dtype(dtype, model))
     elif plain:
         raise UserError(f"{run} holds {scheme} weights, which have no place in a GPT-2 layout; "
                         f"use the run it was compressed from ({run_config['compression'].get('source')})")
@@ -142,14 +141,21 @@ def quantization_of(run_config: dict, run: Path) -> str | None:
     return scheme
 
 
-def decode_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The dtype float32 weights run in for decoding: ``auto`` takes bf16 where the device
-    computes it natively (half the bytes read per token), else float32."""
+# ``auto`` keeps small models in float32: below this size per-token overhead, not reading
+# weights, bounds decoding, and bf16's conversions make it slower (docs/benchmarks-compress.md).
+AUTO_BF16_MIN_PARAMS = 20_000_000
+
+
+def decode_dtype(dtype: str, model: GPT) -> torch.dtype:
+    """The dtype a float32 GPT runs in for decoding: ``fp32``, ``bf16``, or ``auto``: bf16 where the
+    device computes it natively and the model is large enough to gain (half the bytes read per
+    token), else float32."""
     from aigc.devices import bf16_supported
 
-    if dtype == "bf16" or (dtype == "auto" and bf16_supported(torch.device(device))):
-        return torch.bfloat16
-    return torch.float32
+    if dtype == "auto":
+        fast = bf16_supported(model.device) and model.num_params() >= AUTO_BF16_MIN_PARAMS
+        return torch.bfloat16 if fast else torch.float32
+    return torch.bfloat16 if dtype == "bf16" else torch.float32
 
 
 def _load_compressed(model: GPT, path: Path, scheme: str, device: torch.device | str) -> GPT:
@@ -173,7 +179,8 @@ def load_tokenizer(run: Path, model_config: GPTConfig) -> Tokenizer:
     return tokenizer
 
 
-def _finetuned_language_model(run: Path, checkpoint: str, device: torch.device | str, plain: bool) -> GptRun:
+def _finetuned_language_model(run: Path, checkpoint: str, device: torch.device | str, plain: bool,
+                              dtype: str) -> GptRun:
     finetuned = load_finetuned(run, checkpoint)
     if finetuned.task.kind != "completion":
         raise UserError(f"{run} is a {finetuned.task.kind} run: its output is a label, not text; "
@@ -182,8 +189,8 @@ def _finetuned_language_model(run: Path, checkpoint: str, device: torch.device |
     if method == "adapter" and plain:
         raise UserError(f"{run} was fine-tuned with adapters, which have no place in a GPT-2 layout; "
                         "fine-tune with --method full, lora or adalora to export it")
-    gpt = finetuned.model.gpt if method == "adapter" else finetuned.tuned.merged()
-    return GptRun(gpt.to(device).eval(), finetuned.tokenizer, finetuned.run_config, run)
+    gpt = (finetuned.model.gpt if method == "adapter" else finetuned.tuned.merged()).to(device)
+    return GptRun(gpt.to(decode_dtype(dtype, gpt)).eval(), finetuned.tokenizer, finetuned.run_config, run)
 
 
 # ---------------------------------------------------------------- fine-tuned runs

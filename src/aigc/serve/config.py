@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from aigc.config import DEVICE_CHOICES, option, require
+from aigc.gpt.config import DECODE_DTYPES, DTYPE_HELP
 
 
 def parse_rate(text: str) -> int:
@@ -37,6 +38,7 @@ class ServeConfig:
     grace: float = option(10.0, "seconds that in-flight requests may take to finish on SIGTERM/SIGINT")
     checkpoint: str = option("best", "GPT checkpoint to serve", choices=("best", "last"))
     device: str = option("auto", "where the models run", choices=DEVICE_CHOICES)
+    dtype: str = option("auto", DTYPE_HELP, choices=DECODE_DTYPES)
 
     def validate(self) -> None:
         require(bool(self.gpt or self.gan), "give at least one run to serve: --gpt PATH or --gan PATH")

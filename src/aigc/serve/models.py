@@ -112,7 +112,7 @@ class ServedGan:
 
 
 def load_models(gpt: list[str], gan: list[str], device: torch.device, checkpoint: str = "best",
-                max_batch: int = 16, max_queue: int = 64) -> dict[str, ServedGpt | ServedGan]:
+                max_batch: int = 16, max_queue: int = 64, dtype: str = "auto") -> dict[str, ServedGpt | ServedGan]:
     """Load every run (a folder that is not a run of that kind is a UserError) under its id."""
     served: dict[str, ServedGpt | ServedGan] = {}
     for kind, specs in (("gpt", gpt), ("gan", gan)):
@@ -121,7 +121,7 @@ def load_models(gpt: list[str], gan: list[str], device: torch.device, checkpoint
             if name in served:
                 raise UserError(f"two models are named {name!r}; name them: --{kind} NAME=PATH")
             if kind == "gpt":
-                run = load_gpt(path, checkpoint, device)
+                run = load_gpt(path, checkpoint, device, dtype=dtype)
                 served[name] = ServedGpt(name, run, Engine(run.model, run.tokenizer, max_batch, max_queue))
             else:
                 served[name] = ServedGan(name, load_gan(path, device=device))
