@@ -105,7 +105,7 @@ def _recover(config: CompressConfig, pruned, tokenizer) -> tuple[torch.nn.Module
 
     scratch = Path(tempfile.mkdtemp(prefix=".recover-", dir=Path(config.out).resolve().parent))
     try:
-        save_inference_run(scratch / "pruned", pruned, tokenizer)
+        save_inference_run(runs.create_run_dir(scratch / "pruned"), pruned, tokenizer)
         steps = config.recover_steps
         trained = train(GptTrainConfig(data=config.calibration_data, init_from=str(scratch / "pruned"),
                                        out=str(scratch / "recovered"), max_iters=steps, lr=config.recover_lr,

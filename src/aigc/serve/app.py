@@ -37,7 +37,7 @@ from aigc.config import build_config
 from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gpt.sampling import Sampling
-from aigc.serve import schemas
+import aigc.serve.schemas as schemas
 from aigc.serve.config import ServeConfig
 from aigc.serve.engine import EngineClosed, Event, QueueFull, Sequence
 from aigc.serve.limits import BodySizeLimit, RateLimiter, key_matches
