@@ -2,15 +2,15 @@
 
 int8 schemes quantize every matrix of the Transformer blocks and the token embedding, which
 is also the LM head (tied, so stored once); positions, biases and LayerNorms stay float32.
-bf16 stores every float tensor in bf16 and runs the model in bf16.
+bf16 stores every float tensor in bf16 and runs the model in bf16 (:func:`to_bf16`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from aigc.compress.quantize import (INT8_SCHEMES, Int8Embedding, int8_linear, quantize_tensors, split_quantized,
-                                    swap_linears)
+from aigc.compress.quantize import (INT8_SCHEMES, Int8Embedding, PackedBf16Linear, can_pack_bf16, int8_linear,
+                                    pack_bf16_linears, quantize_tensors, split_quantized, swap_linears)
 from aigc.gpt.model import GPT
 
 EMBEDDING = "transformer.wte.weight"
@@ -38,7 +38,7 @@ def load_compressed(model: GPT, tensors: dict[str, torch.Tensor], scheme: str) -
     """
     if scheme == "bf16":
         model.to(torch.bfloat16).load_weights(tensors)
-        return model
+        return to_bf16(model)
     if scheme not in INT8_SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}")
     floats, quantized = split_quantized(tensors)
@@ -49,4 +49,14 @@ def load_compressed(model: GPT, tensors: dict[str, torch.Tensor], scheme: str) -
     q, scale = quantized[EMBEDDING]
     model.transformer.wte = Int8Embedding(q, scale)
     model.lm_head = int8_linear(scheme, q, scale, None)  # the tied head reads the same int8 rows
+    return model
+
+
+def to_bf16(model: GPT) -> GPT:
+    """``model`` in bf16 for decoding; on a CPU with native bf16 its matrices (the LM head too)
+    are reordered for oneDNN, which makes it inference-only. Call it on the model's final device."""
+    model = model.to(torch.bfloat16)
+    if can_pack_bf16(model.device):
+        pack_bf16_linears(model.transformer.h)
+        model.lm_head = PackedBf16Linear(model.lm_head)  # a packed copy: the embedding keeps its own table
     return model

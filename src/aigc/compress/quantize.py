@@ -16,6 +16,10 @@ Two ways to run int8 weights, chosen by the scheme a run was compressed with:
   in int8 through ``torch.ao.nn.quantized.dynamic.Linear`` (fbgemm / oneDNN), the fast int8
   kernels on CPUs without bf16.
 
+bf16 models decode through :class:`PackedBf16Linear` on CPUs with native bf16: oneDNN's
+product on weights reordered once into its blocked layout (what inductor's freezing does),
+measured about twice as fast as ``F.linear`` on plain bf16 weights for one token at a time.
+
 torchao's ``quantize_`` (Int8WeightOnlyConfig / Int8DynamicActivationInt8WeightConfig) was
 measured on the same model first and is slower on these CPUs (docs/benchmarks-compress.md),
 so it is not used here; the benchmark keeps measuring it.
@@ -143,3 +147,35 @@ def swap_linears(root: nn.Module, quantized: dict, scheme: str, prefix: str = ""
             parent_path, _, child = path.rpartition(".")
             parent = root.get_submodule(parent_path) if parent_path else root
             setattr(parent, child, int8_linear(scheme, q, scale, module.bias))
+
+
+class PackedBf16Linear(nn.Module):
+    """A bf16 Linear whose weight oneDNN has reordered once into its own blocked layout, for
+    fast products with few rows (decoding); the weight is then opaque (no state dict)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().to(torch.bfloat16)
+        self.in_features, self.out_features = weight.size(1), weight.size(0)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (N, in)
+        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")  # (N, out)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def can_pack_bf16(device: torch.device) -> bool:
+    """Whether :class:`PackedBf16Linear` runs here: a CPU with native bf16 and oneDNN."""
+    return (device.type == "cpu" and bf16_supported(device) and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def pack_bf16_linears(root: nn.Module) -> None:
+    """Replace every nn.Linear under ``root`` by its :class:`PackedBf16Linear`."""
+    for path, module in list(root.named_modules()):
+        if isinstance(module, nn.Linear):
+            parent_path, _, child = path.rpartition(".")
+            parent = root.get_submodule(parent_path) if parent_path else root
+            setattr(parent, child, PackedBf16Linear(module))

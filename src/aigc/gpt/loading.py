@@ -118,13 +118,12 @@ def load_gpt(run: str | Path, checkpoint: str = "best", device: torch.device | s
     scheme = quantization_of(run_config, run)
     if scheme is None:
         load_into(model, weights_path(run, checkpoint))
-        model = model.to(device)
-        model = model.to(decode_dtype(dtype, model))
+        model = _in_decode_dtype(model.to(device), dtype)
     elif plain:
         raise UserError(f"{run} holds {scheme} weights, which have no place in a GPT-2 layout; "
                         f"use the run it was compressed from ({run_config['compression'].get('source')})")
     else:
-        model = _load_compressed(model, weights_path(run, checkpoint), scheme, device)
+        model = _load_compressed(model, run, checkpoint, scheme, device)
     tokenizer = load_tokenizer(run, model.config)
     return GptRun(model.eval(), tokenizer, run_config, run)
 
@@ -158,15 +157,24 @@ def decode_dtype(dtype: str, model: GPT) -> torch.dtype:
     return torch.bfloat16 if dtype == "bf16" else torch.float32
 
 
-def _load_compressed(model: GPT, path: Path, scheme: str, device: torch.device | str) -> GPT:
+def _in_decode_dtype(model: GPT, dtype: str) -> GPT:
+    if decode_dtype(dtype, model) == torch.float32:
+        return model
+    from aigc.compress.gpt import to_bf16
+
+    return to_bf16(model)
+
+
+def _load_compressed(model: GPT, run: Path, checkpoint: str, scheme: str, device: torch.device | str) -> GPT:
     from aigc.compress.gpt import load_compressed
 
+    path = weights_path(run, checkpoint)
     tensors, _ = runs.load_weights(path)
-    if scheme in ("int8", "int8-dynamic") and torch.device(device).type != "cpu":
-        raise UserError(f"{path.parent.parent.parent} holds {scheme} weights, which run on the CPU only; "
-                        "use --device cpu, or compress with --quantize bf16 for an accelerator")
+    if scheme != "bf16" and torch.device(device).type != "cpu":
+        raise UserError(f"{run} holds {scheme} weights, which run on the CPU only; use --device cpu, or compress "
+                        "with --quantize bf16 for an accelerator")
     try:
-        return load_compressed(model, tensors, scheme).to(device)
+        return load_compressed(model.to(device), tensors, scheme)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise UserError(f"{path} does not hold {scheme} weights of this model: {str(exc).splitlines()[0]}") from None
 
@@ -190,7 +198,7 @@ def _finetuned_language_model(run: Path, checkpoint: str, device: torch.device |
         raise UserError(f"{run} was fine-tuned with adapters, which have no place in a GPT-2 layout; "
                         "fine-tune with --method full, lora or adalora to export it")
     gpt = (finetuned.model.gpt if method == "adapter" else finetuned.tuned.merged()).to(device)
-    return GptRun(gpt.to(decode_dtype(dtype, gpt)).eval(), finetuned.tokenizer, finetuned.run_config, run)
+    return GptRun(_in_decode_dtype(gpt, dtype).eval(), finetuned.tokenizer, finetuned.run_config, run)
 
 
 # ---------------------------------------------------------------- fine-tuned runs
