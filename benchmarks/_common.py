@@ -15,7 +15,7 @@ import torch
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
-FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")  # which kernels the CPU can run
+FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")  # which kernels the CPU can run
 
 
 def machine() -> dict:
@@ -30,6 +30,7 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cpu_flags": {flag: flag in flags for flag in FLAGS_THAT_MATTER}, "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "python": platform.python_version(), "platform": platform.platform()}
 
 
