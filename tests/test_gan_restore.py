@@ -80,7 +80,7 @@ def test_downsample_is_the_block_mean_and_its_projection_is_exact():
 
 
 def test_soft_one_hot_labels_draw_what_class_numbers_draw():
-    generator, cfg = tiny_generator(num_classes=10)
+    generator, _ = tiny_generator(num_classes=10)
     z, labels = torch.randn(4, 8), torch.tensor([0, 3, 7, 9])
     with torch.no_grad():
         torch.testing.assert_close(generator(z, torch.nn.functional.one_hot(labels, 10).float()), generator(z, labels))

@@ -126,7 +126,7 @@ class InversionSettings:
     lr: float = 0.05
     prior: float = 1e-4  # weight of mean(z^2): keeps z where G was trained (z ~ N(0, I))
     hard_class_from: float = 2 / 3  # conditional, no label given: the class is fixed to its argmax after this share
-    class_start: float = 3.0  # restart r starts at class r mod K with this logit (softmax 0.69 for K = 10)
+    class_start: float = 0.0  # > 0: restart r leans to class r mod K with this logit; 0: a uniform mixture
     finetune_steps: int = 0  # > 0: Deep Generative Prior, fine-tune G's weights (and z) per image
     finetune_lr: float = 1e-4  # Adam on G's weights; z moves at ``lr / 10``
     seed: int = 0  # the starting codes: the same for every image, so a batch gives what one image alone gives
@@ -153,8 +153,8 @@ def start_codes(model_cfg: GanModelConfig, n: int, restarts: int, seed: int) -> 
 
 
 def start_class_logits(model_cfg: GanModelConfig, n: int, restarts: int, start: float) -> torch.Tensor:
-    """Relaxed class of each start: restart r leans to class r mod K (so restarts >= K tries every
-    class): (n * restarts, K) logits."""
+    """Relaxed class of each start: restart r leans to class r mod K by ``start`` (0: every start
+    begins at the uniform mixture, which did better in a pilot on MNIST): (n * restarts, K) logits."""
     classes = torch.arange(restarts) % model_cfg.num_classes
     return (start * F.one_hot(classes, model_cfg.num_classes).float()).repeat(n, 1)
 
@@ -225,7 +225,7 @@ def finetune(generator: nn.Module, degradation: Degradation, seen: torch.Tensor,
         label = None if found.labels is None else found.labels[i:i + 1]
         target, degraded = seen[i:i + 1].to(z.device), degradation.take(torch.tensor([i]))
         optimizer = torch.optim.Adam([{"params": own.parameters(), "lr": settings.finetune_lr},
-                                      {"params": [z], "lr": settings.lr / 10}])
+                                      {"params": [z], "lr": settings.lr / 10}], fused=True)  # 2x faster at batch 1
         for _ in range(settings.finetune_steps):
             loss = (degraded.error(own(z, label), target) + settings.prior * z.square().mean(1)).sum()
             optimizer.zero_grad(set_to_none=True)
