@@ -267,6 +267,7 @@ def bad_world(tmp_path, gan_run):
     (tmp_path / "gpt_run" / "config.json").write_text(json.dumps({"kind": "gpt"}))
     _png(tmp_path / "ok.png")
     _png(tmp_path / "big.png", size=32)
+    _png(tmp_path / "big_rgb.png", size=32, mode="RGB")
     _png(tmp_path / "mask16.png", size=16)
     (tmp_path / "notes.png").write_text("not an image")
     return tmp_path
@@ -274,6 +275,7 @@ def bad_world(tmp_path, gan_run):
 
 @pytest.mark.parametrize("flags, fragment", [
     (["--image", "big.png", "--box", "1,1,4,4"], "big.png is 32x32; this needs 28x28"),
+    (["--image", "big_rgb.png", "--box", "1,1,4,4"], "big_rgb.png is 32x32"),  # the error alone, no warning
     (["--image", "ok.png", "--upscale", "4"], "ok.png is 28x28; this needs 7x7"),
     (["--image", "ok.png", "--mask", "mask16.png"], "is 16x16, the images 28x28"),
     (["--image", "ok.png", "--box", "20,20,10,4"], "reaches outside the 28x28 image"),

@@ -49,6 +49,7 @@ def restore_command(cfg: GanRestoreConfig) -> list[Path]:
     seen = torch.stack([read_image(path, model_cfg.channels, size) for path in inputs])  # (N, C, size, size)
     if isinstance(degradation, Mask):
         seen = degradation.measure(seen)  # the missing pixels' values are not used
+        degradation = Mask(degradation.known.to(device))  # beside the generator
     settings = InversionSettings(steps=cfg.steps, restarts=cfg.restarts, lr=cfg.lr, seed=cfg.seed,
                                  finetune_steps=cfg.finetune_steps if cfg.finetune_generator else 0)
     repaired = torch.cat([restore(gan.generator, model_cfg, degradation.take(rows), seen[rows].to(device),
@@ -117,13 +118,13 @@ def open_image(path: Path, flag: str = "--image"):
 def read_image(path: Path, channels: int, size: int) -> torch.Tensor:
     """A PNG/JPEG as (channels, size, size) in [-1, 1]; another size is a UserError."""
     picture = open_image(path)
+    if picture.size != (size, size):  # checked first: a bad input gets one line, no warning before it
+        raise UserError(f"{path} is {picture.size[0]}x{picture.size[1]}; this needs {size}x{size} images "
+                        "(the run's image size, divided by --upscale when given); resize it first")
     grey = picture.mode in ("L", "LA", "1", "I", "I;16", "F")
     if grey != (channels == 1):
         print(f"aigc: warning: {path} is {'grey' if grey else 'colour'}; converted to "
               f"{'grey' if channels == 1 else 'RGB'} for this {channels}-channel model", file=sys.stderr)
-    if picture.size != (size, size):
-        raise UserError(f"{path} is {picture.size[0]}x{picture.size[1]}; this needs {size}x{size} images "
-                        "(the run's image size, divided by --upscale when given); resize it first")
     pixels = np.asarray(picture.convert("L" if channels == 1 else "RGB"))  # (H, W) or (H, W, 3) uint8
     return to_unit_range(pixels[None] if channels == 1 else pixels.transpose(2, 0, 1))
 
