@@ -149,6 +149,9 @@ def world(tmp_path_factory, one_thread) -> World:
     shutil.copytree(p["gpt2_no_tokenizer"], p["hf_truncated"])
     shutil.copy(p["gpt"] / "tokenizer.json", p["hf_truncated"] / "tokenizer.json")
     (p["hf_truncated"] / "model.safetensors").write_bytes(struct.pack("<Q", 4000) + b'{"a": ')
+    p["digit_png"] = root / "digit.png"
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (28, 28), dtype=np.uint8)).save(p["digit_png"])
     p["scratch"] = root / "scratch"  # where base command lines write: must stay empty
     p["scratch"].mkdir()
     p["cwd"] = root / "cwd"  # default outputs (runs/...) would land here: must stay empty
@@ -196,6 +199,8 @@ def base_flags(w: World) -> dict[str, dict[str, str | None]]:
                       "device": "cpu", "out": str(s / "gan")},
         "gan sample": {"run": w["gan"], "n": "4", "out": str(s / "grid.png"), "device": "cpu"},
         "gan eval": {"run": w["gan"], "ref": w["idx"], "n": "8", "json": str(s / "eval.json"), "device": "cpu"},
+        "gan restore": {"run": w["gan"], "image": w["digit_png"], "box": "8,8,8,8", "steps": "1", "restarts": "1",
+                        "out": str(s / "repaired.png"), "device": "cpu"},
         "gpt train": {"data": w["text"], "max-iters": "1", "eval-interval": "1", "eval-iters": "1",
                       "warmup-iters": "0", "device": "cpu", "out": str(s / "gpt"), **tiny_gpt},
         "gpt generate": {"run": w["gpt"], "prompt": "the", "max-new-tokens": "2", "device": "cpu"},
@@ -222,6 +227,7 @@ def command_name(command) -> str:
 FAMILY = {"gan": "gan", "gpt": "gpt", "textgan": "gpt", None: "gan"}
 RUN_FIELDS = {"run", "base", "init_from"}
 DATA_FIELDS = {"data", "val_data", "source", "target", "val_source", "val_target", "ref", "oracle", "calibration_data"}
+IMAGE_FIELDS = {"image", "images", "mask"}  # gan restore's inputs
 NEW_RUN_COMMANDS = {"demo", "gan train", "gpt train", "gpt finetune", "gpt merge", "gpt import-hf", "textgan train",
                     "compress"}
 
@@ -244,6 +250,8 @@ def path_values(w: World, name: str, field: str) -> list[tuple[str, str]]:
     if field in DATA_FIELDS:
         return [missing, *((k, w[k]) for k in ("random_bytes", "empty_file", "empty_dir", "broken_gz", "broken_idx",
                                                "bad_ids"))]
+    if field in IMAGE_FIELDS:
+        return [missing, *((k, w[k]) for k in ("random_bytes", "empty_file", "empty_dir", "text", "broken_idx"))]
     if field == "hf":
         return [missing, ("a file", w["text"]), ("an empty folder", w["empty_dir"]),
                 *((k, w[k]) for k in ("bert", "gpt2_no_tokenizer", "hf_garbage_config", "hf_truncated")),
@@ -277,7 +285,8 @@ COMPANIONS = {("gpt finetune", "source"): {"data": None, "target": "text"},
 
 STRING_VALUES = {"metrics": ["", ",", "perplexity,nope", "bleu,perplexity"], "template": ["no placeholder", ""],
                  "stop": [""], "prompt": ["\u2603 snowman", "ZZZ"], "host": ["", "no such host", "256.1.1.1"],
-                 "api_key": ["", "   "], "tracker": ["", ",", "mlflow", "none,wandb", "tensorboard,nope"]}
+                 "api_key": ["", "   "], "tracker": ["", ",", "mlflow", "none,wandb", "tensorboard,nope"],
+                 "box": ["", "1,2,3", "a,b,c,d", "0,0,0,4", "20,20,10,10", "-1,0,4,4"]}
 
 
 def wrong_values(w: World, name: str, field: str) -> list[tuple[str, str]]:

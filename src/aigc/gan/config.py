@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aigc.config import DEVICE_CHOICES, option, require
+from aigc.errors import UserError
 from aigc.training.options import RunOptions
 
 MODELS = ("mlp", "dcgan")
@@ -109,3 +110,58 @@ class GanEvalConfig:
                 f"--n must be in [{MIN_EVAL_SAMPLES}, {MAX_SAMPLES}], got {self.n}: precision/recall (k=3) compare "
                 "each sample with its 3 nearest neighbours")
         require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
+
+
+MAX_RESTARTS = 4096  # starts per image, optimised together: memory grows with them
+MAX_STEPS = 1_000_000
+
+
+def parse_box(text: str) -> tuple[int, int, int, int]:
+    """'x,y,w,h' (pixels: the top-left corner from the left and the top, then width and height)."""
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+        raise UserError(f"--box {text!r}: give x,y,w,h as four whole numbers of pixels, e.g. 7,7,14,14")
+    x, y, w, h = (int(p) for p in parts)
+    if w == 0 or h == 0:
+        raise UserError(f"--box {text!r}: the width and height must be positive")
+    return x, y, w, h
+
+
+@dataclass
+class GanRestoreConfig:
+    run: str | None = option(None, "run directory written by `aigc gan train` (required)")
+    image: str | None = option(None, "the damaged image (PNG/JPEG) of the run's image size, or of the small size "
+                               "with --upscale; a wrong size is an error (never resized)")
+    images: str | None = option(None, "a folder of damaged images to repair as one batch, instead of --image")
+    mask: str | None = option(None, "inpaint: a mask image of the same size, white (>= 128) where pixels are missing")
+    box: str | None = option(None, "inpaint the box x,y,w,h (pixels; x, y its top-left corner)")
+    upscale: int | None = option(None, "super-resolve: the input is the image's FACTOR x FACTOR block means; "
+                                 "FACTOR must divide the run's image size")
+    denoise: bool = option(False, "denoise: fit the whole noisy image")
+    out: str | None = option(None, "the repaired PNG (with --image; OUT-compare.png beside it shows input | "
+                             "repaired) or a new folder (with --images; compare/ inside) (required)")
+    steps: int = option(300, "Adam steps on the latent codes", minimum=1, maximum=MAX_STEPS)
+    restarts: int = option(8, "random starts per image, optimised together; the best fit is kept",
+                           minimum=1, maximum=MAX_RESTARTS)
+    lr: float = option(0.05, "Adam learning rate of the codes (cosine-decayed)", minimum=0)
+    finetune_generator: bool = option(False, "then fine-tune a copy of the generator's weights around the code found, "
+                                      "per image (Deep Generative Prior, Pan et al. 2020)")
+    finetune_steps: int = option(100, "steps of --finetune-generator", minimum=1, maximum=MAX_STEPS)
+    label: int | None = option(None, "the class to restore as (conditional runs; default: searched with the code)")
+    paste: bool = option(True, "paste what is known back into the output: a mask's known pixels (bit for bit), "
+                         "the small image's block means; --no-paste keeps the generator's own image")
+    seed: int = option(0, "random seed of the starting codes")
+    ema: bool = option(True, "use the EMA generator when the run has one")
+    device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
+
+    def validate(self) -> None:
+        require(self.run is not None, "--run RUN is required")
+        require((self.image is None) != (self.images is None), "give --image FILE or --images FOLDER (one of them)")
+        repairs = [self.mask is not None, self.box is not None, self.upscale is not None, self.denoise]
+        require(sum(repairs) == 1, "choose one repair: --mask FILE, --box x,y,w,h, --upscale FACTOR or --denoise")
+        require(self.out is not None, "--out is required (a PNG file, or a new folder with --images)")
+        require(self.upscale is None or self.upscale >= 2, f"--upscale must be 2 or more, got {self.upscale}")
+        require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        require(self.label is None or self.label >= 0, f"--label must be a class number (0, 1, ...), got {self.label}")
+        if self.box is not None:
+            parse_box(self.box)

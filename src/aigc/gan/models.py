@@ -61,9 +61,14 @@ class GanModelConfig:
 
 def with_one_hot(z: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
     """Append the one-hot label to the noise, as in the conditional GAN of Mirza & Osindero (2014):
-    (B, z_dim) -> (B, z_dim + num_classes). Unconditional models pass z through."""
+    (B, z_dim) -> (B, z_dim + num_classes). Unconditional models pass z through.
+
+    ``labels`` is (B,) class numbers, or (B, num_classes) float class weights (a relaxed label, e.g.
+    a softmax that GAN inversion optimises; a one-hot row gives the same image as its class number)."""
     if not num_classes:
         return z
+    if labels.is_floating_point():
+        return torch.cat([z, labels.to(z.dtype)], dim=1)
     return torch.cat([z, nn.functional.one_hot(labels, num_classes).to(z.dtype)], dim=1)
 
 
