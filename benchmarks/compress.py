@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import shutil
 import statistics
 import sys
 import tempfile
@@ -111,15 +112,20 @@ def gpt_variants(source: Path, work: Path, calibration: Path | None, recover_ste
     return variants
 
 
+def new_tokens(args, model) -> int:
+    """--tokens, or fewer where the context is shorter: decoding stays inside one window."""
+    return min(args.tokens, model.config.block_size - 8)
+
+
 def measure_gpt(variants: dict, args, quality) -> dict[str, dict]:
     rows = {}
     for name, v in variants.items():
         model = load_gpt(v["run"], dtype=v["dtype"]).model
-        vocab = model.config.vocab_size
+        vocab, tokens = model.config.vocab_size, new_tokens(args, model)
         rows[name] = {"megabytes": weights_megabytes(v["run"]), "load_s": load_seconds(v["run"], v["dtype"]),
-                      "params": model.num_params(),
-                      "tokens_per_s_b1": decode_speed(model, vocab, 1, args.tokens, args.repeats),
-                      "tokens_per_s_b16": decode_speed(model, vocab, 16, args.tokens, args.repeats),
+                      "params": model.num_params(), "new_tokens": tokens,
+                      "tokens_per_s_b1": decode_speed(model, vocab, 1, tokens, args.repeats),
+                      "tokens_per_s_b16": decode_speed(model, vocab, 16, tokens, args.repeats),
                       **quality(model)}
         print(f"  {name}: {rows[name]}", flush=True)
     return rows
@@ -132,7 +138,7 @@ def shakespeare(args, work: Path) -> dict:
     from aigc.gpt.evaluate import EvalInput, perplexity
 
     source = Path(args.shakespeare_run) if args.shakespeare_run else work / "shakespeare"
-    if not args.shakespeare_run:
+    if not (source / "checkpoint.json").exists():
         start = time.perf_counter()
         cli("gpt", "train", "--data", SHAKESPEARE, "--out", source, "--device", "cpu", *SHAKESPEARE_RECIPE)
         print(f"(a) trained the Shakespeare GPT in {time.perf_counter() - start:.0f} s", flush=True)
@@ -249,8 +255,9 @@ def onnx_rows(source: Path, work: Path, args, val_tokens) -> dict:
         model = load_gpt(source).model
         rows[name] = {"megabytes": sum(p.stat().st_size for p in work.glob(path.name + "*")) / 1e6,
                       "load_s": load_s, "export_s": export_s,
-                      "tokens_per_s_b1": ort_decode_speed(session, model, 1, args.tokens, args.repeats),
-                      "tokens_per_s_b16": ort_decode_speed(session, model, 16, args.tokens, args.repeats)}
+                      "tokens_per_s_b1": ort_decode_speed(session, model, 1, new_tokens(args, model), args.repeats),
+                      "tokens_per_s_b16": ort_decode_speed(session, model, 16, new_tokens(args, model),
+                                                           args.repeats)}
         if val_tokens is not None:
             rows[name]["val_perplexity"] = ort_perplexity(session, model, val_tokens)
         print(f"  {name}: {rows[name]}", flush=True)
@@ -302,7 +309,7 @@ def dcgan(args, work: Path) -> dict:
     from aigc.gan.loading import load_gan
 
     source = Path(args.gan_run) if args.gan_run else work / "cdcgan"
-    if not args.gan_run:
+    if not (source / "checkpoint.json").exists():
         cli("gan", "train", "--model", "dcgan", "--conditional", "--steps", args.gan_steps, "--out", source,
             "--device", "cpu")
     cli("compress", "--run", source, "--out", work / "cdcgan-bf16", "--quantize", "bf16")
@@ -341,6 +348,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument("--work", help="keep the trained and compressed runs here (a rerun reuses the trained "
+                                       "ones; default: a temporary folder)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     payload = {"args": vars(args), "matmul_gflops": {"fp32": matmul_peak_gflops(torch.float32),
@@ -348,7 +357,9 @@ def main() -> None:
                "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
     print(f"machine: {machine()}; {payload['matmul_gflops']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(args.work or tmp)
+        for name in ("a", "b", "gpt2-small", "cdcgan-bf16"):  # compressed (and random) runs are made afresh
+            shutil.rmtree(work / name, ignore_errors=True)
         for part, measure in (("a", shakespeare), ("b", gpt2_small), ("c", dcgan)):
             if part in args.parts:
                 print(f"({part})", flush=True)

@@ -219,6 +219,12 @@ def test_gan_generators_compress_and_sample(tmp_path, run_cli):
         status, _, err = run_cli("gan", "sample", "--run", tmp_path / scheme, "--n", "10", "--out",
                                  tmp_path / f"{scheme}.png", "--device", "cpu")
         assert status == 0, err
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
+    status, _, err = run_cli("gan", "restore", "--run", tmp_path / "bf16", "--image", tmp_path / "digit.png",
+                             "--denoise", "--out", tmp_path / "repaired.png", "--device", "cpu")
+    assert_one_line_error(status, err, "restore with the float run")
     dcgan = train(GanTrainConfig(model="dcgan", width=8, steps=1, batch_size=16, out=str(tmp_path / "d"),
                                  device="cpu", amp=False, log_every=1, sample_every=1, save_every=1))
     status, _, err = run_cli("compress", "--run", dcgan, "--out", tmp_path / "d8", "--quantize", "int8-dynamic")

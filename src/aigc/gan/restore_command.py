@@ -42,6 +42,10 @@ def restore_command(cfg: GanRestoreConfig) -> list[Path]:
     outputs = output_paths(cfg, inputs)  # before any work: a bad --out is one line
     device = resolve_device(cfg.device)
     gan = load_gan(cfg.run, cfg.ema, device)
+    compression = gan.run_config.get("compression")
+    if compression:  # inversion takes gradients through the generator: int8 kernels have none, bf16 too few bits
+        raise UserError(f"{cfg.run} holds a {compression.get('quantize')} generator from aigc compress; restore "
+                        f"with the float run it came from ({compression.get('source')})")
     model_cfg = gan.model_config
     if cfg.label is not None:
         sample_labels(model_cfg, 1, cfg.label)  # an unconditional run or a class out of range: one line
