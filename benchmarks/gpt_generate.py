@@ -26,6 +26,7 @@ sys.path.insert(0, str(HERE))
 from _machine import describe, memory_bandwidth  # noqa: E402
 
 from aigc.gpt.generation import Sampling, generate_tokens  # noqa: E402
+from aigc.gpt.loading import in_decode_dtype  # noqa: E402
 from aigc.gpt.model import GPT, GPTConfig  # noqa: E402
 
 
@@ -84,9 +85,17 @@ def gpt2_small(new_tokens: int, repeats: int, bandwidth: float) -> dict:
 
     ours_speed, ours_tokens = best_of(repeats, ours)
     hf_speed, hf_tokens = best_of(repeats, theirs)
+    default_model = GPT(model.config).eval()  # what `aigc gpt generate` runs by default (--dtype auto)
+    default_model.load_weights(model.weights())
+    default_model = in_decode_dtype(default_model, "auto")
+    default_speed, default_tokens = best_of(
+        repeats, lambda: tokens_per_second(default_model, prompt, new_tokens, Sampling(temperature=0), True))
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return {"new_tokens": new_tokens, "params": model.num_params(), "weight_bytes": weight_bytes,
             "aigc_tokens_per_s": ours_speed, "transformers_tokens_per_s": hf_speed, "speedup": ours_speed / hf_speed,
+            "default_dtype": str(default_model.activation_dtype), "default_tokens_per_s": default_speed,
+            "default_speedup": default_speed / hf_speed,
+            "default_same_tokens_fraction": sum(a == b for a, b in zip(default_tokens, hf_tokens)) / len(hf_tokens),
             "same_tokens": ours_tokens == hf_tokens, "memory_bandwidth_gb_s": bandwidth,
             "bandwidth_bound_tokens_per_s": bandwidth * 1e9 / weight_bytes}
 
@@ -116,6 +125,9 @@ def main() -> None:
           f"greedy {big['new_tokens']} tokens: aigc {big['aigc_tokens_per_s']:.1f} tokens/s, transformers "
           f"{big['transformers_tokens_per_s']:.1f} tokens/s -> {big['speedup']:.2f}x (target >= 1.5x); "
           f"same tokens: {big['same_tokens']}; bandwidth bound {big['bandwidth_bound_tokens_per_s']:.1f} tokens/s")
+    print(f"    default path (--dtype auto: {big['default_dtype']}): {big['default_tokens_per_s']:.1f} tokens/s -> "
+          f"{big['default_speedup']:.2f}x transformers; greedy tokens equal to fp32's: "
+          f"{big['default_same_tokens_fraction']:.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "shakespeare": small, "gpt2_small": big, "args": vars(args),

@@ -118,7 +118,7 @@ def load_gpt(run: str | Path, checkpoint: str = "best", device: torch.device | s
     scheme = quantization_of(run_config, run)
     if scheme is None:
         load_into(model, weights_path(run, checkpoint))
-        model = _in_decode_dtype(model.to(device), dtype)
+        model = in_decode_dtype(model.to(device), dtype)
     elif plain:
         raise UserError(f"{run} holds {scheme} weights, which have no place in a GPT-2 layout; "
                         f"use the run it was compressed from ({run_config['compression'].get('source')})")
@@ -157,7 +157,8 @@ def decode_dtype(dtype: str, model: GPT) -> torch.dtype:
     return torch.bfloat16 if dtype == "bf16" else torch.float32
 
 
-def _in_decode_dtype(model: GPT, dtype: str) -> GPT:
+def in_decode_dtype(model: GPT, dtype: str) -> GPT:
+    """``model`` (float32, on its device) in the dtype :func:`decode_dtype` picks for ``dtype``."""
     if decode_dtype(dtype, model) == torch.float32:
         return model
     from aigc.compress.gpt import to_bf16
@@ -198,7 +199,7 @@ def _finetuned_language_model(run: Path, checkpoint: str, device: torch.device |
         raise UserError(f"{run} was fine-tuned with adapters, which have no place in a GPT-2 layout; "
                         "fine-tune with --method full, lora or adalora to export it")
     gpt = (finetuned.model.gpt if method == "adapter" else finetuned.tuned.merged()).to(device)
-    return GptRun(_in_decode_dtype(gpt, dtype).eval(), finetuned.tokenizer, finetuned.run_config, run)
+    return GptRun(in_decode_dtype(gpt, dtype).eval(), finetuned.tokenizer, finetuned.run_config, run)
 
 
 # ---------------------------------------------------------------- fine-tuned runs
