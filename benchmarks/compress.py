@@ -156,6 +156,52 @@ def shakespeare(args, work: Path) -> dict:
     return {"source": str(source), "rows": rows}
 
 
+def pruning_curve(args, work: Path) -> dict:
+    """Perplexity against decode speed of (a) pruned by several ratios (heads and MLP channels
+    alike), before and after recovery, with a plot into docs/img."""
+    import matplotlib.pyplot as plt
+
+    from aigc.data import text
+    from aigc.gpt.evaluate import EvalInput, perplexity
+
+    source = Path(args.shakespeare_run) if args.shakespeare_run else work / "shakespeare"
+    if not (source / "checkpoint.json").exists():
+        raise SystemExit("the pruning curve needs the Shakespeare run: run --parts a first (with --work)")
+    tokenizer = load_gpt(source).tokenizer
+    val_tokens = text.split(text.encode_cached(SHAKESPEARE.read_bytes(), tokenizer))[1]
+    train_part = work / "shakespeare-train.txt"
+    train_part.write_bytes(SHAKESPEARE.read_bytes()[:int(0.9 * SHAKESPEARE.stat().st_size)])
+    points = []
+    for ratio in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625):
+        for steps in ((0,) if ratio == 0 else (0, args.recover_steps)):
+            run = source
+            if ratio:
+                run = work / "curve" / f"{ratio}-{steps}"
+                recover = ["--calibration-data", train_part, "--recover-steps", steps] if steps else []
+                cli("compress", "--run", source, "--out", run, "--prune-heads", ratio, "--prune-mlp", ratio, *recover)
+            model = load_gpt(run).model
+            points.append({"ratio": ratio, "recover_steps": steps, "params": model.num_params(),
+                           "tokens_per_s_b16": decode_speed(model, model.config.vocab_size, 16,
+                                                            new_tokens(args, model), args.repeats),
+                           "val_perplexity": perplexity(EvalInput(model, tokenizer, val_tokens,
+                                                                  batch_size=64))["perplexity"]})
+            print(f"  {points[-1]}", flush=True)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for steps, label in ((0, "pruned"), (args.recover_steps, f"pruned + {args.recover_steps} recovery steps")):
+        chosen = [p for p in points if p["recover_steps"] == steps or p["ratio"] == 0]
+        axis.plot([p["tokens_per_s_b16"] for p in chosen], [p["val_perplexity"] for p in chosen], "o-", label=label)
+        for p in chosen:
+            axis.annotate(f"{p['ratio']:g}", (p["tokens_per_s_b16"], p["val_perplexity"]), fontsize=8)
+    axis.set_xlabel("decode tokens/s, batch 16")
+    axis.set_ylabel("validation perplexity")
+    axis.set_title("Shakespeare char GPT: heads and MLP channels pruned (fraction)")
+    axis.legend()
+    figure.tight_layout()
+    picture = HERE.parent / "docs" / "img" / "compress-pruning.png"
+    figure.savefig(picture, dpi=120)
+    return {"points": points, "plot": str(picture)}
+
+
 # ---------------------------------------------------------------- (b) GPT-2 small shape
 
 def gpt2_small(args, work: Path) -> dict:
@@ -339,7 +385,8 @@ def dcgan(args, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
+    parser.add_argument("--parts", nargs="+", default=["a", "p", "b", "c"], choices=["a", "p", "b", "c"],
+                        help="a, b, c: the three models; p: the pruning curve of (a)")
     parser.add_argument("--shakespeare-run", help="a trained run of the Shakespeare recipe (default: train one)")
     parser.add_argument("--gan-run", help="a trained conditional DCGAN run (default: train one)")
     parser.add_argument("--gan-steps", type=int, default=1500)
@@ -358,9 +405,9 @@ def main() -> None:
     print(f"machine: {machine()}; {payload['matmul_gflops']}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
-        for name in ("a", "b", "gpt2-small", "cdcgan-bf16"):  # compressed (and random) runs are made afresh
+        for name in ("a", "b", "curve", "gpt2-small", "cdcgan-bf16"):  # compressed (and random) runs are made afresh
             shutil.rmtree(work / name, ignore_errors=True)
-        for part, measure in (("a", shakespeare), ("b", gpt2_small), ("c", dcgan)):
+        for part, measure in (("a", shakespeare), ("p", pruning_curve), ("b", gpt2_small), ("c", dcgan)):
             if part in args.parts:
                 print(f"({part})", flush=True)
                 payload[part] = measure(args, work)
