@@ -240,8 +240,9 @@ def gpt2_small(args, work: Path) -> dict:
         rows.update(onnx_rows(source, work / "b", args, None))
     for row in rows.values():
         row["vs_transformers_b1"] = row["tokens_per_s_b1"] / rows["transformers.generate fp32"]["tokens_per_s_b1"]
-    return {"rows": rows, "memory_bandwidth_gb_s": memory_bandwidth(),
-            "fp32_bandwidth_bound_tokens_per_s": memory_bandwidth() * 1e9 / (reference.num_params() * 4)}
+    bandwidth = memory_bandwidth()
+    return {"rows": rows, "memory_bandwidth_gb_s": bandwidth,
+            "fp32_bandwidth_bound_tokens_per_s": bandwidth * 1e9 / (reference.num_params() * 4)}
 
 
 def transformers_row(hf_model, args) -> dict:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aigc.compress import config as compress_config
+from aigc.compress import prune, quantize
 from aigc.data import tokenizers
 from aigc.gan import config as gan_config
 from aigc.gan import losses as gan_losses
@@ -25,6 +27,8 @@ from aigc.textgan import discriminators
     pytest.param(textgan_config.DISCRIMINATORS, discriminators.DISCRIMINATORS, id="textgan --disc"),
     pytest.param(gpt_config.TOKENIZERS, tokenizers.TRAINERS, id="gpt --tokenizer"),
     pytest.param(gpt_config.TASK_METRICS, task_eval.TASK_METRICS, id="gpt eval task --metrics"),
+    pytest.param(compress_config.SCHEMES, quantize.SCHEMES, id="compress --quantize"),
+    pytest.param(compress_config.IMPORTANCE, prune.IMPORTANCE, id="compress --importance"),
 ])
 def test_the_offered_names_are_the_registry_names(offered, registry):
     assert len(set(offered)) == len(offered)

@@ -166,6 +166,8 @@ def _compress_gan(config: CompressConfig, source: Path, out: Path) -> Path:
 
 # ---------------------------------------------------------------- ONNX
 
+ONNX_TOLERANCE = 1e-4  # max |ONNX Runtime logits - PyTorch logits| at float32
+
 def export_onnx(config) -> Path:
     """``aigc gpt export-onnx``: the GPT with its KV cache as an ONNX graph, checked in ONNX Runtime
     against PyTorch before it is kept (max |logit difference| <= ONNX_TOLERANCE at float32)."""
@@ -174,8 +176,9 @@ def export_onnx(config) -> Path:
     from aigc.outputs import output_file
 
     out = output_file(config.out, "--out")
-    if run_kind(config.run) != "gpt":
-        raise UserError(f"{config.run} is a {run_kind(config.run)} run; export-onnx takes GPT runs")
+    kind = run_kind(config.run)
+    if kind != "gpt":
+        raise UserError(f"{config.run} is a {kind} run; export-onnx takes GPT runs")
     _require_onnx()
     model = load_gpt(config.run, config.checkpoint, "cpu", plain=True).model
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
@@ -202,8 +205,6 @@ def export_onnx(config) -> Path:
           f"max |difference| {difference:.2e}")
     return out
 
-
-ONNX_TOLERANCE = 1e-4
 
 
 def _require_onnx() -> None:

@@ -84,7 +84,8 @@ def export(model: GPT, path: Path, opset: int = 18) -> None:
     # Example inputs of sizes the exporter does not mistake for constants (not 0 or 1).
     example = (torch.zeros(2, 3, dtype=torch.long), *empty_past(model, 2, 4))
     cache_dims = {1: batch, 3: past}
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), _quiet_exporter():
+    # The exporter logs a warning per torchvision operator it cannot find (torchvision is not used).
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
         warnings.simplefilter("ignore")
         torch.onnx.export(CachedLogits(model.float().eval()), example, str(path), input_names=INPUTS,
                           output_names=OUTPUTS, opset_version=opset, dynamo=True, verbose=False,
@@ -94,9 +95,9 @@ def export(model: GPT, path: Path, opset: int = 18) -> None:
 
 
 @contextmanager
-def _quiet_exporter():
-    """The exporter logs a warning per torchvision operator it cannot find (torchvision is not used)."""
-    logger = logging.getLogger("torch.onnx")
+def _quiet(logger_name: str | None):
+    """Raise a logger (None: the root logger) to ERROR for the block."""
+    logger = logging.getLogger(logger_name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -109,13 +110,8 @@ def quantize_int8(source: Path, target: Path) -> None:
     """ONNX Runtime's dynamic int8 quantization of the graph's MatMul weights."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logger = logging.getLogger()  # ORT advises pre-processing on the root logger; it does not apply here
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    with _quiet(None):  # ORT advises pre-processing on the root logger; it does not apply here
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
-    finally:
-        logger.setLevel(level)
 
 
 @torch.no_grad()

@@ -78,7 +78,8 @@ def split_quantized(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
 
 
 class Int8Linear(nn.Module):
-    """``y = x @ (q * scale).T + bias`` reading the int8 weights q (out, in) directly."""
+    """``y = x @ (q * scale).T + bias`` reading the int8 weights q (out, in) directly (on the CPU:
+    the loaders refuse int8 runs on other devices)."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -88,17 +89,13 @@ class Int8Linear(nn.Module):
         self.register_buffer("q", q.clone(memory_format=torch.contiguous_format))
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
         # The kernel's bf16 path is the fast one (and it needs in % 8 == 0: other widths crash it).
-        self.compute_dtype = (torch.bfloat16 if q.device.type == "cpu" and bf16_supported(q.device)
-                              and self.in_features % 8 == 0 else torch.float32)
+        self.compute_dtype = (torch.bfloat16 if bf16_supported(q.device) and self.in_features % 8 == 0
+                              else torch.float32)
         self.register_buffer("scale", scale.to(self.compute_dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()  # (N, in)
-        if self.q.device.type == "cpu":
-            y = torch._weight_int8pack_mm(flat, self.q, self.scale)  # (N, out)
-        else:
-            y = F.linear(flat, self.q.to(self.compute_dtype) * self.scale[:, None])
-        y = y.to(x.dtype)
+        y = torch._weight_int8pack_mm(flat, self.q, self.scale).to(x.dtype)  # (N, out)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)
@@ -137,16 +134,25 @@ def int8_linear(scheme: str, q: torch.Tensor, scale: torch.Tensor, bias: torch.T
     return Int8Linear(q, scale, bias)
 
 
+def replace_linears(root: nn.Module, replacement) -> None:
+    """Put ``replacement(path, linear)`` in place of every nn.Linear under ``root`` for which it
+    returns a module (None keeps the layer)."""
+    for path, module in list(root.named_modules()):
+        if isinstance(module, nn.Linear):
+            new = replacement(path, module)
+            if new is not None:
+                parent_path, _, child = path.rpartition(".")
+                setattr(root.get_submodule(parent_path) if parent_path else root, child, new)
+
+
 def swap_linears(root: nn.Module, quantized: dict, scheme: str, prefix: str = "") -> None:
     """Replace every nn.Linear of ``root`` whose weight ``prefix + path.weight`` is in
     ``quantized`` {name: (q, scale)} by the int8 module of ``scheme``."""
-    for path, module in list(root.named_modules()):
-        name = f"{prefix}{path}.weight"
-        if isinstance(module, nn.Linear) and name in quantized:
-            q, scale = quantized[name]
-            parent_path, _, child = path.rpartition(".")
-            parent = root.get_submodule(parent_path) if parent_path else root
-            setattr(parent, child, int8_linear(scheme, q, scale, module.bias))
+    def int8_of(path: str, linear: nn.Linear) -> nn.Module | None:
+        found = quantized.get(f"{prefix}{path}.weight")
+        return None if found is None else int8_linear(scheme, *found, linear.bias)
+
+    replace_linears(root, int8_of)
 
 
 class PackedBf16Linear(nn.Module):
@@ -174,8 +180,4 @@ def can_pack_bf16(device: torch.device) -> bool:
 
 def pack_bf16_linears(root: nn.Module) -> None:
     """Replace every nn.Linear under ``root`` by its :class:`PackedBf16Linear`."""
-    for path, module in list(root.named_modules()):
-        if isinstance(module, nn.Linear):
-            parent_path, _, child = path.rpartition(".")
-            parent = root.get_submodule(parent_path) if parent_path else root
-            setattr(parent, child, PackedBf16Linear(module))
+    replace_linears(root, lambda path, linear: PackedBf16Linear(linear))
