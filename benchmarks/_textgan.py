@@ -1,10 +1,12 @@
-"""Shared by the text-GAN benchmarks: the three runs per seed (MLE, MLE + adversarial, the
-constant-reward control, both from the same MLE run), curves over temperatures, the plot."""
+"""Shared by the text-GAN benchmarks: the runs per seed (MLE, early-stopped on validation NLL;
+from it: MLE + adversarial, the constant-reward control, and the residual discriminator that
+guides sampling), the guided samplers' points, curves over temperatures, the plot."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import statistics
 import time
@@ -18,15 +20,26 @@ import torch
 from _common import OUT_DIR, machine
 
 from aigc import runs
+from aigc.textgan import guided
 from aigc.textgan.config import TextGanTrainConfig
-from aigc.textgan.loading import load_textgan
+from aigc.textgan.loading import load_discriminator, load_textgan
 from aigc.textgan.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
-VARIANTS = ("mle", "adversarial", "constant")
+VARIANTS = ("mle", "adversarial", "constant")  # trained generators, each scored as it is
+RUNS = (*VARIANTS, "residual")  # what --runs may name; residual: the discriminator of the guided points
 LABELS = {"mle": "MLE", "adversarial": "MLE + adversarial (SeqGAN rewards)",
           "constant": "MLE + constant-reward control"}
+SIR_SUBSETS = 1000  # Monte-Carlo sums behind each sampler density (guided.sir_log_prob)
+
+
+def label(variant: str) -> str:
+    if variant.startswith("guided-"):
+        return f"MLE + discriminator, importance resampling from K={variant.split('-')[1]}"
+    if variant.startswith("rejection-"):
+        return f"MLE + discriminator, rejection keeping 1/{variant.split('-')[1]}"
+    return LABELS[variant]
 
 
 def benchmark_arguments(description: str, name: str) -> argparse.ArgumentParser:
@@ -43,6 +56,18 @@ def benchmark_arguments(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--mle-steps", type=int, default=0, help="MLE steps interleaved in each round")
     p.add_argument("--g-lr", type=float, default=3e-4, help="generator learning rate in the adversarial rounds")
     p.add_argument("--d-lr", type=float, default=1e-3, help="discriminator learning rate")
+    p.add_argument("--runs", default=",".join(RUNS), type=lambda text: text.split(","),
+                   help="which runs to train and score per seed (mle always): mle, adversarial, constant, residual")
+    p.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=True,
+                   help="end MLE at its lowest validation NLL (checked every --mle-eval-every steps)")
+    p.add_argument("--mle-eval-every", type=int, default=100)
+    p.add_argument("--residual-steps", type=int, default=1000, help="discriminator steps of the residual run")
+    p.add_argument("--guided-k", default=[4, 16, 64], type=lambda text: [int(k) for k in text.split(",")],
+                   help="candidates per sample of the importance-resampling points")
+    p.add_argument("--accept-rate", type=float, default=1 / 16, help="rejection point's acceptance rate (0: none)")
+    p.add_argument("--guided-samples", type=int, default=2000, help="samples per guided point")
+    p.add_argument("--guided-temperatures", default="0.8,0.9,1.0,1.1,1.2",
+                   help="temperatures of the guided points' candidates")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small models: more only busy-wait)")
     p.add_argument("--jobs", type=int, default=1, help="seeds measured at once, each in its own process with "
                    "--threads threads (2 or 3 on a 2-core machine: see README)")
@@ -63,7 +88,8 @@ def train_settings(args: argparse.Namespace) -> dict:
     """The ``TextGanTrainConfig`` fields that both benchmarks set from their arguments."""
     return dict(max_iters=args.max_iters, adv_rounds=args.adv_rounds, d_pretrain_steps=args.d_pretrain_steps,
                 rollouts=args.rollouts, mle_steps=args.mle_steps, g_lr=args.g_lr, d_lr=args.d_lr, device="cpu",
-                log_every=50, eval_every=500, save_every=500)
+                log_every=50, eval_every=args.mle_eval_every if args.early_stop else 500, save_every=500,
+                early_stop=args.early_stop, tracker="none")
 
 
 def run_benchmark(args: argparse.Namespace, measure: Callable[[argparse.Namespace, int], tuple[dict, dict]],
@@ -95,8 +121,9 @@ def plot_title(dataset: str, args: argparse.Namespace, seeds_done: list[int]) ->
             + (" (--quick)" if args.quick else ""))
 
 
-def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int) -> dict[str, float]:
-    """Train the three variants of one seed under ``out/seed<seed>``; returns wall seconds of each."""
+def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int, names: list[str],
+                   residual_steps: int) -> dict[str, float]:
+    """Train the runs ``names`` (and MLE) of one seed under ``out/seed<seed>``; returns wall seconds of each."""
     seconds = {}
     mle_dir = out / f"seed{seed}" / "mle"
     configs = {
@@ -104,8 +131,10 @@ def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int) -> dic
         "adversarial": replace(base_config, seed=seed, out=str(mle_dir.with_name("adversarial")), base=str(mle_dir)),
         "constant": replace(base_config, seed=seed, out=str(mle_dir.with_name("constant")), base=str(mle_dir),
                             reward="constant"),
+        "residual": replace(base_config, seed=seed, out=str(mle_dir.with_name("residual")), base=str(mle_dir),
+                            mode="residual", d_pretrain_steps=residual_steps, eval_every=250),
     }
-    for variant in VARIANTS:
+    for variant in [run for run in RUNS if run == "mle" or run in names]:
         if (Path(configs[variant].out) / runs.POINTER_FILE).is_file():
             print(f"seed {seed} {variant}: reusing {configs[variant].out}", flush=True)
             continue
@@ -123,13 +152,13 @@ def measure_seeds(measure: Callable[[int], tuple[dict, dict]], seeds: list[int],
     so far: results[variant][temperature][seed] and training seconds by seed, in seed order.
     Seeds are independent runs, so on a 2-core machine two one-thread workers halve the wall
     time where one process with two threads would mostly busy-wait."""
-    results = {v: {t: {} for t in temperatures} for v in VARIANTS}
+    results: dict[str, dict] = {}
     train_seconds = {}
     for seed, (seconds, by_variant) in _each_seed(measure, seeds, jobs):
         train_seconds[seed] = seconds
         for variant, by_temp in by_variant.items():
             for temp, metrics in by_temp.items():
-                results[variant][temp][seed] = metrics
+                results.setdefault(variant, {}).setdefault(temp, {})[seed] = metrics
         yield results, dict(sorted(train_seconds.items()))
 
 
@@ -161,7 +190,8 @@ def summarise(results: dict, metrics: tuple[str, ...]) -> dict:
     for variant, by_temp in results.items():
         out[variant] = {}
         for temp, by_seed in by_temp.items():
-            out[variant][temp] = {m: mean_std([by_seed[s][m] for s in by_seed]) for m in metrics}
+            out[variant][temp] = {m: mean_std([by_seed[s][m] for s in by_seed]) for m in metrics
+                                  if all(m in by_seed[s] for s in by_seed)}  # a point may lack one
     return out
 
 
@@ -178,7 +208,7 @@ def plot_curves(summary: dict, x: str, y: str, xlabel: str, ylabel: str, title: 
         xs = [by_temp[t][x][0] for t in temps]
         ys = [by_temp[t][y][0] for t in temps]
         ax.errorbar(xs, ys, xerr=[by_temp[t][x][1] for t in temps], yerr=[by_temp[t][y][1] for t in temps],
-                    marker="o", markersize=3, linewidth=1, capsize=2, label=LABELS[variant])
+                    marker="o", markersize=3, linewidth=1, capsize=2, label=label(variant))
         for t, xv, yv in zip(temps, xs, ys):
             ax.annotate(t, (xv, yv), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(xlabel)
@@ -204,17 +234,67 @@ def best_on_curve(curve: list[tuple[float, float]], x: float, steps: int = 100) 
 
 def compare_with_curve(summary: dict, variant: str, x: str, y: str, sign: float) -> dict:
     """For each temperature of ``variant``: its point, the best ``y`` the MLE curve reaches at no
-    worse ``x``, and whether the point beats that by more than its seed-to-seed spread.
+    worse ``x`` (where no MLE temperature gets its ``x`` that low: the ``y`` of the curve's
+    lowest-``x`` point), and whether the point beats that by more than its seed-to-seed spread.
     ``sign`` is 1 when lower ``y`` is better and -1 when higher is (x: lower is better)."""
     temps = sorted(summary["mle"], key=float)
     curve = [(summary["mle"][t][x][0], sign * summary["mle"][t][y][0]) for t in temps]
     out = {}
     for temp, s in summary[variant].items():
         best = best_on_curve(curve, s[x][0])
-        out[temp] = {x: s[x][0], y: s[y][0], "mle_curve_best": None if best is None else sign * best,
-                     "better": best is None or sign * s[y][0] < best - s[y][1]}
+        beyond = best is None  # no MLE temperature reaches its x: compare with the curve's best-x point
+        if beyond:
+            best = min(curve)[1]
+        out[temp] = {x: s[x][0], y: s[y][0], "mle_curve_best": sign * best, "beyond_the_curve": beyond,
+                     "better": sign * s[y][0] < best - s[y][1]}
     return out
 
 
 def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
+
+
+def load_residual(out: Path, seed: int):
+    """The residual run of a seed: its (frozen MLE) generator, discriminator and vocabulary."""
+    loaded = load_textgan(out / f"seed{seed}" / "residual")
+    return loaded.model, load_discriminator(loaded), loaded.codec
+
+
+@torch.no_grad()
+def guided_points(model, disc, codec, temperature: float, args: argparse.Namespace, generator: torch.Generator,
+                  test: torch.Tensor | None = None, test_log_q: torch.Tensor | None = None) -> dict[str, dict]:
+    """The guided samplers at one temperature: per point, its samples and what they cost, and
+    with ``test`` sequences (N, L) and their log q_T (N,), the sampler's NLL-test (per token; the
+    density of what it outputs) and that of the ideal residual model (K -> infinity).
+
+    One pool of fresh candidates serves every point: K = k uses the first n*k of them in groups
+    of k (each point's samples are exact independent draws of its sampler), the rejection point
+    keeps its first n; the whole pool stands in for fresh samples of q in the densities."""
+    n, ks = args.guided_samples, args.guided_k
+    needed = max([n * k for k in ks] + ([math.ceil(2 * n / args.accept_rate)] if args.accept_rate else []))
+    pool = guided.draw_candidates(model, disc, needed, codec.bos, temperature, generator, codec.eos)
+    test_scores = guided.scores(disc, test) if test is not None else None
+    points = {}
+    for k in ks:
+        drawn = guided.resample(guided.Candidates(pool.tokens[:n * k], pool.scores[:n * k]), k, generator)
+        log_p = (None if test is None else
+                 guided.sir_log_prob(test_log_q, test_scores, pool.scores, k, SIR_SUBSETS, generator))
+        points[f"guided-{k}"] = (drawn.tokens, {"generated_per_sample": float(k)}, log_p)
+    if args.accept_rate:
+        threshold = guided.calibrate_threshold(pool.scores, args.accept_rate)
+        kept = pool.tokens[guided.rejection_keep(pool.scores, threshold, generator)]
+        log_p = None if test is None else guided.rejection_log_prob(test_log_q, test_scores, threshold,
+                                                                     args.accept_rate)
+        points[f"rejection-{round(1 / args.accept_rate)}"] = (
+            kept[:n], {"generated_per_sample": len(pool.tokens) / len(kept), "threshold": threshold}, log_p)
+    out = {}
+    log_z = guided.LogPartition.estimate(pool.scores)
+    for name, (tokens, extra, log_p) in points.items():
+        out[name] = {"tokens": tokens, **extra}
+        if test is not None:
+            out[name]["nll_test"] = -log_p.sum().item() / test.numel()
+            ebm = guided.ebm_log_prob(test_log_q, test_scores, log_z)
+            out[name]["ebm_nll_test"] = -ebm.sum().item() / test.numel()
+            out[name]["ebm_nll_test_interval"] = [(-ebm.sum().item() + len(test) * (bound - log_z.value))
+                                                  / test.numel() for bound in (log_z.low, log_z.high)]
+    return out

@@ -1,14 +1,16 @@
 """Text GAN on COCO captions (the literature's "image_coco"): BLEU vs Self-BLEU across temperatures.
 
-Per seed, MLE on ``coco_captions/train.txt``, MLE then SeqGAN adversarial rounds, and MLE then the
-constant-reward control (all from the same MLE run). Each generator is sampled at several
-temperatures and scored, by the Texygen protocol, with
+Per seed, MLE on ``coco_captions/train.txt`` (early-stopped on validation NLL), MLE then SeqGAN
+adversarial rounds, MLE then the constant-reward control, and the MLE generator guided by a
+residual discriminator (importance resampling from K candidates, rejection sampling), all from
+the same MLE run. Each is sampled at several temperatures and scored, by the Texygen protocol, with
   BLEU-2..5:       mean sentence BLEU (smoothing method 1) of each of --hypotheses generated
                    sentences against the *whole* test file as references (quality);
   Self-BLEU-2..4:  the same for --self-bleu-sentences generated sentences against each other
                    (diversity; lower is more diverse);
   NLL-test:        the tempered generator's per-token NLL of the test captions (<eos> included;
-                   test words never seen in training are <unk>, which the generator never learned).
+                   test words never seen in training are <unk>, which the generator never learned;
+                   not measured for the guided points).
 Words are the file's space-separated tokens (a final period stays on its word, as in the file).
 
     flock /tmp/aigc-bench.lock python benchmarks/textgan_coco.py [--quick] [--jobs 2]
@@ -24,8 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _textgan import (VARIANTS, benchmark_arguments, compare_with_curve, load_variant, plot_curves,  # noqa: E402
-                      plot_title, run_benchmark, set_threads, train_settings, train_variants, use_quick_setting)
+from _textgan import (VARIANTS, benchmark_arguments, compare_with_curve, guided_points, load_residual,  # noqa: E402
+                      load_variant, plot_curves, plot_title, run_benchmark, set_threads, train_settings,
+                      train_variants, use_quick_setting)
 
 from aigc.metrics.text_gan import References, bleu, self_bleu  # noqa: E402
 from aigc.textgan import generator as gen  # noqa: E402
@@ -45,7 +48,8 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.quick:
         use_quick_setting(args, seeds="0,1,2", temperatures="0.8,1.0,1.2", hypotheses=200, self_bleu_sentences=200,
-                          max_iters=200, adv_rounds=3, d_pretrain_steps=20, rollouts=2)
+                          max_iters=200, adv_rounds=3, d_pretrain_steps=20, rollouts=2, mle_eval_every=50,
+                          residual_steps=50, guided_k=[4], guided_samples=100, guided_temperatures="1.0")
     return args
 
 
@@ -54,14 +58,14 @@ def train_config(args: argparse.Namespace) -> TextGanTrainConfig:
 
 
 def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
-    """Train one seed's three generators and score each at every temperature:
-    (training seconds per variant, results[variant][temperature][metric])."""
+    """Train one seed's runs and score each at every temperature:
+    (training seconds per run, results[variant][temperature][metric])."""
     set_threads(args.threads)
     test_sentences = read_lines(COCO / "test.txt")
     references = References(test_sentences, 5)
-    seconds = train_variants(train_config(args), args.out, seed)
+    seconds = train_variants(train_config(args), args.out, seed, args.runs, args.residual_steps)
     results: dict[str, dict] = {}
-    for variant in VARIANTS:
+    for variant in [v for v in VARIANTS if v == "mle" or v in args.runs]:
         model, codec = load_variant(args.out, seed, variant)
         test = codec.encode(test_sentences, model.config.block_size)
         temperatures = args.temperatures.split(",")
@@ -71,14 +75,31 @@ def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
             g = torch.Generator().manual_seed(1000 * seed + i)
             sentences = codec.decode(gen.sample(model, args.hypotheses, codec.bos, float(temp), generator=g,
                                                 eos=codec.eos))
-            results[variant][temp] = {
-                **{f"bleu{n}": bleu(sentences, references, n) for n in (2, 3, 4, 5)},
-                **{f"self_bleu{n}": self_bleu(sentences[:args.self_bleu_sentences], n) for n in (2, 3, 4)},
-                "nll_test": nll_test[i],
-                "empty": sum(not s for s in sentences) / len(sentences),
-            }
+            results[variant][temp] = {**text_scores(sentences, references, args), "nll_test": nll_test[i]}
         print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0")), flush=True)
+    if "residual" in args.runs:
+        results.update(score_guided(args, seed, references))
     return seconds, results
+
+
+def text_scores(sentences: list[list[str]], references: References, args: argparse.Namespace) -> dict:
+    return {**{f"bleu{n}": bleu(sentences, references, n) for n in (2, 3, 4, 5)},
+            **{f"self_bleu{n}": self_bleu(sentences[:args.self_bleu_sentences], n) for n in (2, 3, 4)},
+            "empty": sum(not s for s in sentences) / len(sentences)}
+
+
+def score_guided(args: argparse.Namespace, seed: int, references: References) -> dict[str, dict]:
+    """The guided points of one seed at every guided temperature: results[variant][temperature]."""
+    model, disc, codec = load_residual(args.out, seed)
+    results: dict[str, dict] = {}
+    for i, temp in enumerate(args.guided_temperatures.split(",")):
+        g = torch.Generator().manual_seed(1000 * seed + 500 + i)
+        for name, point in guided_points(model, disc, codec, float(temp), args, g).items():
+            sentences = codec.decode(point.pop("tokens")[:args.hypotheses])
+            results.setdefault(name, {})[temp] = {**text_scores(sentences, references, args), **point}
+    for name in results:
+        print(f"seed {seed} {name}: T=1.0 " + json.dumps(results[name].get("1.0")), flush=True)
+    return results
 
 
 def main() -> None:
@@ -95,7 +116,7 @@ def main() -> None:
         return {"references": len(test_sentences), "test_oov_rate": oov, "published_bleu_2345": PUBLISHED,
                 "targets": verdict}
 
-    run_benchmark(args, measure_seed, METRICS, train_config(args), report)
+    run_benchmark(args, measure_seed, (*METRICS, "generated_per_sample"), train_config(args), report)
 
 
 def targets(summary: dict) -> dict:
@@ -103,23 +124,28 @@ def targets(summary: dict) -> dict:
     if "1.0" not in summary["mle"]:
         return {}
     limit = summary["mle"]["1.0"]["self_bleu4"][0]
-    eligible = {t: s["bleu4"][0] for t, s in summary["adversarial"].items() if s["self_bleu4"][0] <= limit}
-    best = max(eligible.items(), key=lambda item: item[1]) if eligible else None
-    return {"mle_self_bleu4_at_T1": limit, "best_adversarial_bleu4_within_that_diversity": best,
-            "beats_relgan_0.502": bool(best and best[1] > 0.502),
-            **{f"{variant}_vs_mle_curve": compare_with_curve(summary, variant, "self_bleu4", "bleu4", -1.0)
-               for variant in ("adversarial", "constant")}}
+    out = {"mle_self_bleu4_at_T1": limit}
+    for variant in [v for v in summary if v not in ("mle", "constant")]:
+        eligible = {t: s["bleu4"][0] for t, s in summary[variant].items() if s["self_bleu4"][0] <= limit}
+        best = max(eligible.items(), key=lambda item: item[1]) if eligible else None
+        out[f"best_{variant}_bleu4_within_that_diversity"] = best
+        out[f"{variant}_beats_relgan_0.502"] = bool(best and best[1] > 0.502)
+    for variant in [v for v in summary if v != "mle"]:
+        out[f"{variant}_vs_mle_curve"] = compare_with_curve(summary, variant, "self_bleu4", "bleu4", -1.0)
+    return out
 
 
 def print_table(summary: dict, verdict: dict, args: argparse.Namespace, oov: float) -> None:
     print(f"\nBLEU: {args.hypotheses} generated sentences per point against all test captions; Self-BLEU over "
           f"{args.self_bleu_sentences}; test tokens outside the training vocabulary: {oov:.2%}")
-    print("| generator | T | BLEU-2 | BLEU-3 | BLEU-4 | BLEU-5 | Self-BLEU-2 | Self-BLEU-3 | Self-BLEU-4 | NLL-test |")
-    print("|---|---|" + "---|" * 8)
-    for variant in VARIANTS:
-        for temp, s in summary[variant].items():
-            cells = " | ".join(f"{s[m][0]:.3f} ± {s[m][1]:.3f}" for m in METRICS)
-            print(f"| {variant} | {temp} | {cells} |")
+    print("| generator | T | BLEU-2 | BLEU-3 | BLEU-4 | BLEU-5 | Self-BLEU-2 | Self-BLEU-3 | Self-BLEU-4 | NLL-test "
+          "| generated per sample |")
+    print("|---|---|" + "---|" * 9)
+    for variant in summary:
+        for temp, s in sorted(summary[variant].items(), key=lambda item: float(item[0])):
+            cells = " | ".join(f"{s[m][0]:.3f} ± {s[m][1]:.3f}" if m in s else "" for m in METRICS)
+            cost = f"{s['generated_per_sample'][0]:.1f}" if "generated_per_sample" in s else "1"
+            print(f"| {variant} | {temp} | {cells} | {cost} |")
     print("published BLEU-2/3/4/5: " + ", ".join(f"{k} {'/'.join(map(str, v))}" for k, v in PUBLISHED.items()))
     print("targets: " + json.dumps(verdict))
 

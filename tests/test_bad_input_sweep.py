@@ -130,6 +130,10 @@ def world(tmp_path_factory, one_thread) -> World:
         (p["broken_idx"] / name).write_bytes(p["broken_gz"].read_bytes())
     p["ids"] = root / "ids.txt"
     p["ids"].write_text("".join(f"{i % 10} {(i + 1) % 10} {(i + 2) % 10} {(i + 3) % 10}\n" for i in range(80)))
+    p["textgan"] = root / "textgan_run"  # with a discriminator, for `textgan sample --guided`
+    _run_quietly(["textgan", "train", "--data", str(p["ids"]), "--vocab-size", "10", "--max-iters", "1",
+                  "--d-pretrain-steps", "1", "--mode", "residual", "--n-layer", "1", "--n-head", "1", "--n-embd",
+                  "8", "--batch-size", "8", "--device", "cpu", "--tracker", "none", "--out", str(p["textgan"])])
     p["bad_ids"] = root / "bad_ids.txt"
     p["bad_ids"].write_text("1 2 3 4\n5 6 ² 7\n")
     p["jsonl"] = root / "train.jsonl"
@@ -217,6 +221,8 @@ def base_flags(w: World) -> dict[str, dict[str, str | None]]:
         "textgan train": {"data": w["ids"], "vocab-size": "10", "max-iters": "1", "d-pretrain-steps": "1",
                           "adv-rounds": "1", "rollouts": "1", "n-layer": "1", "n-head": "1", "n-embd": "8",
                           "batch-size": "8", "device": "cpu", "out": str(s / "tg")},
+        "textgan sample": {"run": w["textgan"], "n": "2", "guided": "2", "out": str(s / "samples.txt"),
+                           "device": "cpu"},
     }
 
 

@@ -23,7 +23,7 @@ from aigc.gan.config import GanEvalConfig, GanRestoreConfig, GanSampleConfig, Ga
 from aigc.gpt.config import (GptEvalConfig, GptExportHfConfig, GptFinetuneConfig, GptGenerateConfig, GptImportHfConfig,
                              GptMergeConfig, GptTrainConfig)
 from aigc.serve.config import ServeConfig
-from aigc.textgan.config import TextGanTrainConfig
+from aigc.textgan.config import TextGanSampleConfig, TextGanTrainConfig
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Command:
 AREAS = {
     "gan": "image GANs: train, sample, eval, restore",
     "gpt": "GPT language models: train, generate, eval, finetune, merge, export-hf, import-hf, export-onnx",
-    "textgan": "adversarial training of a GPT text generator (SeqGAN): train",
+    "textgan": "adversarial training of a GPT text generator (SeqGAN) and guided sampling: train, sample",
 }
 
 COMMANDS = [
@@ -75,6 +75,8 @@ COMMANDS = [
                            "metrics", ServeConfig, "aigc.serve.cli:serve"),
     Command("textgan", "train", "train a GPT generator by MLE, then adversarially against a discriminator (SeqGAN)",
             TextGanTrainConfig, "aigc.textgan.train:train"),
+    Command("textgan", "sample", "sequences of a text-GAN run, optionally guided by its discriminator (importance "
+                                 "resampling, rejection)", TextGanSampleConfig, "aigc.textgan.sample:sample"),
 ]
 
 

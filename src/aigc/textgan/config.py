@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigc.config import option, require
+from aigc.config import DEVICE_CHOICES, option, require
 from aigc.training.options import RunOptions
 
 DISCRIMINATORS = ("cnn", "transformer")
 REWARDS = ("discriminator", "constant")
+MODES = ("reinforce", "residual")
 CONSTANT_REWARD = 0.5  # the control's verdict: "can't tell", for every sequence
 
 
@@ -25,6 +26,11 @@ class TextGanTrainConfig(RunOptions):
     base: str | None = option(None, "start from this run's generator instead of MLE pretraining: a textgan run "
                                     "(e.g. an MLE-only one) or a GPT run (`aigc gpt train`; --data is then text "
                                     "lines in its tokens, each a sequence ended by a newline)")
+    mode: str = option("reinforce", "reinforce: SeqGAN's adversarial rounds (policy gradients with the "
+                                     "discriminator's rewards); residual: the generator stays as MLE made it and "
+                                     "only the discriminator trains, as an energy on top of it (Deng et al. 2020), "
+                                     "for guided sampling (`aigc textgan sample --guided K`); it trains for "
+                                     "--d-pretrain-steps and has no adversarial rounds", choices=MODES)
     n_layer: int = option(2, "generator: Transformer blocks")
     n_head: int = option(4, "generator: attention heads")
     n_embd: int = option(64, "generator: embedding width")
@@ -33,6 +39,8 @@ class TextGanTrainConfig(RunOptions):
     max_iters: int = option(2000, "MLE pretraining steps (ignored with --base)")
     lr: float = option(1e-3, "MLE learning rate (AdamW)")
     val_fraction: float = option(0.05, "share of the training sequences held out for validation NLL")
+    early_stop: bool = option(False, "end the MLE phase with the generator of its lowest validation NLL (evaluated "
+                                     "every --eval-every steps) rather than its last")
     disc: str = option("cnn", "discriminator", choices=DISCRIMINATORS)
     d_pretrain_steps: int = option(300, "discriminator steps on real vs generated before the adversarial rounds")
     d_lr: float = option(1e-3, "discriminator learning rate (Adam; SeqGAN's 1e-4 leaves it at chance after "
@@ -68,3 +76,42 @@ class TextGanTrainConfig(RunOptions):
         require(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         require(0 <= self.val_fraction < 1, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         require(min(self.lr, self.d_lr, self.g_lr) > 0, "learning rates must be positive")
+        require(not self.early_stop or self.val_fraction > 0, "--early-stop needs validation sequences: "
+                                                              "a positive --val-fraction")
+        require(self.mode != "residual" or self.reward == "discriminator",
+                "--mode residual trains a discriminator; --reward constant has none")
+
+
+MAX_GUIDED_GENERATED = 10_000_000  # sequences `textgan sample` may draw in all (--n x --guided, or the rejection's)
+
+
+@dataclass
+class TextGanSampleConfig:
+    run: str | None = option(None, "text-GAN run directory (required); --guided and --accept-rate need its "
+                                   "discriminator, best one trained with --mode residual")
+    n: int = option(10, "sequences to write", minimum=1)
+    temperature: float = option(1.0, "sampling temperature of the generator's candidates", minimum=1e-3,
+                                maximum=100)
+    guided: int = option(1, "discriminator-guided: draw K candidates per sequence from the generator and keep "
+                            "one, with probability proportional to exp(discriminator logit) (importance "
+                            "resampling from the residual energy model); 1 is plain sampling", minimum=1,
+                         maximum=100_000)
+    accept_rate: float | None = option(None, "instead of --guided: discriminator rejection sampling, keeping each "
+                                             "candidate with probability min(1, exp(logit - c)), c calibrated on "
+                                             "--calibration samples so that this share is kept (cost 1/rate "
+                                             "candidates per sequence)", minimum=1e-6, maximum=1)
+    calibration: int = option(10_000, "generated sequences the rejection threshold is calibrated on", minimum=100,
+                              maximum=MAX_GUIDED_GENERATED)
+    out: str | None = option(None, "write the sequences here, one a line (default: standard output)")
+    seed: int = option(0, "random seed")
+    device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
+
+    def validate(self) -> None:
+        require(self.run is not None, "--run RUN is required")
+        require(self.accept_rate is None or self.guided == 1, "--guided and --accept-rate are two samplers: "
+                                                              "give one of them")
+        require(self.n * self.guided <= MAX_GUIDED_GENERATED,
+                f"--n x --guided would draw {self.n * self.guided} sequences; at most {MAX_GUIDED_GENERATED}")
+        require(self.accept_rate is None or self.n / self.accept_rate <= MAX_GUIDED_GENERATED,
+                f"--n / --accept-rate would draw about {self.n / (self.accept_rate or 1):.0f} sequences; "
+                f"at most {MAX_GUIDED_GENERATED}")

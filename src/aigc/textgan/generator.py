@@ -42,24 +42,31 @@ def nll(model: GPT, tokens: torch.Tensor, bos: int, temperature: float = 1.0, ba
     return nll_at_temperatures(model, tokens, bos, [temperature], batch_size)[0]
 
 
-@torch.no_grad()
 def nll_at_temperatures(model: GPT, tokens: torch.Tensor, bos: int, temperatures: list[float],
                         batch_size: int = 500) -> list[float]:
-    """``nll`` at each temperature, reading the tokens once. With logits z shifted by their row
-    maximum (the same shift serves every temperature), -log p_T(y) = log sum exp(z / T) - z_y / T:
-    one exp pass per temperature, about half the work of a log_softmax."""
+    """``nll`` at each temperature, reading the tokens once."""
+    totals = sequence_nll_at_temperatures(model, tokens, bos, temperatures, batch_size).sum(dim=1)  # (T,)
+    return [total / tokens.numel() for total in totals.tolist()]
+
+
+@torch.no_grad()
+def sequence_nll_at_temperatures(model: GPT, tokens: torch.Tensor, bos: int, temperatures: list[float],
+                                 batch_size: int = 500) -> torch.Tensor:
+    """-log p_T(x) (T, N), summed over each sequence of tokens (N, L), at each temperature T. With
+    logits z shifted by their row maximum (the same shift serves every temperature),
+    -log p_T(y) = log sum exp(z / T) - z_y / T: one exp pass per temperature, about half the
+    work of a log_softmax."""
     was_training = model.training
     model.eval()
-    totals = [0.0] * len(temperatures)
+    chunks = []
     for chunk in tokens.split(batch_size):
         logits = masked_logits(model(with_bos(chunk, bos))[0], bos)  # (b, L, V)
         shifted = logits - logits.amax(dim=-1, keepdim=True)  # (b, L, V), all <= 0: exp cannot overflow
         chosen = shifted.gather(2, chunk[..., None]).squeeze(2)  # (b, L)
-        for i, temperature in enumerate(temperatures):
-            log_total = (shifted / temperature).exp_().sum(dim=-1).log_()  # (b, L)
-            totals[i] += (log_total - chosen / temperature).sum().item()
+        chunks.append(torch.stack([((shifted / t).exp_().sum(dim=-1).log_() - chosen / t).double().sum(dim=1)
+                                   for t in temperatures]))  # (T, b)
     model.train(was_training)
-    return [total / tokens.numel() for total in totals]
+    return torch.cat(chunks, dim=1)
 
 
 def sample_into(model: GPT, cache: KVCache, logits: torch.Tensor, tokens: torch.Tensor, start: int, bos: int,

@@ -38,6 +38,25 @@ def load_textgan(run: str | Path, device: torch.device | str = "cpu") -> TextGan
     return TextGanRun(model.to(device).eval(), Codec.load(run), run_config, run)
 
 
+def load_discriminator(loaded: TextGanRun, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The discriminator of a text-GAN run's last checkpoint (eval mode), e.g. the energy of a
+    ``--mode residual`` run for guided sampling."""
+    from aigc.textgan.discriminators import build_discriminator
+
+    path = runs.checkpoint_dir(loaded.path, "last") / DISC_FILE
+    if not path.is_file():
+        raise UserError(f"{loaded.path} has no discriminator (it was trained with --reward constant); guided "
+                        "sampling needs a run trained with one, e.g. --mode residual")
+    kind = loaded.run_config.get("train", {}).get("disc", "cnn")
+    disc = build_discriminator(kind, loaded.codec.model_vocab, loaded.model.config.block_size)
+    try:
+        disc.load_state_dict(runs.load_weights(path)[0])
+    except RuntimeError as exc:
+        raise UserError(f"the discriminator in {path} does not match its run's config ({kind}): "
+                        f"{str(exc).splitlines()[0]}") from None
+    return disc.to(device).eval()
+
+
 def load_base(run: str | Path) -> tuple[GPT, Codec]:
     """The generator to start from: a textgan run's, or a pretrained GPT run's grown by one
     embedding row for the start token (a copy of the newline token's: lines start after one)."""

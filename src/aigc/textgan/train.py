@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import statistics
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from aigc.training import distributed, loop
 from aigc.training.samplers import RandomBatches
 
 ORACLE_EVAL_SAMPLES = 1000
+BEST_MLE_FILE = "mle-best.safetensors"  # --early-stop's best generator so far, while the MLE phase runs
 # Settings a resumed run takes from the command line; all others come from the saved run.
 RESUME_OVERRIDABLE = {"adv_rounds", "time_budget", "log_every", "eval_every", "save_every", "device", "out",
                       "resume", "tracker"}
@@ -177,8 +179,12 @@ class TextGanTrainer:
         self.d_opt = torch.optim.Adam(disc.parameters(), lr=config.d_lr) if disc is not None else None
         mle = 0 if config.base else config.max_iters
         d_pretrain = 0 if disc is None else config.d_pretrain_steps
-        self.phases = [("mle", mle), ("d-pretrain", d_pretrain), ("adversarial", config.adv_rounds)]
-        self.total = mle + d_pretrain + config.adv_rounds
+        adversarial = config.adv_rounds if config.mode == "reinforce" else 0
+        self.phases = [("mle", mle), ("d-pretrain", d_pretrain), ("adversarial", adversarial)]
+        self.total = mle + d_pretrain + adversarial
+        self.mle_end = mle
+        # --early-stop: the generator of the lowest validation NLL so far, and where it was
+        self.best_val_nll, self.best_step, self.best_weights = math.inf, 0, None
         # A phase's last step always logs, evaluates and saves.
         self.boundaries = frozenset(end for end in itertools.accumulate(n for _, n in self.phases) if end > 0)
         self.last_phase = self.phase(0) if self.total else "mle"
@@ -261,11 +267,16 @@ class TextGanTrainer:
         """Validation NLL of the generator and, with an oracle, NLL-oracle of its samples (drawn
         with a generator of their own: evaluating leaves the training trajectory alone). None
         while only the discriminator trains, but at the end of that phase."""
-        if self.last_phase == "d-pretrain" and step not in self.boundaries:
-            return {}
-        out = {}
+        if self.last_phase == "d-pretrain":
+            out = self.held_out_discrimination()
+            if step not in self.boundaries:
+                return out
+        else:
+            out = {}
         if len(self.val_seqs):
             out["val_nll"] = gen.nll(self.model, self.val_seqs, self.codec.bos)
+            if self.config.early_stop and self.last_phase == "mle":
+                out.update(self.keep_best(step, out["val_nll"]))
         if self.oracle is not None:
             generator = torch.Generator(self.val_seqs.device).manual_seed(self.config.seed)
             samples = gen.sample(self.model, ORACLE_EVAL_SAMPLES, self.codec.bos, generator=generator,
@@ -273,13 +284,39 @@ class TextGanTrainer:
             out["nll_oracle"] = self.oracle.nll(samples.cpu())
         return out
 
+    def keep_best(self, step: int, val_nll: float) -> dict[str, float]:
+        """--early-stop: remember the generator if its validation NLL is the lowest so far; at the
+        end of the MLE phase, go back to the best one (what follows starts from it)."""
+        if val_nll < self.best_val_nll:
+            self.best_val_nll, self.best_step = val_nll, step
+            self.best_weights = {name: t.detach().clone() for name, t in self.model.weights().items()}
+        if step != self.mle_end:
+            return {}
+        self.model.load_weights(self.best_weights)
+        return {"early_stop_step": self.best_step, "early_stop_val_nll": self.best_val_nll}
+
+    @torch.no_grad()
+    def held_out_discrimination(self) -> dict[str, float]:
+        """The discriminator's loss and accuracy on the held-out real sequences against as many
+        fresh generated ones (drawn with a generator of their own): whether it learned real
+        text or memorised the training sequences."""
+        if not len(self.val_seqs):
+            return {}
+        generator = torch.Generator(self.val_seqs.device).manual_seed(self.config.seed + 1)
+        fake = gen.sample(self.model, len(self.val_seqs), self.codec.bos, generator=generator, eos=self.codec.eos)
+        self.disc.eval()
+        loss, accuracy = discriminator_loss(self.disc, self.val_seqs, fake)
+        return {"d_val_loss": loss.item(), "d_val_accuracy": accuracy}
+
     def best(self) -> None:
-        return None  # what is saved last is what gets reported
+        return None  # what is saved last is what gets reported (--early-stop picks within the MLE phase)
 
     def weights(self) -> dict[str, dict[str, torch.Tensor]]:
         weights = {WEIGHTS_FILE: self.model.weights()}
         if self.disc is not None:
             weights[DISC_FILE] = self.disc.state_dict()
+        if self.best_weights is not None and self.last_phase == "mle":  # resuming mid-MLE needs it
+            weights[BEST_MLE_FILE] = self.best_weights
         return weights
 
     def state_dict(self) -> dict:
@@ -287,7 +324,7 @@ class TextGanTrainer:
         if self.d_opt is not None:
             optimizers["discriminator"] = self.d_opt.state_dict()
         return {"optimizers": optimizers, "samplers": {"sequences": self.sampler.state_dict()}, "rng": {},
-                "trainer": {}}
+                "trainer": {"best_val_nll": self.best_val_nll, "best_step": self.best_step}}
 
     def load_state(self, folder: Path, state: dict) -> None:
         load_into(self.model, folder / WEIGHTS_FILE)
@@ -295,4 +332,8 @@ class TextGanTrainer:
             self.disc.load_state_dict(load_weights(folder / DISC_FILE)[0])
             self.d_opt.load_state_dict(state["optimizers"]["discriminator"])
         self.g_opt.load_state_dict(state["optimizers"]["generator"])
+        self.best_val_nll = state["trainer"].get("best_val_nll", math.inf)
+        self.best_step = state["trainer"].get("best_step", 0)
+        if (folder / BEST_MLE_FILE).is_file():
+            self.best_weights = load_weights(folder / BEST_MLE_FILE)[0]
         self.sampler.load_state_dict(state["samplers"]["sequences"])
