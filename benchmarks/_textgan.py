@@ -287,14 +287,21 @@ def guided_points(model, disc, codec, temperature: float, args: argparse.Namespa
                                                                      args.accept_rate)
         points[f"rejection-{round(1 / args.accept_rate)}"] = (
             kept[:n], {"generated_per_sample": len(pool.tokens) / len(kept), "threshold": threshold}, log_p)
+    ideal = {} if test is None else ideal_nll_test(pool.scores, test, test_log_q, test_scores)
     out = {}
-    log_z = guided.LogPartition.estimate(pool.scores)
     for name, (tokens, extra, log_p) in points.items():
-        out[name] = {"tokens": tokens, **extra}
+        out[name] = {"tokens": tokens, **extra, **ideal}
         if test is not None:
             out[name]["nll_test"] = -log_p.sum().item() / test.numel()
-            ebm = guided.ebm_log_prob(test_log_q, test_scores, log_z)
-            out[name]["ebm_nll_test"] = -ebm.sum().item() / test.numel()
-            out[name]["ebm_nll_test_interval"] = [(-ebm.sum().item() + len(test) * (bound - log_z.value))
-                                                  / test.numel() for bound in (log_z.low, log_z.high)]
     return out
+
+
+def ideal_nll_test(pool_scores: torch.Tensor, test: torch.Tensor, test_log_q: torch.Tensor,
+                   test_scores: torch.Tensor) -> dict:
+    """Per-token NLL-test of the ideal residual model (K -> infinity), with the interval that
+    log Z's brings, from the pool's logits (M,) and the test sequences' log q (N,) and logits (N,)."""
+    log_z = guided.LogPartition.estimate(pool_scores)
+    total = -guided.ebm_log_prob(test_log_q, test_scores, log_z).sum().item()
+    return {"ebm_nll_test": total / test.numel(),
+            "ebm_nll_test_interval": [(total + len(test) * (bound - log_z.value)) / test.numel()
+                                      for bound in (log_z.low, log_z.high)]}

@@ -92,10 +92,16 @@ def resample(candidates: Candidates, k: int, generator: torch.Generator | None =
     return GuidedSamples(tokens[torch.arange(groups), kept], groups * k, 1 / k)
 
 
+def log_acceptance(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """log min(1, exp(s - c)) (N,): the log-probability that the rejection sampler with
+    threshold c keeps each candidate of logits s (N,)."""
+    return (scores.double() - threshold).clamp(max=0)
+
+
 def acceptance_rate(scores: torch.Tensor, threshold: float) -> float:
     """E_q[min(1, exp(s - c))] over the logits (M,) of samples of q: the share a rejection
     sampler with threshold c keeps."""
-    return (scores.double() - threshold).clamp(max=0).exp().mean().item()
+    return log_acceptance(scores, threshold).exp().mean().item()
 
 
 def calibrate_threshold(pool_scores: torch.Tensor, rate: float, iterations: int = 100) -> float:
@@ -115,23 +121,22 @@ def calibrate_threshold(pool_scores: torch.Tensor, rate: float, iterations: int 
 def rejection_keep(scores: torch.Tensor, threshold: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Which candidates (N,) a rejection sampler with threshold c keeps: each with probability min(1, exp(s - c))."""
     u = torch.rand(scores.shape, generator=generator, dtype=torch.float64)
-    return u < (scores.double() - threshold).clamp(max=0).exp()
+    return u < log_acceptance(scores, threshold).exp()
 
 
 def rejection_sample(model: GPT, disc: torch.nn.Module, n: int, threshold: float, bos: int,
                      temperature: float = 1.0, generator: torch.Generator | None = None, eos: int | None = None,
-                     batch_size: int = 2000, max_generated: int | None = None) -> GuidedSamples:
+                     batch_size: int = 2000) -> GuidedSamples:
     """n sequences by discriminator rejection sampling with threshold c (``calibrate_threshold``),
-    drawing candidates in batches until n are kept (or ``max_generated`` are drawn: then fewer)."""
+    drawing candidates in batches until n are kept."""
     kept, generated, have = [], 0, 0
-    while have < n and (max_generated is None or generated < max_generated):
+    while have < n:
         candidates = draw_candidates(model, disc, batch_size, bos, temperature, generator, eos)
         generated += batch_size
         chosen = candidates.tokens[rejection_keep(candidates.scores, threshold, generator)]
         kept.append(chosen)
         have += len(chosen)
-    tokens = torch.cat(kept)[:n] if kept else torch.empty(0, model.config.block_size, dtype=torch.long)
-    return GuidedSamples(tokens, generated, have / max(generated, 1))
+    return GuidedSamples(torch.cat(kept)[:n], generated, have / generated)
 
 
 # --- the density of what each sampler outputs -----------------------------------------------
@@ -165,7 +170,7 @@ def sir_log_prob(log_q: torch.Tensor, scores: torch.Tensor, pool_scores: torch.T
 
 def rejection_log_prob(log_q: torch.Tensor, scores: torch.Tensor, threshold: float, rate: float) -> torch.Tensor:
     """log of the density (N,) of the rejection sampler's output: q(x) min(1, exp(s(x) - c)) / rate."""
-    return log_q.double() + (scores.double() - threshold).clamp(max=0) - math.log(rate)
+    return log_q.double() + log_acceptance(scores, threshold) - math.log(rate)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from aigc.loading import run_kind
 from aigc.gpt.loading import GPT_KIND, load_gpt, load_into, model_config_of
 from aigc.gpt.model import GPT
 from aigc.textgan.data import Codec
+from aigc.textgan.discriminators import build_discriminator
 
 TEXTGAN_KIND = "textgan"
 DISC_FILE = "discriminator.safetensors"
@@ -41,8 +42,6 @@ def load_textgan(run: str | Path, device: torch.device | str = "cpu") -> TextGan
 def load_discriminator(loaded: TextGanRun, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The discriminator of a text-GAN run's last checkpoint (eval mode), e.g. the energy of a
     ``--mode residual`` run for guided sampling."""
-    from aigc.textgan.discriminators import build_discriminator
-
     path = runs.checkpoint_dir(loaded.path, "last") / DISC_FILE
     if not path.is_file():
         raise UserError(f"{loaded.path} has no discriminator (it was trained with --reward constant); guided "

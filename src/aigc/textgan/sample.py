@@ -37,9 +37,14 @@ def sample(cfg: TextGanSampleConfig) -> list[str]:
         sys.stdout.write(text)
     else:
         runs.atomic_write(out, lambda tmp: Path(tmp).write_text(text))
-    how = ("plain sampling" if not guiding else f"importance resampling from {cfg.guided} candidates"
-           if cfg.accept_rate is None else f"rejection sampling calibrated to keep {cfg.accept_rate:g} "
-                                           f"(on {cfg.calibration} sequences, not counted below)")
-    print(f"{len(lines)} sequences by {how} at temperature {cfg.temperature:g}: {drawn.generated} generated, "
+    print(f"{len(lines)} sequences by {_sampler_text(cfg)} at temperature {cfg.temperature:g}: "
+          f"{drawn.generated} generated, "
           f"{drawn.cost:.2f} per sequence kept" + (f" -> {out}" if out else ""), file=sys.stderr)
     return lines
+
+
+def _sampler_text(cfg: TextGanSampleConfig) -> str:
+    if cfg.accept_rate is not None:
+        return (f"rejection sampling calibrated to keep {cfg.accept_rate:g} "
+                f"(on {cfg.calibration} sequences, not counted below)")
+    return f"importance resampling from {cfg.guided} candidates" if cfg.guided > 1 else "plain sampling"
