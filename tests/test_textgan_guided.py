@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from aigc.textgan import generator as gen
 from aigc.textgan import guided
 from aigc.textgan.discriminators import build_discriminator
 from aigc.textgan.loading import load_discriminator, load_textgan
+from aigc.textgan.train import TextGanTrainer
 from conftest import assert_one_line_error
 from test_textgan import SMALL, oracle_args, tiny_gpt
 
@@ -162,16 +165,27 @@ def test_early_stop_ends_the_mle_phase_at_the_validation_minimum(tmp_path, run_c
     load_discriminator(load_textgan(run))  # residual runs keep their discriminator
 
 
-def test_early_stop_resumes_with_its_best_generator(tmp_path, run_cli):
+def test_early_stop_resumes_with_its_best_generator(tmp_path, run_cli, monkeypatch):
     data = ["--data", "oracle", "--oracle", oracle_args(tmp_path)[3], "--oracle-samples", "48",
             "--oracle-length", "6"]
     one = ["--early-stop", "--adv-rounds", "0", "--d-pretrain-steps", "0"]
     status, _, err = run_cli("textgan", "train", *data, *OVERFIT, *one, "--out", tmp_path / "full")
     assert status == 0, err
-    status, _, err = run_cli("textgan", "train", *data, *OVERFIT, *one, "--time-budget", "0.5s",
-                             "--out", tmp_path / "split")
-    assert status == 0, err
-    status, _, err = run_cli("textgan", "train", "--resume", "--time-budget", "1h", "--out", tmp_path / "split")
+    # Ctrl-C during MLE step 70 (after the best so far was kept): the run saves and stops there
+    mle_step, calls = TextGanTrainer.mle_step, []
+
+    def interrupted_at_70(self, *args):
+        calls.append(1)
+        if len(calls) == 70:
+            os.kill(os.getpid(), signal.SIGINT)
+        return mle_step(self, *args)
+
+    monkeypatch.setattr(TextGanTrainer, "mle_step", interrupted_at_70)
+    status, _, err = run_cli("textgan", "train", *data, *OVERFIT, *one, "--out", tmp_path / "split")
+    assert status == 130, err
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "split" / "checkpoint.json").read_text())["step"] == 70
+    status, _, err = run_cli("textgan", "train", "--resume", "--out", tmp_path / "split")
     assert status == 0, err
     full, split = (load_textgan(tmp_path / name).model.state_dict() for name in ("full", "split"))
     assert all(torch.equal(full[name], split[name]) for name in full)
