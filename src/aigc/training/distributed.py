@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import socket
+import time
 from typing import Iterator
 
 import torch
@@ -67,14 +69,48 @@ def setup(config, fsdp: bool = False) -> None:
         return
     cuda = device(config).type == "cuda"
     backend = config.dist_backend if config.dist_backend != "auto" else "nccl" if cuda else "gloo"
+    timeout = datetime.timedelta(seconds=config.dist_timeout)
     try:
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=config.dist_timeout),
-                                device_id=device(config) if cuda else None)
+        store = _store_of_this_group(timeout)
+        dist.init_process_group(backend, timeout=timeout, device_id=device(config) if cuda else None,
+                                **({} if store is None else dict(store=store, rank=int(os.environ["RANK"]),
+                                                                  world_size=int(os.environ["WORLD_SIZE"]))))
     except (RuntimeError, ValueError) as exc:  # DistStoreError and DistNetworkError are RuntimeErrors
         first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise UserError(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not join the other "
                         f"processes within --dist-timeout {config.dist_timeout:g} s at "
                         f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} ({first})") from None
+
+
+def _store_of_this_group(timeout: datetime.timedelta):
+    """A key-value store that holds nothing from an earlier group, when torchrun shares its own.
+
+    torchrun (c10d rendezvous, torch 2.13) hands every group of workers the same store, the
+    agent's, and keeps it across ``--max-restarts``: a restarted group can then read the
+    addresses the killed group published there and fail to connect (gloo connectFullMesh
+    "Connection refused"; pytorch/pytorch#135712). So rank 0 starts a new store of its own and
+    publishes its port in the agent's; the other ranks take the port once a server answers
+    there (a port left by a killed group answers no more). None when torchrun shares no store:
+    ``init_process_group`` then makes its own from MASTER_ADDR and MASTER_PORT."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    host = os.environ["MASTER_ADDR"]
+    shared = dist.TCPStore(host, int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    key = f"aigc/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/store-port"
+    if int(os.environ["RANK"]) == 0:
+        own = dist.TCPStore(host, 0, is_master=True, wait_for_workers=False, timeout=timeout)
+        shared.set(key, str(own.port))
+        return own
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        port = int(shared.get(key))  # waits for the key; may be a killed group's
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return dist.TCPStore(host, port, is_master=False, timeout=timeout)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no store answered at {host}:{port}") from None
+            time.sleep(0.1)
 
 
 def device(config) -> torch.device:
