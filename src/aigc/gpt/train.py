@@ -71,7 +71,7 @@ def train(config: GptTrainConfig) -> Path:
 
 
 def _processes() -> str:
-    return f", {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+    return f", {distributed.describe()}" if distributed.describe() else ""
 
 
 class GptTrainer:

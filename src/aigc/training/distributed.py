@@ -128,6 +128,14 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def describe() -> str:
+    """"2 processes (gloo)" under torchrun, for the line a run starts with; "" on one process
+    started without it."""
+    if not dist.is_initialized():
+        return ""
+    return f"{world_size()} process{'es' if world_size() > 1 else ''} ({dist.get_backend()})"
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -147,7 +155,7 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     what rank 0 logs, so that a curve of N processes compares with one of one process."""
     if not dist.is_initialized() or not values:
         return values
-    summed = torch.tensor(list(values.values()), dtype=torch.float64)
+    summed = torch.tensor(list(values.values()), dtype=torch.float64, device=_collective_device())
     dist.all_reduce(summed)
     return dict(zip(values, (summed / world_size()).tolist()))
 
@@ -156,9 +164,14 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when it is True on any (stop together: time budgets, Ctrl-C)."""
     if not dist.is_initialized():
         return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def _collective_device() -> torch.device:
+    """Where a tensor must be for a collective of this group: nccl reduces only CUDA tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def wrap(module: nn.Module, strategy: str = "ddp") -> nn.Module:
@@ -175,7 +188,11 @@ def wrap(module: nn.Module, strategy: str = "ddp") -> nn.Module:
             fully_shard(block)
         return fully_shard(module)
     device_ids = [module_device(module).index] if module_device(module).type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+    # broadcast_buffers=False: batch norm keeps its running statistics per rank (each rank
+    # normalises its own batch anyway). Rank 0's copied over them in every forward would also
+    # change, in place, the statistics a CUDA batch norm saved for its backward, which fails
+    # when a GAN's discriminator runs on real and fake images before one backward.
+    return nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
 
 
 def module_device(module: nn.Module) -> torch.device:
