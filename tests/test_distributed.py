@@ -103,13 +103,16 @@ def test_gpt_two_processes_match_one_with_twice_the_batch(gpt_runs):
     assert done.stdout.count("gpt: ") == 1 and "2 processes" in done.stdout  # and printed
 
 
-def test_gan_two_processes_match_one_with_twice_the_batch(root):
+@pytest.mark.parametrize("loss", ["bce", "wgan-gp"])  # wgan-gp: the penalty's interpolation weights too
+def test_gan_two_processes_match_one_with_twice_the_batch(root, loss):
     args = ["gan", "train", "--model", "mlp", "--width", "32", "--z-dim", "8", "--steps", "6", "--log-every", "1",
-            "--sample-every", "3", "--save-every", "3", "--no-amp", "--device", "cpu", "--conditional"]
-    assert aigc(root, *args, "--batch-size", "16", "--out", root / "gan-1").returncode == 0
-    torchrun(root, *args, "--batch-size", "8", "--out", root / "gan-2")
-    assert_same_run(root / "gan-1", root / "gan-2", "d_loss", "g_loss", "d_real")
-    assert sorted(p.name for p in (root / "gan-2" / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
+            "--sample-every", "3", "--save-every", "3", "--no-amp", "--device", "cpu", "--conditional",
+            "--loss", loss, "--n-critic", "2"]
+    assert aigc(root, *args, "--batch-size", "16", "--out", root / f"gan-{loss}-1").returncode == 0
+    torchrun(root, *args, "--batch-size", "8", "--out", root / f"gan-{loss}-2")
+    assert_same_run(root / f"gan-{loss}-1", root / f"gan-{loss}-2", "d_loss", "g_loss", "d_real")
+    assert sorted(p.name for p in (root / f"gan-{loss}-2" / "samples").iterdir()) == ["step_000003.png",
+                                                                                     "step_000006.png"]
 
 
 def test_a_two_process_run_resumes_on_one_process(gpt_runs, root, run_cli):

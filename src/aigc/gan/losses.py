@@ -39,10 +39,13 @@ def mean_negated_generator(fake: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_penalty(discriminator: Callable, real: torch.Tensor, fake: torch.Tensor,
-                     labels: torch.Tensor | None = None) -> torch.Tensor:
+                     labels: torch.Tensor | None = None, alpha: torch.Tensor | None = None) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): E[(||grad_x D(x_hat)||_2 - 1)^2] at random
-    interpolates x_hat between real and fake images (B, C, H, W)."""
-    alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    interpolates x_hat = alpha * real + (1 - alpha) * fake between real and fake images
+    (B, C, H, W); ``alpha`` (B, 1, 1, 1) is drawn uniformly when not given."""
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
+    alpha = alpha.to(real.dtype)
     mixed = (alpha * real + (1 - alpha) * fake.detach()).requires_grad_(True)
     scores = discriminator(mixed, labels)
     (grad,) = torch.autograd.grad(scores.float().sum(), mixed, create_graph=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -105,15 +106,19 @@ class GanTrainer:
         self.throughput = ("images_per_s", cfg.batch_size * self.n_critic * self.world_size)
 
     # --- one training step -------------------------------------------------------------
-    def _sample_noise(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This rank's slice of the global batch of noise (and labels), as the samplers slice images."""
-        batch = self.cfg.batch_size * self.world_size
+    def _my_slice(self, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """This rank's slice of ``draw(global batch size)``: every rank draws the whole global
+        batch of noise from the same generator and keeps its own rows, as the samplers slice
+        images, so N processes draw what one process with N times the batch does."""
         mine = slice(self.rank * self.cfg.batch_size, (self.rank + 1) * self.cfg.batch_size)
-        z = torch.randn(batch, self.model_cfg.z_dim, generator=self.noise, device=self.device)[mine]
+        return draw(self.cfg.batch_size * self.world_size)[mine]
+
+    def _sample_noise(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = self._my_slice(lambda n: torch.randn(n, self.model_cfg.z_dim, generator=self.noise, device=self.device))
         labels = None
         if self.model_cfg.conditional:
-            labels = torch.randint(0, self.model_cfg.num_classes, (batch,), generator=self.noise,
-                                   device=self.device)[mine]
+            labels = self._my_slice(lambda n: torch.randint(0, self.model_cfg.num_classes, (n,),
+                                                            generator=self.noise, device=self.device))
         return z, labels
 
     def _discriminator_update(self, fake: torch.Tensor, fake_labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -125,8 +130,10 @@ class GanTrainer:
             fake_logits = self.train_discriminator(fake.detach(), fake_labels).float()
         loss = self.loss.discriminator(real_logits, fake_logits)
         if self.loss.gradient_penalty:
+            alpha = self._my_slice(lambda n: torch.rand(n, *([1] * (real.dim() - 1)), generator=self.noise,
+                                                        device=self.device))
             loss = loss + self.cfg.gp_weight * gradient_penalty(self.train_discriminator, real, fake.float(),
-                                                                real_labels)
+                                                                real_labels, alpha)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
