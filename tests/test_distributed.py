@@ -251,6 +251,19 @@ def test_fsdp_shards_a_gpt_saves_whole_weights_and_resumes_exactly(gpt_runs, roo
     assert_same_run(gpt_runs[0], out, "loss")
 
 
+def test_a_run_without_fsdp_resumes_sharded_and_a_sharded_one_without(gpt_runs, root, run_cli):
+    """Optimizer states keyed by place (plain runs) and by name (FSDP) load both ways: 4 plain
+    steps resumed sharded to 8 give the uninterrupted plain run (one process: the same batch)."""
+    out = root / "plain-then-fsdp"
+    assert aigc(root, *gpt_args(root, out, 8, max_iters=4, lr_decay_iters=8)).returncode == 0
+    torchrun(root, "gpt", "train", "--resume", "--max-iters", "8", "--strategy", "fsdp", "--out", out,
+             launcher=("--standalone", "--nproc-per-node", "1"))
+    assert_same_run(gpt_runs[0], out, "loss")
+    status, _, err = run_cli("gpt", "train", "--resume", "--max-iters", "10", "--out", out)
+    assert status == 0, err
+    assert json.loads((out / "checkpoint.json").read_text())["last"].endswith("step-000010")
+
+
 def test_fsdp_outside_torchrun_and_for_other_trainers_is_one_line(root, run_cli):
     status, _, err = run_cli(*gpt_args(root, root / "fsdp-alone", 4, strategy="fsdp"))
     assert_one_line_error(status, err, "--strategy fsdp", "torchrun")

@@ -250,4 +250,18 @@ def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer, weights
     tensors, _ = load_weights(weights_file)
     set_model_state_dict(module, {**tensors, "lm_head.weight": tensors["transformer.wte.weight"]},
                          options=_full_options())
-    set_optimizer_state_dict(module, optimizer, optimizer_state, options=_full_options())
+    set_optimizer_state_dict(module, optimizer, _keyed_by_name(module, optimizer, optimizer_state),
+                             options=_full_options())
+
+
+def _keyed_by_name(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """An optimizer state keyed by parameter name, as FSDP's loader wants it. A checkpoint of a
+    run without FSDP keys it by the parameters' places in the optimizer's groups (0, 1, ...);
+    the same model and groups put the same parameters in the same places."""
+    if not any(isinstance(key, int) for key in state["state"]):
+        return state
+    names = {id(parameter): name for name, parameter in module.named_parameters()}
+    name_at = [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
+    return {"state": {name_at[place]: value for place, value in state["state"].items()},
+            "param_groups": [{**group, "params": [name_at[place] for place in group["params"]]}
+                             for group in state["param_groups"]]}
