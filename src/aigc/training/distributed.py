@@ -129,8 +129,8 @@ def teardown() -> None:
 
 
 def describe() -> str:
-    """"2 processes (gloo)" under torchrun, for the line a run starts with; "" on one process
-    started without it."""
+    """This run's processes and backend, such as '2 processes (gloo)', for the line a run
+    starts with; '' for one process started without torchrun."""
     if not dist.is_initialized():
         return ""
     return f"{world_size()} process{'es' if world_size() > 1 else ''} ({dist.get_backend()})"
@@ -258,7 +258,7 @@ def _keyed_by_name(module: nn.Module, optimizer: torch.optim.Optimizer, state: d
     """An optimizer state keyed by parameter name, as FSDP's loader wants it. A checkpoint of a
     run without FSDP keys it by the parameters' places in the optimizer's groups (0, 1, ...);
     the same model and groups put the same parameters in the same places."""
-    if not any(isinstance(key, int) for key in state["state"]):
+    if not any(isinstance(place, int) for group in state["param_groups"] for place in group["params"]):
         return state
     names = {id(parameter): name for name, parameter in module.named_parameters()}
     name_at = [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
