@@ -25,7 +25,6 @@ from aigc.textgan.config import TextGanTrainConfig
 from aigc.textgan.loading import load_discriminator, load_textgan
 from aigc.textgan.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = ("mle", "adversarial", "constant")  # trained generators, each scored as it is
 RUNS = (*VARIANTS, "residual")  # what --runs may name; residual: the discriminator of the guided points
@@ -72,7 +71,9 @@ def benchmark_arguments(description: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="seeds measured at once, each in its own process with "
                    "--threads threads (2 or 3 on a 2-core machine: see README)")
     p.add_argument("--out", type=Path, default=OUT_DIR / name)
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / f"{name.replace('_', '-')}.png")
+    p.add_argument("--plot", type=Path, default=OUT_DIR / f"{name}.png",
+                   help="the curves' picture (give docs/img/... for a run that goes into the docs: by default "
+                   "a --quick run must not overwrite a committed plot)")
     return p
 
 
