@@ -4,10 +4,10 @@
 # evaluation and the server. Each step's output goes to $LOG_DIR; timings are read off the runs'
 # metrics by benchmarks/cuda_summary.py.
 #
-#   DATA=dir-with-shakespeare.txt LOG_DIR=out bash benchmarks/cuda_check.sh
+#   TEXT=../shared/data/shakespeare/input.txt LOG_DIR=out bash benchmarks/cuda_check.sh
 set -uo pipefail
 DEVICE=${DEVICE:-cuda}
-DATA=${DATA:-../shared/data/shakespeare}
+TEXT=${TEXT:-../shared/data/shakespeare/input.txt}  # Tiny Shakespeare
 LOG_DIR=${LOG_DIR:-benchmarks/out/cuda}
 WORK=${WORK:-$(mktemp -d)}
 mkdir -p "$LOG_DIR"
@@ -20,7 +20,7 @@ else  # nanoGPT's shakespeare-char shape (10.8M parameters)
     GPT_SHAPE=(--n-layer 6 --n-head 6 --n-embd 384 --block-size 256 --batch-size 64)
     GPT_ITERS=500; GAN_STEPS=1000; TORCHRUN_ITERS=200
 fi
-GPT_COMMON=(--data "$DATA/shakespeare.txt" --device "$DEVICE" "${GPT_SHAPE[@]}" --eval-interval 100 --eval-iters 10
+GPT_COMMON=(--data "$TEXT" --device "$DEVICE" "${GPT_SHAPE[@]}" --eval-interval 100 --eval-iters 10
             --log-every 10 --warmup-iters 50)
 
 step() {  # step NAME COMMAND...: run it, keep its output and exit status
@@ -45,13 +45,13 @@ step torchrun-fsdp python3 -m torch.distributed.run --standalone --nproc-per-nod
 step torchrun-fsdp-resume python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m aigc gpt train --resume \
     --max-iters $((TORCHRUN_ITERS + 50)) --strategy fsdp --out "$WORK/gpt-fsdp"
 step gpt-generate python3 -m aigc gpt generate --run "$WORK/gpt" --prompt "ROMEO:" --max-new-tokens 200 --device "$DEVICE"
-step gpt-eval python3 -m aigc gpt eval --run "$WORK/gpt" --data "$DATA/shakespeare.txt" --device "$DEVICE"
+step gpt-eval python3 -m aigc gpt eval --run "$WORK/gpt" --data "$TEXT" --device "$DEVICE"
 step gan-train python3 -m aigc gan train --model dcgan --conditional --steps $GAN_STEPS --device "$DEVICE" \
     --log-every 50 --out "$WORK/gan"
 step gan-torchrun python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m aigc gan train --model dcgan \
     --conditional --steps $((GAN_STEPS / 5)) --device "$DEVICE" --log-every 50 --out "$WORK/gan-ddp"
 step gan-sample python3 -m aigc gan sample --run "$WORK/gan" --n 100 --device "$DEVICE" --out "$LOG_DIR/gan-grid.png"
-head -n 5000 "$DATA/shakespeare.txt" >"$WORK/lines.txt"  # the text GAN's sentences: one per line
+head -n 5000 "$TEXT" >"$WORK/lines.txt"  # the text GAN's sentences: one per line
 step textgan-train python3 -m aigc textgan train --data "$WORK/lines.txt" --device "$DEVICE" --n-layer 2 \
     --n-head 2 --n-embd 64 --max-iters 100 --d-pretrain-steps 20 --adv-rounds 5 --rollouts 4 --out "$WORK/textgan"
 step textgan-torchrun python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m aigc textgan train \
