@@ -1,6 +1,6 @@
 """The table of benchmarks/cuda_check.sh: per run, the throughput its metrics logged (the median
-over the logged windows after the first, which holds the warm-up or the compile), the last
-validation loss, and the backend the run's processes joined with.
+over the logged windows after the first, which holds the warm-up or the compile) and the last
+validation loss.
 
     python benchmarks/cuda_summary.py WORK LOG_DIR
 """
@@ -12,14 +12,11 @@ import statistics
 import sys
 from pathlib import Path
 
-
-def read_metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+from aigc.logging import read_metrics
 
 
 def summarise(run: Path) -> dict:
-    metrics = read_metrics(run)
+    metrics = read_metrics(run / "metrics.jsonl")
     speeds = [m.get("tokens_per_s", m.get("images_per_s")) for m in metrics
               if "tokens_per_s" in m or "images_per_s" in m]
     unit = "tokens/s" if any("tokens_per_s" in m for m in metrics) else "images/s"

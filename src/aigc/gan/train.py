@@ -230,7 +230,7 @@ def train(cfg: GanTrainConfig) -> Path:
             "kind": GAN_KIND, "aigc_version": __version__, "model": model_cfg.to_dict(),
             "train": dataclasses.asdict(cfg), "class_names": data.class_names, "data_source": data.source})
         (out / runs.SAMPLES_DIR).mkdir(exist_ok=True)
-        processes = f" x {distributed.describe()}" if distributed.describe() else ""
+        processes = f" x {described}" if (described := distributed.describe()) else ""
         print(f"training {out}: {len(data)} images of {data.source}, {plan.max_steps or cfg.time_budget} "
               f"{'steps' if plan.max_steps else 'seconds'}, batch {cfg.batch_size}{processes}, device {device}",
               flush=True)

@@ -71,7 +71,7 @@ def train(config: GptTrainConfig) -> Path:
 
 
 def _processes() -> str:
-    return f", {distributed.describe()}" if distributed.describe() else ""
+    return f", {described}" if (described := distributed.describe()) else ""
 
 
 class GptTrainer:
