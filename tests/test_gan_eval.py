@@ -46,18 +46,24 @@ def test_eval_writes_every_metric_with_its_real_floor(run, tmp_path, capsys):
     assert saved == json.loads(json.dumps(result))
     assert saved["n_samples"] == 300 and saved["n_compared"] == 300
     assert saved["evaluator"]["key"].startswith("lenet-") and saved["evaluator"]["trained_on"] == "mnist5k"
-    keys = {"fid", "c2st_accuracy", "c2st_low", "c2st_high", "precision", "recall", "classes_covered", "kl",
-            "class_histogram", "label_accuracy"}
+    keys = {"fid", "kid", "kid_std", "c2st_accuracy", "c2st_low", "c2st_high", "precision", "recall", "density",
+            "coverage", "classes_covered", "kl", "class_histogram", "label_accuracy", "intra_fid",
+            "intra_fid_per_class"}
     assert set(saved["model"]) == keys and set(saved["real_floor"]) == keys
     model, floor = saved["model"], saved["real_floor"]
     # Three training steps make noise: worse than real digits on every count.
     assert model["fid"] > 5 * floor["fid"]
+    assert model["kid"] > 0.01 > abs(floor["kid"]) and model["kid_std"] >= 0
+    assert model["coverage"] < floor["coverage"] <= 1 and 0 <= model["density"]
+    assert model["intra_fid"] > 5 * floor["intra_fid"] > 0  # the run is conditional: one FID per digit
+    assert len(model["intra_fid_per_class"]) == len(floor["intra_fid_per_class"]) == 10
     assert model["c2st_accuracy"] > 0.9 and floor["c2st_low"] < 0.6
     assert model["recall"] < floor["recall"]
     assert sum(model["class_histogram"]) == pytest.approx(1.0)
     assert 0 <= model["label_accuracy"] <= 1
     assert Image.open(tmp_path / "judge.png").size[0] > 2 * Image.open(tmp_path / "judge.png").size[1]
-    assert "real floor" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "real floor" in table and "KID" in table and "coverage (k=5)" in table and "intra-class FID" in table
 
 
 def test_eval_is_deterministic(run, tmp_path):
@@ -82,10 +88,20 @@ def test_large_n_is_generated_in_batches(run, tmp_path, monkeypatch):
     assert result["n_samples"] == 1000
 
 
-def test_cli_runs_and_writes_json(run, tmp_path):
+def test_cli_runs_and_writes_json(tmp_path, capsys):
+    """An unconditional run, at the smallest --n: the metrics that cannot be computed are null."""
+    run = tmp_path / "unconditional"
+    train(GanTrainConfig(model="mlp", conditional=False, steps=3, batch_size=16, out=str(run), device="cpu",
+                         log_every=3, sample_every=3, save_every=3))
     out = tmp_path / "cli.json"
-    assert main(["gan", "eval", "--run", str(run), "--n", "100", "--json", str(out), "--device", "cpu"]) == 0
-    assert json.loads(out.read_text())["n_samples"] == 100
+    assert main(["gan", "eval", "--run", str(run), "--n", "4", "--json", str(out), "--device", "cpu"]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["n_samples"] == 4 and saved["conditional"] is False
+    for metrics in saved["model"], saved["real_floor"]:
+        assert metrics["intra_fid"] is None and metrics["intra_fid_per_class"] is None  # no classes asked for
+        assert metrics["density"] is None and metrics["coverage"] is None  # k = 5 needs 6 points
+    table = capsys.readouterr().out
+    assert "intra-class FID" not in table and "n/a" in table
 
 
 def _write_idx(folder: Path, size: int) -> Path:

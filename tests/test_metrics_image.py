@@ -11,8 +11,8 @@ import torch
 
 from aigc.data.images import load_images
 from aigc.metrics import evaluator as ev
-from aigc.metrics.image import (c2st, frechet_distance, label_accuracy, mode_coverage, precision_recall,
-                                wilson_interval)
+from aigc.metrics.image import (c2st, density_coverage, frechet_distance, intra_class_fid, kernel_distance,
+                                label_accuracy, mode_coverage, precision_recall, wilson_interval)
 
 TINY_RECIPE = ev.EvaluatorRecipe(epochs=1, width=4, features=16)
 
@@ -43,6 +43,89 @@ def test_fid_matches_the_formula_is_zero_on_itself_and_grows_with_a_shift():
     shifts = [frechet_distance(a, a + s) for s in (0.5, 1.0, 2.0)]
     # a pure shift by s in every one of 8 dimensions adds exactly 8 s^2
     assert shifts == pytest.approx([8 * 0.25, 8 * 1.0, 8 * 4.0], rel=1e-6)
+
+
+def _reference_kid(a: np.ndarray, b: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic kernel (x.y/d + 1)^3, written out (Binkowski et al. 2018)."""
+    n, d = a.shape
+    k_aa, k_bb, k_ab = ((x @ y.T / d + 1) ** 3 for x, y in ((a, a), (b, b), (a, b)))
+    off_diagonal = (k_aa.sum() - np.trace(k_aa) + k_bb.sum() - np.trace(k_bb)) / (n * (n - 1))
+    return float(off_diagonal - 2 * k_ab.mean())
+
+
+def test_kid_matches_the_formula_when_the_subset_is_the_whole_set():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 5, generator=generator), torch.randn(40, 5, generator=generator) * 1.5 + 0.2
+    mean, std = kernel_distance(a, b, subsets=5, subset_size=40)  # every draw is the whole set, reordered
+    assert mean == pytest.approx(_reference_kid(a.double().numpy(), b.double().numpy()), rel=1e-6)
+    assert std == pytest.approx(0.0, abs=1e-9)
+    assert kernel_distance(a, b, subset_size=1000)[0] == pytest.approx(mean)  # the size is cut to the sets'
+
+
+def test_kid_is_near_zero_for_one_distribution_grows_with_a_shift_and_is_seeded():
+    generator = torch.Generator().manual_seed(1)
+    a, b = torch.randn(1000, 8, generator=generator), torch.randn(1000, 8, generator=generator)
+    same, same_std = kernel_distance(a, b, subsets=50, subset_size=500)
+    assert abs(same) < 0.02 and same_std < 0.02
+    shifted = [kernel_distance(a, b + s, subsets=50, subset_size=500)[0] for s in (0.2, 0.5)]
+    assert 0.05 < shifted[0] < shifted[1]
+    state = torch.random.get_rng_state()
+    assert kernel_distance(a, b, subsets=50, subset_size=500) == (same, same_std)  # seed=0 both times
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global random state is left alone
+    assert kernel_distance(a, b, subsets=50, subset_size=500, seed=1)[0] != same
+
+
+def test_density_and_coverage_on_points_counted_by_hand():
+    # Real points on a line; with k = 2 their balls reach the 2nd nearest other real point:
+    # 0: radius 2 [-2, 2], 1: 1 [0, 2], 2: 1 [1, 3], 3: 2 [1, 5], 10: 7 [3, 17], 12: 9 [3, 21].
+    real = torch.tensor([[0.0, 0], [1, 0], [2, 0], [3, 0], [10, 0], [12, 0]])
+    # 1.5 lies in the balls of 0, 1, 2, 3; 2.5 in those of 2, 3; -5 and 25 in none.
+    fake = torch.tensor([[1.5, 0], [2.5, 0], [-5, 0], [25, 0]])
+    density, coverage = density_coverage(real, fake, k=2)
+    assert density == pytest.approx((4 + 2) / (2 * 4))  # ball hits / (k M)
+    assert coverage == pytest.approx(4 / 6)  # the balls of 0, 1, 2, 3 hold a fake point
+    with pytest.raises(ValueError, match="more than 5 real points"):
+        density_coverage(real[:5], fake)
+
+
+def test_density_and_coverage_agree_with_a_brute_force_count_in_chunks():
+    generator = torch.Generator().manual_seed(2)
+    real, fake = torch.randn(30, 3, generator=generator), torch.randn(20, 3, generator=generator) + 0.5
+    k = 5
+    distances = torch.cdist(real.double(), real.double())
+    radii = [sorted(row.tolist())[k] for row in distances]  # sorted()[0] is the point itself
+    balls = [[bool(torch.dist(x.double(), y.double()) <= r) for y in fake] for x, r in zip(real, radii)]
+    hits = sum(sum(row) for row in balls)
+    covered = sum(any(row) for row in balls)
+    density, coverage = density_coverage(real, fake, k=k, chunk=7)
+    assert density == pytest.approx(hits / (k * len(fake)))
+    assert coverage == pytest.approx(covered / len(real))
+
+
+def test_density_and_coverage_on_same_shifted_and_far_sets():
+    generator = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2000, 8, generator=generator), torch.randn(2000, 8, generator=generator)
+    # A set against itself: each point lies in its own ball and, on average, in k others.
+    assert density_coverage(a, a) == pytest.approx((1 + 1 / 5, 1.0))
+    density, coverage = density_coverage(a, b)
+    assert density == pytest.approx(1.0, abs=0.05)
+    assert coverage == pytest.approx(1 - 0.5 ** 5, abs=0.02)  # the expected coverage for M = N (Naeem et al.)
+    assert density_coverage(a, b + 100.0) == (0.0, 0.0)
+
+
+def test_intra_class_fid_is_small_when_classes_match_and_large_when_swapped():
+    generator = torch.Generator().manual_seed(4)
+    centres = torch.tensor([[0.0, 0, 0, 0], [3, 0, 0, 0], [0, 3, 0, 0]])  # three classes in 4-D
+    labels = torch.arange(3).repeat(300)  # (900,)
+    real = centres[labels] + torch.randn(900, 4, generator=generator)
+    fake = centres[labels] + torch.randn(900, 4, generator=generator)
+    matched = intra_class_fid(real, labels, fake, labels, 3)
+    assert len(matched) == 3 and max(matched) < 0.2
+    # Samples asked for class c that show class c+1: plain FID cannot see it, intra-class FID can.
+    swapped = intra_class_fid(real, labels, fake, (labels + 1) % 3, 3)
+    assert frechet_distance(real, fake) < 0.2 and min(swapped) > 8  # centres 3 or 3 sqrt(2) apart: 9, 9, 18
+    with pytest.raises(ValueError, match="class 2"):
+        intra_class_fid(real, labels, fake[labels < 2], labels[labels < 2], 3)
 
 
 def test_precision_recall_on_hand_built_point_clouds():

@@ -8,8 +8,12 @@
 3. ``--n`` samples are generated and scored in batches (only features are kept, plus the
    first ``m = min(n, |A|, |B|)`` images for the judge). Samples are rounded to 8 bits like any
    saved image, so the judge cannot tell them from real digits by float precision alone.
-4. Set-against-set metrics (FID, C2ST, precision/recall) use ``m`` images on each side, for the
-   model and the floor alike; class histograms and label accuracy use all ``n`` samples.
+4. Set-against-set metrics (FID, KID, C2ST, precision/recall, density/coverage, intra-class FID)
+   use ``m`` images on each side, for the model and the floor alike (density/coverage, k = 5, are
+   null when m <= 5); class histograms and label accuracy use all ``n`` samples.
+5. Intra-class FID compares class c of the candidates (the class asked for; for the floor, half
+   A's true labels) with half B's images of class c. It is null for unconditional runs, for a
+   reference whose classes do not match the model's, and when some class has under 2 images.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from aigc import runs
 from aigc.config import checked
-from aigc.data.images import ImageData, load_images, save_grid, to_uint8, to_unit_range
+from aigc.data.images import BUNDLED, ImageData, load_images, save_grid, to_uint8, to_unit_range
 from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gan.config import GanEvalConfig
@@ -29,12 +33,14 @@ from aigc.gan.models import GanModelConfig
 from aigc.gan.generation import generate_images
 from aigc.gan.loading import load_generator
 from aigc.metrics.evaluator import Evaluator, EvaluatorRecipe, load_or_train_evaluator
-from aigc.metrics.image import C2STResult, c2st, frechet_distance, label_accuracy, mode_coverage, precision_recall
+from aigc.metrics.image import (C2STResult, c2st, density_coverage, frechet_distance, intra_class_fid,
+                                kernel_distance, label_accuracy, mode_coverage, precision_recall)
 from aigc.outputs import output_file
 
 DEFAULT_RECIPE = EvaluatorRecipe()
 JUDGE_STEPS = 1500  # Adam steps of the C2ST judge on batches of 64 (about 19 passes over 2 x 2,500 images)
 JUDGE_TILES = 36  # judge.png: this many most-fake samples beside as many most-real ones
+DENSITY_K = 5  # density/coverage balls reach the 5th nearest real point, so they need m > 5 (--n may be 4)
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -50,7 +56,7 @@ def _check_matches_model(data: ImageData, model_cfg: GanModelConfig, what: str) 
 
 def load_reference(spec: str, model_cfg: GanModelConfig) -> ImageData:
     """The ``--ref`` images, as they are on disk: a size or channel mismatch is an error, not a resize."""
-    if spec != "mnist5k" and not Path(spec).expanduser().exists():
+    if spec not in BUNDLED and not Path(spec).expanduser().exists():
         raise UserError(f"--ref {spec}: no such file or folder (use mnist5k, an IDX folder or an image folder)")
     reference = load_images(spec)
     _check_matches_model(reference, model_cfg, f"--ref {spec}")
@@ -62,7 +68,7 @@ def load_reference(spec: str, model_cfg: GanModelConfig) -> ImageData:
 def load_training_data(run_config: dict, model_cfg: GanModelConfig, run: str) -> ImageData:
     """The data the run was trained on, converted as training converted it: the evaluator learns from it."""
     spec = run_config.get("train", {}).get("data", "mnist5k")
-    if spec != "mnist5k" and not Path(spec).expanduser().exists():
+    if spec not in BUNDLED and not Path(spec).expanduser().exists():
         raise UserError(f"the evaluator is trained on the run's training data, {spec}, which is missing here "
                         f"(see {run}/config.json)")
     data = load_images(spec, model_cfg.image_size, model_cfg.channels)
@@ -100,21 +106,43 @@ def generate_and_score(generator: torch.nn.Module, model_cfg: GanModelConfig, ev
             "images": torch.cat(kept)}
 
 
-def compare(images: torch.Tensor, features: torch.Tensor, predicted: torch.Tensor, reference: dict,
-            m: int, seed: int, judge_steps: int) -> tuple[dict, C2STResult]:
+def compare(images: torch.Tensor, features: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor | None,
+            reference: dict, m: int, seed: int, judge_steps: int) -> tuple[dict, C2STResult]:
     """Every set-level metric of one candidate set against the reference half B.
 
-    ``images``/``features`` hold at least ``m`` rows; ``predicted`` holds every candidate's class."""
+    ``images``/``features``/``labels`` hold at least ``m`` rows; ``predicted`` holds every candidate's
+    class; ``labels`` (the class each candidate stands for) and ``reference["labels"]`` are None when
+    there is no intra-class FID to compute."""
+    real_features = reference["features"][:m]
     judged = c2st(reference["images"][:m], images[:m], steps=judge_steps, seed=seed)
-    precision, recall = precision_recall(reference["features"][:m], features[:m])
-    coverage = mode_coverage(predicted, reference["predicted"], reference["num_classes"])
+    precision, recall = precision_recall(real_features, features[:m])
+    kid, kid_std = kernel_distance(real_features, features[:m], seed=seed)
+    density, coverage = density_coverage(real_features, features[:m], k=DENSITY_K) if m > DENSITY_K else (None, None)
+    classes = mode_coverage(predicted, reference["predicted"], reference["num_classes"])
+    per_class = intra_fids(features, labels, reference, m)
     metrics = {
-        "fid": frechet_distance(reference["features"][:m], features[:m]),
+        "fid": frechet_distance(real_features, features[:m]),
+        "kid": kid, "kid_std": kid_std,
         "c2st_accuracy": judged.accuracy, "c2st_low": judged.low, "c2st_high": judged.high,
-        "precision": precision, "recall": recall,
-        "classes_covered": coverage.classes_covered, "kl": coverage.kl, "class_histogram": coverage.histogram,
+        "precision": precision, "recall": recall, "density": density, "coverage": coverage,
+        "classes_covered": classes.classes_covered, "kl": classes.kl, "class_histogram": classes.histogram,
+        "intra_fid": None if per_class is None else sum(per_class) / len(per_class),
+        "intra_fid_per_class": per_class,
     }
     return metrics, judged
+
+
+def intra_fids(features: torch.Tensor, labels: torch.Tensor | None, reference: dict, m: int) -> list[float] | None:
+    """The FID of each class: the first ``m`` candidates (features (m, F), labels (m,)) of class c
+    against half B's first ``m`` images of class c. None without labels on both sides, or when a
+    class has fewer than 2 images on either side."""
+    if labels is None or reference["labels"] is None:
+        return None
+    real_labels, fake_labels, num_classes = reference["labels"][:m], labels[:m], reference["num_classes"]
+    smallest = min(int(torch.bincount(side, minlength=num_classes).min()) for side in (real_labels, fake_labels))
+    if smallest < 2:
+        return None
+    return intra_class_fid(reference["features"][:m], real_labels, features[:m], fake_labels, num_classes)
 
 
 def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judge_steps: int | None = None) -> dict:
@@ -134,16 +162,18 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
     m = min(cfg.n, len(half_a), len(half_b))
     features_a, logits_a = evaluator.features_and_logits(half_a.images)
     features_b, logits_b = evaluator.features_and_logits(half_b.images)
+    same_classes = reference.num_classes == evaluator.num_classes
+    by_class = model_cfg.conditional and same_classes  # intra-class FID: labels on both sides mean the same
     ref_b = {"images": half_b.images, "features": features_b, "predicted": logits_b.argmax(1),
-             "num_classes": evaluator.num_classes}
+             "labels": half_b.labels if by_class else None, "num_classes": evaluator.num_classes}
 
     samples = generate_and_score(generator, model_cfg, evaluator, cfg.n, m, cfg)
-    model, judged = compare(samples["images"], samples["features"], samples["predicted"], ref_b, m, cfg.seed,
-                            judge_steps)
-    floor, _ = compare(half_a.images, features_a, logits_a.argmax(1), ref_b, m, cfg.seed, judge_steps)
+    model, judged = compare(samples["images"], samples["features"], samples["predicted"], samples["labels"],
+                            ref_b, m, cfg.seed, judge_steps)
+    floor, _ = compare(half_a.images, features_a, logits_a.argmax(1), half_a.labels if by_class else None,
+                       ref_b, m, cfg.seed, judge_steps)
     model["label_accuracy"] = None if samples["labels"] is None else \
         label_accuracy(samples["predicted"], samples["labels"])
-    same_classes = reference.num_classes == evaluator.num_classes
     floor["label_accuracy"] = label_accuracy(logits_a.argmax(1), half_a.labels) if same_classes else None
 
     result = {
@@ -187,14 +217,25 @@ def format_table(result: dict) -> str:
     def c2st_text(m: dict) -> str:
         return f"{m['c2st_accuracy']:.3f} [{m['c2st_low']:.3f}, {m['c2st_high']:.3f}]"
 
+    def share_text(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    def kid_text(m: dict) -> str:
+        return f"{m['kid']:.4f} ± {m['kid_std']:.4f}"
+
     rows = [("FID (evaluator features)", f"{model['fid']:.3f}", f"{floor['fid']:.3f}"),
+            ("KID ± std over subsets", kid_text(model), kid_text(floor)),
             ("C2ST accuracy [95%]", c2st_text(model), c2st_text(floor)),
             ("precision (k=3)", f"{model['precision']:.3f}", f"{floor['precision']:.3f}"),
             ("recall (k=3)", f"{model['recall']:.3f}", f"{floor['recall']:.3f}"),
+            ("density (k=5)", share_text(model["density"]), share_text(floor["density"])),
+            ("coverage (k=5)", share_text(model["coverage"]), share_text(floor["coverage"])),
             ("classes covered (>=1%)", str(model["classes_covered"]), str(floor["classes_covered"])),
             ("KL(samples || ref)", f"{model['kl']:.4f}", f"{floor['kl']:.4f}")]
     if model["label_accuracy"] is not None and floor["label_accuracy"] is not None:
         rows.append(("label accuracy", f"{model['label_accuracy']:.3f}", f"{floor['label_accuracy']:.3f}"))
+    if model["intra_fid"] is not None and floor["intra_fid"] is not None:
+        rows.append(("intra-class FID", f"{model['intra_fid']:.3f}", f"{floor['intra_fid']:.3f}"))
     header = (f"{result['run']}: {result['n_samples']} samples ({result['n_compared']} per set-level metric) "
               f"vs {result['ref']}, evaluator {result['evaluator']['key']}")
     lines = [header, f"{'metric':<26}{'model':>24}{'real floor':>24}"]

@@ -1,8 +1,11 @@
 """Metrics that compare generated images with real ones. Each is a plain function.
 
 - :func:`frechet_distance`: FID (Heusel et al. 2017) on any features, through torchmetrics.
+- :func:`kernel_distance`: KID (Binkowski et al. 2018), an unbiased MMD^2, mean and std over subsets.
+- :func:`intra_class_fid`: FID class by class (Miyato & Koyama 2018), for conditional generators.
 - :func:`c2st`: the classifier two-sample test (Lopez-Paz & Oquab 2017), "can a judge tell?".
 - :func:`precision_recall`: improved precision and recall (Kynkäänniemi et al. 2019), k = 3.
+- :func:`density_coverage`: density and coverage (Naeem et al. 2020), k = 5.
 - :func:`mode_coverage`: predicted-class histogram, classes covered, KL to the reference.
 - :func:`label_accuracy`: the share of conditional samples read as the class they were asked for.
 
@@ -12,6 +15,7 @@ Features and predictions come from :mod:`aigc.metrics.evaluator` (or any other e
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +43,51 @@ def frechet_distance(real_features: torch.Tensor, fake_features: torch.Tensor) -
     fid.update(real_features.double(), real=True)
     fid.update(fake_features.double(), real=False)
     return max(0.0, float(fid.compute()))  # rounding can give -1e-12 for identical sets
+
+
+def kernel_distance(real_features: torch.Tensor, fake_features: torch.Tensor, subsets: int = 100,
+                    subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018, "Demystifying MMD GANs") between (N, D) and (M, D) features:
+    the unbiased estimate of MMD^2 with the cubic kernel k(x, y) = (x.y / D + 1)^3,
+
+        1/(s(s-1)) sum_{i!=j} [k(x_i, x_j) + k(y_i, y_j)] - 2/s^2 sum_{i,j} k(x_i, y_j),
+
+    on ``subsets`` random draws of s = min(``subset_size``, N, M) points from each set, computed by
+    torchmetrics' ``KernelInceptionDistance``. Returns the mean and the standard deviation over the
+    draws (0 when s = N = M: every draw is then the whole set). Unlike FID it is unbiased, so it
+    can dip below 0 when the sets share a distribution. The draws are seeded by ``seed``; the global random state is left as it was.
+    """
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = min(subset_size, len(real_features), len(fake_features))
+    if size < 2:
+        raise ValueError("KID needs at least 2 points in each set")
+    with warnings.catch_warnings():  # it warns that it keeps every feature: ours are already in memory
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        kid = KernelInceptionDistance(feature=_GivenFeatures(real_features.shape[1]), subsets=subsets,
+                                      subset_size=size)
+    kid.update(real_features.double(), real=True)
+    kid.update(fake_features.double(), real=False)
+    with torch.random.fork_rng():  # torchmetrics draws the subsets with the global torch.randperm
+        torch.manual_seed(seed)
+        mean, std = kid.compute()
+    return float(mean), float(std)
+
+
+def intra_class_fid(real_features: torch.Tensor, real_labels: torch.Tensor, fake_features: torch.Tensor,
+                    fake_labels: torch.Tensor, num_classes: int) -> list[float]:
+    """FID of each class c in turn: the fake features (M, D) labelled c against the real features
+    (N, D) labelled c (Miyato & Koyama 2018, "cGANs with projection discriminator"). Labels are
+    (M,) and (N,): for samples, the class asked for. Its mean over classes judges whether each class
+    looks like its own data, which plain FID misses when classes are swapped or blended.
+    """
+    fids = []
+    for c in range(num_classes):
+        real, fake = real_features[real_labels == c], fake_features[fake_labels == c]
+        if min(len(real), len(fake)) < 2:
+            raise ValueError(f"intra-class FID needs at least 2 points of class {c} in each set")
+        fids.append(frechet_distance(real, fake))
+    return fids
 
 
 def _kth_neighbour_radii(features: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
@@ -71,6 +120,31 @@ def precision_recall(real_features: torch.Tensor, fake_features: torch.Tensor, k
     precision = _share_inside(fake, real, _kth_neighbour_radii(real, k, chunk), chunk)
     recall = _share_inside(real, fake, _kth_neighbour_radii(fake, k, chunk), chunk)
     return precision, recall
+
+
+def density_coverage(real_features: torch.Tensor, fake_features: torch.Tensor, k: int = 5,
+                     chunk: int = 1000) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for
+    Generative Models") of fake points Y (M, D) against real points X (N, D).
+
+    Around each real point X_i lies a ball B_i reaching its k-th nearest other real point.
+
+        density  = 1/(k M) sum_j sum_i 1[Y_j in B_i]   (fidelity: ~1 when Y follows X's density)
+        coverage = 1/N sum_i 1[some Y_j in B_i]        (diversity: the share of real balls hit)
+
+    Unlike precision and recall, only the real set's balls are used, so fake outliers cannot
+    inflate them. Density is not capped at 1: samples packed into dense real regions exceed it.
+    """
+    if len(real_features) <= k:
+        raise ValueError(f"density/coverage with k={k} need more than {k} real points")
+    real, fake = real_features.double(), fake_features.double()
+    radii = _kth_neighbour_radii(real, k, chunk)  # (N,)
+    hits, covered = 0, []
+    for block, block_radii in zip(real.split(chunk), radii.split(chunk)):
+        inside = torch.cdist(block, fake) <= block_radii[:, None]  # (b, M): Y_j in B_i
+        hits += int(inside.sum())
+        covered.append(inside.any(dim=1))
+    return hits / (k * len(fake)), torch.cat(covered).double().mean().item()
 
 
 @dataclass
