@@ -7,17 +7,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from _common import OUT_DIR, machine
+from _common import OUT_DIR, each_in_workers, machine
 
 from aigc import runs
 from aigc.textgan import guided
@@ -155,25 +153,12 @@ def measure_seeds(measure: Callable[[int], tuple[dict, dict]], seeds: list[int],
     time where one process with two threads would mostly busy-wait."""
     results: dict[str, dict] = {}
     train_seconds = {}
-    for seed, (seconds, by_variant) in _each_seed(measure, seeds, jobs):
+    for seed, (seconds, by_variant) in each_in_workers(measure, seeds, jobs):
         train_seconds[seed] = seconds
         for variant, by_temp in by_variant.items():
             for temp, metrics in by_temp.items():
                 results.setdefault(variant, {}).setdefault(temp, {})[seed] = metrics
         yield results, dict(sorted(train_seconds.items()))
-
-
-def _each_seed(measure: Callable[[int], tuple[dict, dict]], seeds: list[int],
-               jobs: int) -> Iterator[tuple[int, tuple[dict, dict]]]:
-    if jobs == 1:
-        for seed in seeds:
-            yield seed, measure(seed)
-        return
-    # spawn, not fork: a forked child inherits torch's OpenMP state from the parent
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = {pool.submit(measure, seed): seed for seed in seeds}
-        for done in as_completed(pending):
-            yield pending[done], done.result()
 
 
 def load_variant(out: Path, seed: int, variant: str):

@@ -22,12 +22,14 @@ import json
 import os
 import re
 import shutil
+import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from _common import OUT_DIR, machine, matmul_peak_gflops, write_json
+from _common import each_in_workers, machine, matmul_peak_gflops, write_json
 from aigc import runs
 from aigc.data.images import load_images, save_grid
 from aigc.gan.config import GanEvalConfig, GanTrainConfig
@@ -42,7 +44,6 @@ MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist"
 OUT = ROOT / "benchmarks" / "out" / "gan_quality"
 DOC = ROOT / "docs" / "benchmarks-gan-quality.md"
 IMAGES = ROOT / "docs" / "img"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 SETUPS = {  # name -> GanTrainConfig overrides
     "mlp-bce": dict(model="mlp", loss="bce"),
@@ -50,33 +51,64 @@ SETUPS = {  # name -> GanTrainConfig overrides
     "dcgan-hinge-sn": dict(model="dcgan", loss="hinge", spectral_norm=True),
     "dcgan-wgan-gp": dict(model="dcgan", loss="wgan-gp"),
     "dcgan-conditional": dict(model="dcgan", loss="bce", conditional=True),
+    # The tricks of issue 17, one at a time on the conditional DCGAN, then on the unconditional one.
+    "cond-translation": dict(conditional=True, augment="translation"),
+    "cond-diffaug": dict(conditional=True, augment="translation,cutout"),
+    "cond-r1": dict(conditional=True, r1_gamma=1.0),
+    "cond-mbstd": dict(conditional=True, minibatch_std=True),
+    "cond-ttur": dict(conditional=True, lr=1e-4, lr_d=4e-4),
+    "cond-hinge-sn": dict(conditional=True, loss="hinge", spectral_norm=True),
+    "uncond-translation": dict(augment="translation"),
+    "uncond-diffaug": dict(augment="translation,cutout"),
+    "uncond-r1": dict(r1_gamma=1.0),
+    "uncond-mbstd": dict(minibatch_std=True),
+    "uncond-mbstd-translation": dict(minibatch_std=True, augment="translation"),
 }
+SCORES = ("fid", "c2st_accuracy", "precision", "recall", "classes_covered", "kl", "label_accuracy")
 
 
-def train_for(name: str, budget: float, seed: int) -> dict:
-    """Train one setup for ``budget`` seconds, save it as a run, and return its speed."""
-    out = OUT / name
+def run_name(name: str, seed: int) -> str:
+    return f"{name}-seed{seed}"
+
+
+def train_for(name: str, seed: int, budget: float | None, steps: int | None) -> dict:
+    """Train one setup for ``budget`` seconds (or ``steps``), save it as a run, and return its speed."""
+    out = OUT / run_name(name, seed)
     shutil.rmtree(out, ignore_errors=True)
-    cfg = GanTrainConfig(data="mnist5k", out=str(out), device="cpu", seed=seed, time_budget=budget, **SETUPS[name])
+    cfg = GanTrainConfig(data="mnist5k", out=str(out), device="cpu", seed=seed, time_budget=budget, steps=steps,
+                         **SETUPS[name])
     start = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - start
     last = [m for m in read_metrics(out / runs.METRICS_FILE) if "d_loss" in m][-1]
     steps, n_critic = last["step"], 5 if cfg.loss == "wgan-gp" else 1
-    print(f"{name}: {steps} steps in {seconds:.0f} s, last losses d_loss={last['d_loss']:.3g} "
+    print(f"{run_name(name, seed)}: {steps} steps in {seconds:.0f} s, last losses d_loss={last['d_loss']:.3g} "
           f"g_loss={last['g_loss']:.3g}", flush=True)
     return {"steps": steps, "seconds": seconds, "epochs": last["epoch"],
             "images_per_s": steps * cfg.batch_size * n_critic / seconds}
 
 
-def save_pictures(name: str) -> dict[str, str]:
+def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
+    """Train and judge one (setup, seed) in this process; the first seed's pictures go into docs/img."""
+    name, seed = job
+    torch.set_num_threads(args.threads)
+    train_result = train_for(name, seed, None if args.steps else args.budget, args.steps)
+    run = OUT / run_name(name, seed)
+    result = evaluate_run(GanEvalConfig(run=str(run), ref=str(MNIST_TEST), n=args.n, seed=seed,
+                                        json=str(run / "eval.json"), device="cpu"))
+    pictures = save_pictures(name, seed) if seed == args.seeds[0] else {}
+    return {"train": train_result, "eval": result, **pictures}
+
+
+def save_pictures(name: str, seed: int) -> dict[str, str]:
     """A 10x10 grid from the run's EMA generator (one row per class when conditional), and a copy
     of the judge's picks, into docs/img."""
-    generator, model_cfg, _ = load_generator(OUT / name)
+    run = OUT / run_name(name, seed)
+    generator, model_cfg, _ = load_generator(run)
     labels = sample_labels(model_cfg, 100, None)
     grid, judge = IMAGES / f"gan-quality-{name}.png", IMAGES / f"gan-quality-{name}-judge.png"
     save_grid(generate_images(generator, model_cfg, 100, labels, seed=0), grid, nrow=10)
-    shutil.copyfile(OUT / name / "judge.png", judge)
+    shutil.copyfile(run / "judge.png", judge)
     return {"grid": str(grid), "judge": str(judge)}
 
 
@@ -96,63 +128,94 @@ def time_evaluator() -> dict:
 
 
 def markdown(payload: dict) -> str:
-    floor = next(iter(payload["results"].values()))["eval"]["real_floor"]
+    first = next(iter(payload["results"].values()))
+    floor = next(iter(first.values()))["eval"]["real_floor"]
+    budget = f"{payload['steps']} steps" if payload["steps"] else f"{payload['budget_s']:.0f} s of training"
     lines = [
-        f"Trained {payload['date']}" + (f", evaluated {payload['evaluated']}" if "evaluated" in payload else "")
-        + f" on {payload['machine']['cpu']} ({payload['machine']['cores']} cores, "
-        f"{payload['threads']} torch thread(s); fp32 matmul peak {payload['matmul_gflops']:.0f} GFLOP/s), "
-        f"{payload['budget_s']:.0f} s of training per setup on mnist5k, seed {payload['seed']}. "
+        f"Measured {payload['date']} on {payload['machine']['cpu']} ({cpu_kind(payload['machine'])}, "
+        f"{payload['machine']['cores']} cores; {payload['jobs']} run(s) at a time with {payload['threads']} torch "
+        f"thread(s) each; fp32 matmul peak {payload['matmul_gflops']:.0f} GFLOP/s): {budget} per setup on mnist5k, "
+        f"seeds {', '.join(map(str, payload['seeds']))} (mean ± standard deviation over seeds). "
         f"Evaluator `{payload['evaluator']['key']}`: trained in {payload['evaluator']['train_seconds']:.0f} s, "
         f"{100 * payload['evaluator']['test_accuracy']:.2f}% accuracy on the 10,000 MNIST test digits. "
-        f"{payload['n']} samples per model ({floor_n(payload)} per set-level metric) against one half of the "
-        "test set; the real-data floor is the other half.",
+        f"{payload['n']} samples per model ({next(iter(first.values()))['eval']['n_compared']} per set-level metric) against one half of the test set; "
+        "the real-data floor is the other half (seed 0's split).",
         "",
-        "| setup | steps | images/s | FID | FID / floor | C2ST acc. [95%] | precision | recall | classes | KL | label acc. |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| setup | steps | images/s | FID | FID / floor | C2ST acc. | precision | recall | classes | KL | label acc. |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, result in payload["results"].items():
-        model, train = result["eval"]["model"], result["train"]
-        lines.append(row(name, model, floor, f"{train['steps']}", f"{train['images_per_s']:.0f}"))
-    lines.append(row("**real floor** (test half A vs B)", floor, floor, "", ""))
-    lines += ["", "Samples (EMA generator, fixed noise; the conditional model draws one row per digit), and the "
-              "held-out samples the judge found most fake (left block) and most real (right block):", "",
+    for name, by_seed in payload["results"].items():
+        lines.append(row(name, list(by_seed.values()), floor))
+    lines.append(floor_row(floor))
+    lines += ["", "Samples (EMA generator of the first seed, fixed noise; conditional models draw one row per digit), "
+              "and the held-out samples the judge found most fake (left block) and most real (right block):", "",
               "| setup | samples | judge: most fake, most real |", "|---|---|---|"]
-    for name, result in payload["results"].items():
-        grid, judge = (Path(result[k]).relative_to(DOC.parent).as_posix() for k in ("grid", "judge"))
-        lines.append(f"| `{name}` | ![{name}]({grid}) | ![{name} judge]({judge}) |")
+    for name, by_seed in payload["results"].items():
+        pictured = [r for r in by_seed.values() if "grid" in r]
+        if pictured:
+            grid, judge = (Path(pictured[0][k]).relative_to(DOC.parent).as_posix() for k in ("grid", "judge"))
+            lines.append(f"| `{name}` | ![{name}]({grid}) | ![{name} judge]({judge}) |")
     return "\n".join(lines)
 
 
-def floor_n(payload: dict) -> int:
-    return next(iter(payload["results"].values()))["eval"]["n_compared"]
+def cpu_kind(machine_info: dict) -> str:
+    flags = [flag for flag, present in machine_info["cpu_flags"].items() if present]
+    return " ".join(flags) if flags else "no AVX2"
 
 
-def row(name: str, m: dict, floor: dict, steps: str, speed: str) -> str:
-    label = "" if m["label_accuracy"] is None else f"{m['label_accuracy']:.3f}"
-    ratio = m["fid"] / floor["fid"] if floor["fid"] > 0 else float("inf")
-    return (f"| {name} | {steps} | {speed} | {m['fid']:.2f} | {ratio:.1f} | {m['c2st_accuracy']:.3f} "
-            f"[{m['c2st_low']:.3f}, {m['c2st_high']:.3f}] | {m['precision']:.3f} | {m['recall']:.3f} | "
-            f"{m['classes_covered']} | {m['kl']:.4f} | {label} |")
+def spread(values: list[float], digits: int) -> str:
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def write_doc(section: str) -> None:
-    """Replace the results section of the doc (the hand-written text around it stays)."""
-    text = DOC.read_text() if DOC.exists() else f"# GAN sample quality\n\n{START}\n{END}\n"
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    DOC.write_text(pattern.sub(lambda _: f"{START}\n{section}\n{END}", text))
+def row(name: str, results: list[dict], floor: dict) -> str:
+    models = [r["eval"]["model"] for r in results]
+
+    def column(key: str, digits: int) -> str:
+        values = [m[key] for m in models]
+        return "" if None in values else spread(values, digits)
+
+    ratios = [m["fid"] / floor["fid"] for m in models]
+    steps = spread([r["train"]["steps"] for r in results], 0)
+    speed = spread([r["train"]["images_per_s"] for r in results], 0)
+    return (f"| {name} | {steps} | {speed} | {column('fid', 2)} | {spread(ratios, 1)} | {column('c2st_accuracy', 3)} | "
+            f"{column('precision', 3)} | {column('recall', 3)} | {column('classes_covered', 0)} | {column('kl', 4)} | "
+            f"{column('label_accuracy', 3)} |")
+
+
+def floor_row(floor: dict) -> str:
+    label = "" if floor["label_accuracy"] is None else f"{floor['label_accuracy']:.3f}"
+    return (f"| **real floor** (test half A vs B) |  |  | {floor['fid']:.2f} | 1.0 | {floor['c2st_accuracy']:.3f} | "
+            f"{floor['precision']:.3f} | {floor['recall']:.3f} | {floor['classes_covered']} | {floor['kl']:.4f} | "
+            f"{label} |")
+
+
+def write_doc(section: str, marker: str) -> None:
+    """Replace one generated section of the doc (the hand-written text around it stays)."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    text = DOC.read_text() if DOC.exists() else "# GAN sample quality\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    DOC.write_text(pattern.sub(lambda _: f"{start}\n{section}\n{end}", text))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=300, help="training seconds per setup (default: 300)")
+    parser.add_argument("--budget", type=float, default=600, help="training seconds per setup (default: 600)")
+    parser.add_argument("--steps", type=int, help="train each setup for this many steps instead (ablations at "
+                        "equal steps: their quality does not depend on what else the machine runs)")
     parser.add_argument("--n", type=int, default=10000, help="samples per evaluation (default: 10000)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default: 1; busy-waiting threads on a shared 2-core machine can "
-                             "run many times slower)")
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-only", action="store_true",
-                        help="re-evaluate the runs a previous benchmark trained (its training numbers are kept)")
+                        help="torch threads per run (default: 1; busy-waiting threads on a shared 2-core machine "
+                             "can run many times slower)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default: 1)")
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS)[:5], choices=list(SETUPS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--section", default="results", help="the doc section to write: results (default), "
+                        "ablation, or any other name (appended to the doc on first use)")
     args = parser.parse_args()
     if not (MNIST_TEST / "t10k-images-idx3-ubyte.gz").is_file():
         raise SystemExit(f"the benchmark needs the MNIST test set at {MNIST_TEST}")
@@ -163,19 +226,17 @@ def main() -> None:
     shutil.rmtree(OUT / "cache", ignore_errors=True)
 
     payload = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-               "threads": args.threads, "matmul_gflops": matmul_peak_gflops(torch.float32),
-               "budget_s": args.budget, "n": args.n, "seed": args.seed, "evaluator": time_evaluator(), "results": {}}
-    trained = json.loads((OUT_DIR / "gan_quality.json").read_text()) if args.eval_only else None
-    if trained is not None:  # the training half of the numbers comes from the run that trained them
-        payload.update({k: trained[k] for k in ("date", "threads", "matmul_gflops", "budget_s", "seed")})
-        payload["evaluated"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+               "threads": args.threads, "jobs": args.jobs, "matmul_gflops": matmul_peak_gflops(torch.float32),
+               "budget_s": None if args.steps else args.budget, "steps": args.steps, "n": args.n, "seeds": args.seeds,
+               "evaluator": time_evaluator(), "results": {name: {} for name in args.setups}}
+    jobs = [(name, seed) for name in args.setups for seed in args.seeds]
+    for (name, seed), result in each_in_workers(partial(measure, args=args), jobs, args.jobs):
+        payload["results"][name][seed] = result
+        write_json(f"gan_quality_{args.section}", payload)  # after every run, so a stopped run keeps what it measured
     for name in args.setups:
-        train = trained["results"][name]["train"] if trained else train_for(name, args.budget, args.seed)
-        result = evaluate_run(GanEvalConfig(run=str(OUT / name), ref=str(MNIST_TEST), n=args.n, seed=args.seed,
-                                            json=str(OUT / name / "eval.json"), device="cpu"))
-        payload["results"][name] = {"train": train, "eval": result, **save_pictures(name)}
-        write_json("gan_quality", payload)  # after every setup, so a stopped run keeps what it measured
-    write_doc(markdown(payload))
+        payload["results"][name] = dict(sorted(payload["results"][name].items()))
+    write_json(f"gan_quality_{args.section}", payload)
+    write_doc(markdown(payload), args.section)
     print(f"wrote {DOC}")
 
 

@@ -12,7 +12,18 @@ MODELS = ("mlp", "dcgan")
 LOSS_NAMES = ("bce", "hinge", "wgan-gp")
 DCGAN_START_SIZES = (7, 4)  # DCGAN's first feature map; each stage doubles it up to the image size
 MAX_SAMPLES = 1_000_000  # `gan sample` and `gan eval` generate every image before writing or scoring
+AUGMENT_POLICIES = ("translation", "cutout")  # DiffAugment's transforms that suit any image (aigc.gan.augment)
 MIN_EVAL_SAMPLES = 4  # precision/recall with k = 3 nearest neighbours need k + 1 points per set
+
+
+def parse_augment(text: str) -> tuple[str, ...]:
+    """--augment: 'none' -> (); 'translation,cutout' -> ('translation', 'cutout')."""
+    if text == "none":
+        return ()
+    names = tuple(name.strip() for name in text.split(","))
+    if any(name not in AUGMENT_POLICIES for name in names) or len(set(names)) != len(names):
+        raise UserError(f"--augment {text!r}: give none or a comma-separated subset of {', '.join(AUGMENT_POLICIES)}")
+    return names
 
 
 def dcgan_supports(image_size: int) -> bool:
@@ -30,15 +41,25 @@ def dcgan_sizes_text(limit: int = 256) -> str:
 
 @dataclass
 class GanTrainConfig(RunOptions):
-    data: str = option("mnist5k", "mnist5k (bundled), a folder of IDX files, or a folder with one sub-folder per class")
+    data: str = option("mnist5k", "mnist5k (bundled), stacked-mnist5k (three of its digits as RGB: "
+                      "1,000 modes), a folder of IDX files, or a folder with one sub-folder per class")
     model: str = option("dcgan", "generator/discriminator architecture", choices=MODELS)
     conditional: bool = option(False, "class-conditional model (one-hot label in G, projection in D)")
     loss: str = option("bce", "adversarial loss", choices=LOSS_NAMES)
     spectral_norm: bool = option(False, "spectral normalisation on the discriminator's layers")
+    minibatch_std: bool = option(False, "the discriminator sees each batch's feature spread, so it can punish a "
+                                 "collapsed generator (Karras et al. 2018)")
+    augment: str = option("none", "DiffAugment policy for every image D sees, real and fake (Zhao et al. 2020): "
+                          "none, translation, cutout or translation,cutout")
+    r1_gamma: float = option(0.0, "R1 penalty gamma/2 E||grad D(x)||^2 on real images (Mescheder et al. 2018); "
+                             "0 turns it off")
+    r1_every: int = option(16, "lazy R1: apply it every N discriminator updates, scaled by N (Karras et al. 2020)")
     steps: int | None = option(None, "generator updates to train for (default 2000 unless --epochs is given)")
     epochs: int | None = option(None, "passes over the data instead of --steps")
     batch_size: int = option(64, "images per batch")
-    lr: float = option(2e-4, "Adam learning rate (both networks)")
+    lr: float = option(2e-4, "Adam learning rate (the generator's, and the discriminator's unless --lr-d)")
+    lr_d: float | None = option(None, "the discriminator's Adam learning rate (default --lr; two time-scale "
+                                "updates, Heusel et al. 2017)")
     beta1: float = option(0.5, "Adam beta1")
     beta2: float = option(0.999, "Adam beta2")
     n_critic: int | None = option(None, "discriminator updates per generator update (default: 5 for wgan-gp, else 1)")
@@ -59,9 +80,12 @@ class GanTrainConfig(RunOptions):
         for name in ("steps", "epochs", "n_critic", "width", "image_size"):
             value = getattr(self, name)
             require(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("batch_size", "z_dim", "log_every", "sample_every", "save_every"):
+        for name in ("batch_size", "z_dim", "log_every", "sample_every", "save_every", "r1_every"):
             require(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        require(self.lr_d is None or self.lr_d > 0, f"--lr-d must be positive, got {self.lr_d}")
+        require(self.r1_gamma >= 0, f"--r1-gamma must be non-negative, got {self.r1_gamma}")
+        parse_augment(self.augment)
         require(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         require(self.channels in (None, 1, 3), f"--channels must be 1 or 3, got {self.channels}")
         require(self.gp_weight >= 0, f"--gp-weight must be non-negative, got {self.gp_weight}")
@@ -162,6 +186,9 @@ class GanRestoreConfig:
         require(self.out is not None, "--out is required (a PNG file, or a new folder with --images)")
         require(self.upscale is None or self.upscale >= 2, f"--upscale must be 2 or more, got {self.upscale}")
         require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        require(self.lr_d is None or self.lr_d > 0, f"--lr-d must be positive, got {self.lr_d}")
+        require(self.r1_gamma >= 0, f"--r1-gamma must be non-negative, got {self.r1_gamma}")
+        parse_augment(self.augment)
         require(self.label is None or self.label >= 0, f"--label must be a class number (0, 1, ...), got {self.label}")
         if self.box is not None:
             parse_box(self.box)

@@ -13,6 +13,8 @@ from aigc.errors import UserError
 from aigc.gan.models import GanModelConfig, build_generator
 
 GAN_KIND = "gan"
+# Model settings added after runs were first saved: a config.json without them gets the default.
+LATER_MODEL_KEYS = {"minibatch_std"}
 
 
 @dataclass
@@ -30,7 +32,7 @@ def model_config_of(run_config: dict, run: Path) -> GanModelConfig:
     """The model section of a GAN run's config.json, checked field by field."""
     values = run_config.get("model")
     names = {f.name for f in fields(GanModelConfig)}
-    if not isinstance(values, dict) or set(values) != names:
+    if not isinstance(values, dict) or not names - LATER_MODEL_KEYS <= set(values) <= names:
         raise UserError(f"{run / runs.CONFIG_FILE} has no valid GAN model config (expected the keys "
                         f"{', '.join(sorted(names))})")
     try:

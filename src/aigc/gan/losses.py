@@ -52,6 +52,14 @@ def gradient_penalty(discriminator: Callable, real: torch.Tensor, fake: torch.Te
     return ((grad.flatten(1).float().norm(2, dim=1) - 1) ** 2).mean()
 
 
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): E[||grad_x D(x)||^2] on real images ``real`` (B, C, H, W), which
+    must require grad and have produced ``real_logits`` (B,). Pushing D's gradient on the data
+    to zero keeps D from sharpening around the real points, where the GAN game then converges."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return grad.flatten(1).float().pow(2).sum(1).mean()
+
+
 @dataclass(frozen=True)
 class GanLoss:
     discriminator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -27,10 +27,12 @@ class GanModelConfig:
     width: int = 64  # mlp: hidden units; dcgan: base channels
     spectral_norm: bool = False
     disc_norm: str = "batch"  # "batch" or "none" (wgan-gp critics and spectral norm use none)
+    minibatch_std: bool = False  # D sees each batch's feature spread (Karras et al. 2018)
 
     def __post_init__(self) -> None:
         """Refuse a config no model can be built from (e.g. a run's config.json edited by hand)."""
-        for name, kind in (("model", str), ("disc_norm", str), ("spectral_norm", bool), ("z_dim", int),
+        for name, kind in (("model", str), ("disc_norm", str), ("spectral_norm", bool),
+                           ("minibatch_std", bool), ("z_dim", int),
                            ("image_size", int), ("channels", int), ("num_classes", int), ("width", int)):
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -76,6 +78,26 @@ def _sn(module: nn.Module, enabled: bool) -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(module) if enabled else module
 
 
+class MinibatchStd(nn.Module):
+    """Append the spread of the batch as one more feature (Karras et al. 2018): (B, C, ...) -> (B, C + 1, ...).
+
+    The batch is cut into groups of ``group`` samples (or fewer, to divide B); each group's
+    per-feature standard deviation, averaged to one number, is appended to its samples. A
+    collapsed generator makes batches with little spread, which D can then see and punish."""
+
+    def __init__(self, group: int = 4):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        group = next(g for g in range(min(self.group, batch), 0, -1) if batch % g == 0)
+        grouped = x.reshape(group, batch // group, *x.shape[1:])  # sample i is in group i % (B / g)
+        spread = (grouped.float().var(dim=0, unbiased=False) + 1e-8).sqrt().flatten(1).mean(1)  # (B / g,)
+        spread = spread.repeat(group).to(x.dtype).view(batch, *[1] * (x.dim() - 1))  # (B, 1, ...)
+        return torch.cat([x, spread.expand(batch, 1, *x.shape[2:])], dim=1)
+
+
 class ProjectionHead(nn.Module):
     """Features (B, F) [+ labels (B,)] -> logits (B,), with class projection when conditional."""
 
@@ -114,8 +136,11 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, cfg: GanModelConfig):
         super().__init__()
         in_dim = cfg.channels * cfg.image_size**2
-        self.features = nn.Sequential(_sn(nn.Linear(in_dim, cfg.width), cfg.spectral_norm), nn.LeakyReLU(0.2))
-        self.head = ProjectionHead(cfg.width, cfg.num_classes, cfg.spectral_norm)
+        layers = [_sn(nn.Linear(in_dim, cfg.width), cfg.spectral_norm), nn.LeakyReLU(0.2)]
+        if cfg.minibatch_std:
+            layers.append(MinibatchStd())
+        self.features = nn.Sequential(*layers)
+        self.head = ProjectionHead(cfg.width + int(cfg.minibatch_std), cfg.num_classes, cfg.spectral_norm)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.features(x.flatten(1)), labels)
@@ -174,8 +199,11 @@ class DCGANDiscriminator(nn.Module):
             if i > 0 and cfg.disc_norm == "batch":
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.LeakyReLU(0.2, True))
+        if cfg.minibatch_std:
+            layers.append(MinibatchStd())
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = ProjectionHead(channels[-1] * start * start, cfg.num_classes, cfg.spectral_norm)
+        self.head = ProjectionHead((channels[-1] + int(cfg.minibatch_std)) * start * start, cfg.num_classes,
+                                   cfg.spectral_norm)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.features(x), labels)

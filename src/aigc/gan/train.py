@@ -23,9 +23,10 @@ from aigc import __version__, runs
 from aigc.data.images import ImageData, load_images, save_grid
 from aigc.devices import autocast
 from aigc.errors import UserError
-from aigc.gan.config import GanTrainConfig
+from aigc.gan.augment import DiffAugment
+from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import GAN_KIND, load_prefixed, model_config_of
-from aigc.gan.losses import LOSSES, GanLoss, gradient_penalty
+from aigc.gan.losses import LOSSES, GanLoss, gradient_penalty, r1_penalty
 from aigc.gan.models import GanModelConfig, build_discriminator, build_generator
 from aigc.logging import plot_metrics, read_metrics
 from aigc.training import distributed, loop
@@ -59,10 +60,10 @@ def _model_config(cfg: GanTrainConfig, data: ImageData) -> GanModelConfig:
         model=cfg.model, z_dim=cfg.z_dim, image_size=data.image_size, channels=data.channels,
         num_classes=data.num_classes if cfg.conditional else 0,
         width=cfg.width or (256 if cfg.model == "mlp" else 64),
-        spectral_norm=cfg.spectral_norm,
+        spectral_norm=cfg.spectral_norm, minibatch_std=cfg.minibatch_std,
         # Batch norm couples the samples of a batch, which a per-sample gradient penalty must
         # not see; spectral norm replaces it as the discriminator's regulariser.
-        disc_norm="none" if cfg.spectral_norm or cfg.loss == "wgan-gp" else "batch",
+        disc_norm="none" if cfg.spectral_norm or cfg.loss == "wgan-gp" or cfg.r1_gamma > 0 else "batch",
     )
 
 
@@ -94,10 +95,11 @@ class GanTrainer:
         self.train_discriminator = distributed.wrap(self.discriminator)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d or cfg.lr, betas=betas)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.sampler = EpochBatches(len(data), cfg.batch_size, cfg.seed, self.rank, self.world_size)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+        self.augment = DiffAugment(parse_augment(cfg.augment), model_cfg.image_size)
         self.images = data.images.to(device)
         self.labels = data.labels.to(device)
         self.fixed_z, self.fixed_labels = fixed_sample_inputs(model_cfg, cfg.seed)
@@ -121,19 +123,31 @@ class GanTrainer:
                                                             generator=self.noise, device=self.device))
         return z, labels
 
-    def _discriminator_update(self, fake: torch.Tensor, fake_labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _augmented(self, images: torch.Tensor) -> torch.Tensor:
+        """What D sees of ``images``: DiffAugment's transforms, with parameters drawn like noise."""
+        if not self.augment:
+            return images
+        params = self._my_slice(lambda n: self.augment.draw(n, self.noise, self.device))
+        return self.augment.apply(images, params)
+
+    def _discriminator_update(self, fake: torch.Tensor, fake_labels: torch.Tensor | None,
+                              update: int) -> dict[str, torch.Tensor]:
         indices = self.sampler.next().to(self.device)
         real = self.images[indices]
         real_labels = self.labels[indices] if self.model_cfg.conditional else None
+        r1_due = self.cfg.r1_gamma > 0 and update % self.cfg.r1_every == 0
+        real.requires_grad_(r1_due)
         with autocast(self.device, self.cfg.amp):
-            real_logits = self.train_discriminator(real, real_labels).float()
-            fake_logits = self.train_discriminator(fake.detach(), fake_labels).float()
+            real_logits = self.train_discriminator(self._augmented(real), real_labels).float()
+            fake_logits = self.train_discriminator(self._augmented(fake.detach()), fake_labels).float()
         loss = self.loss.discriminator(real_logits, fake_logits)
         if self.loss.gradient_penalty:
             alpha = self._my_slice(lambda n: torch.rand(n, *([1] * (real.dim() - 1)), generator=self.noise,
                                                         device=self.device))
             loss = loss + self.cfg.gp_weight * gradient_penalty(self.train_discriminator, real, fake.float(),
                                                                 real_labels, alpha)
+        if r1_due:  # lazy regularisation: every r1_every updates, weighted by r1_every
+            loss = loss + self.cfg.r1_gamma / 2 * self.cfg.r1_every * r1_penalty(real_logits, real)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
@@ -152,10 +166,10 @@ class GanTrainer:
             # The generator's graph is kept only for the fake batch the generator update reuses.
             with torch.set_grad_enabled(last), autocast(self.device, self.cfg.amp):
                 fake = self.train_generator(z, fake_labels)
-            stats = self._discriminator_update(fake, fake_labels)
+            stats = self._discriminator_update(fake, fake_labels, step * self.n_critic + critic_step)
         self.discriminator.requires_grad_(False)  # no weight gradients for D in G's update
         with autocast(self.device, self.cfg.amp):
-            g_loss = self.loss.generator(self.discriminator(fake, fake_labels).float())
+            g_loss = self.loss.generator(self.discriminator(self._augmented(fake), fake_labels).float())
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
