@@ -1,17 +1,21 @@
-"""GAN sample quality at a fixed wall-clock budget: five classic setups judged by ``aigc gan eval``.
+"""GAN sample quality at a fixed budget: setups judged by ``aigc gan eval`` against held-out digits.
 
-Trains, on mnist5k and for ``--budget`` seconds each, ``mlp``+``bce``, ``dcgan``+``bce``,
-``dcgan``+``hinge``+spectral norm, ``dcgan``+``wgan-gp`` and the conditional ``dcgan``, by
-``aigc gan train --time-budget`` (the budget includes the sample grids and checkpoints). Each run is then evaluated against the MNIST test set (``../shared/data/mnist``) with
-``aigc.gan.evaluate.evaluate_run``: FID on evaluator features, C2ST, precision/recall, mode
-coverage, label accuracy, each beside its real-data floor. It also times the evaluator's
-training from an empty cache and measures its accuracy on the whole test set, and the
-machine's fp32 matmul peak, so images/second can be read as a share of what the CPU can do.
+Trains each setup of ``SETUPS`` on mnist5k with ``aigc gan train``, for ``--budget`` seconds
+(``--time-budget``: the budget includes the sample grids and checkpoints) or, for ablations
+whose quality must not depend on what else the machine does, for ``--steps``; ``--seeds`` repeat
+each setup and ``--jobs`` runs that many at once, each in its own process with ``--threads``
+torch threads. Each run is then evaluated against the MNIST test set (``../shared/data/mnist``)
+with ``aigc.gan.evaluate.evaluate_run``: FID, KID, C2ST, precision/recall, density/coverage,
+mode coverage, label accuracy and intra-class FID, each beside its real-data floor. It also
+times the evaluator's training from an empty cache, measures its accuracy on the whole test set
+and the machine's fp32 matmul peak.
 
-Writes ``benchmarks/out/gan_quality.json``, the runs under ``benchmarks/out/gan_quality/``, a
-sample grid per setup under ``docs/img/`` and the results section of
+Writes ``benchmarks/out/gan_quality_SECTION.json``, the runs under ``benchmarks/out/gan_quality/``,
+a sample grid and a judge picture per setup under ``docs/img/`` and the ``--section`` of
 ``docs/benchmarks-gan-quality.md``. Run it under the shared lock, alone on the machine:
-``flock /tmp/aigc-bench.lock python benchmarks/gan_quality.py``.
+
+    flock /tmp/aigc-bench.lock python benchmarks/gan_quality.py --setups dcgan-conditional --seeds 0 1 2 --jobs 2
+    flock /tmp/aigc-bench.lock python benchmarks/gan_quality.py --steps 3000 --section ablation --jobs 2 --setups ...
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from _common import each_in_workers, machine, matmul_peak_gflops, write_json
+from _common import OUT_DIR, each_in_workers, machine, matmul_peak_gflops, write_json
 from aigc import runs
 from aigc.data.images import load_images, save_grid
 from aigc.gan.config import GanEvalConfig, GanTrainConfig
@@ -58,13 +62,19 @@ SETUPS = {  # name -> GanTrainConfig overrides
     "cond-mbstd": dict(conditional=True, minibatch_std=True),
     "cond-ttur": dict(conditional=True, lr=1e-4, lr_d=4e-4),
     "cond-hinge-sn": dict(conditional=True, loss="hinge", spectral_norm=True),
+    # Round two, around what won round one (R1, and hinge with spectral norm: D without batch norm).
+    "cond-r1-g10": dict(conditional=True, r1_gamma=10.0),
+    "cond-r1-g0.1": dict(conditional=True, r1_gamma=0.1),
+    "cond-r1-hinge-sn": dict(conditional=True, r1_gamma=1.0, loss="hinge", spectral_norm=True),
+    "cond-r1-batch128": dict(conditional=True, r1_gamma=1.0, batch_size=128, lr=4e-4),
     "uncond-translation": dict(augment="translation"),
     "uncond-diffaug": dict(augment="translation,cutout"),
     "uncond-r1": dict(r1_gamma=1.0),
     "uncond-mbstd": dict(minibatch_std=True),
     "uncond-mbstd-translation": dict(minibatch_std=True, augment="translation"),
+    "uncond-r1-g10": dict(r1_gamma=10.0),
+    "uncond-r1-hinge-sn": dict(r1_gamma=1.0, loss="hinge", spectral_norm=True),
 }
-SCORES = ("fid", "c2st_accuracy", "precision", "recall", "classes_covered", "kl", "label_accuracy")
 
 
 def run_name(name: str, seed: int) -> str:
@@ -96,17 +106,17 @@ def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
     run = OUT / run_name(name, seed)
     result = evaluate_run(GanEvalConfig(run=str(run), ref=str(MNIST_TEST), n=args.n, seed=seed,
                                         json=str(run / "eval.json"), device="cpu"))
-    pictures = save_pictures(name, seed) if seed == args.seeds[0] else {}
+    pictures = save_pictures(name, seed, args.section) if seed == args.seeds[0] else {}
     return {"train": train_result, "eval": result, **pictures}
 
 
-def save_pictures(name: str, seed: int) -> dict[str, str]:
+def save_pictures(name: str, seed: int, section: str) -> dict[str, str]:
     """A 10x10 grid from the run's EMA generator (one row per class when conditional), and a copy
-    of the judge's picks, into docs/img."""
+    of the judge's picks, into docs/img (named by section: each section keeps its own pictures)."""
     run = OUT / run_name(name, seed)
     generator, model_cfg, _ = load_generator(run)
     labels = sample_labels(model_cfg, 100, None)
-    grid, judge = IMAGES / f"gan-quality-{name}.png", IMAGES / f"gan-quality-{name}-judge.png"
+    grid, judge = IMAGES / f"gan-quality-{section}-{name}.png", IMAGES / f"gan-quality-{section}-{name}-judge.png"
     save_grid(generate_images(generator, model_cfg, 100, labels, seed=0), grid, nrow=10)
     shutil.copyfile(run / "judge.png", judge)
     return {"grid": str(grid), "judge": str(judge)}
@@ -129,7 +139,6 @@ def time_evaluator() -> dict:
 
 def markdown(payload: dict) -> str:
     first = next(iter(payload["results"].values()))
-    floor = next(iter(first.values()))["eval"]["real_floor"]
     budget = f"{payload['steps']} steps" if payload["steps"] else f"{payload['budget_s']:.0f} s of training"
     lines = [
         f"Measured {payload['date']} on {payload['machine']['cpu']} ({cpu_kind(payload['machine'])}, "
@@ -139,14 +148,15 @@ def markdown(payload: dict) -> str:
         f"Evaluator `{payload['evaluator']['key']}`: trained in {payload['evaluator']['train_seconds']:.0f} s, "
         f"{100 * payload['evaluator']['test_accuracy']:.2f}% accuracy on the 10,000 MNIST test digits. "
         f"{payload['n']} samples per model ({next(iter(first.values()))['eval']['n_compared']} per set-level metric) against one half of the test set; "
-        "the real-data floor is the other half (seed 0's split).",
+        "the real-data floor is the other half (each seed splits the test set its own way).",
         "",
-        "| setup | steps | images/s | FID | FID / floor | C2ST acc. | precision | recall | classes | KL | label acc. |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| setup | steps | images/s | FID | FID / floor | KID | C2ST acc. | precision | recall | density | coverage "
+        "| classes | KL | label acc. | intra-class FID |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, by_seed in payload["results"].items():
-        lines.append(row(name, list(by_seed.values()), floor))
-    lines.append(floor_row(floor))
+        lines.append(row(name, list(by_seed.values())))
+    lines.append(row("**real floor** (test half A vs B)", list(first.values()), "real_floor"))
     lines += ["", "Samples (EMA generator of the first seed, fixed noise; conditional models draw one row per digit), "
               "and the held-out samples the judge found most fake (left block) and most real (right block):", "",
               "| setup | samples | judge: most fake, most real |", "|---|---|---|"]
@@ -170,26 +180,22 @@ def spread(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def row(name: str, results: list[dict], floor: dict) -> str:
-    models = [r["eval"]["model"] for r in results]
+def row(name: str, results: list[dict], floor_side: str = "model") -> str:
+    """One table row: each metric's mean ± std over the seeds' results (``floor_side`` "real_floor":
+    the real-data floors of those seeds instead); FID / floor divides each seed by its own floor."""
+    scores = [r["eval"][floor_side] for r in results]
 
     def column(key: str, digits: int) -> str:
-        values = [m[key] for m in models]
+        values = [m[key] for m in scores]
         return "" if None in values else spread(values, digits)
 
-    ratios = [m["fid"] / floor["fid"] for m in models]
-    steps = spread([r["train"]["steps"] for r in results], 0)
-    speed = spread([r["train"]["images_per_s"] for r in results], 0)
-    return (f"| {name} | {steps} | {speed} | {column('fid', 2)} | {spread(ratios, 1)} | {column('c2st_accuracy', 3)} | "
-            f"{column('precision', 3)} | {column('recall', 3)} | {column('classes_covered', 0)} | {column('kl', 4)} | "
-            f"{column('label_accuracy', 3)} |")
-
-
-def floor_row(floor: dict) -> str:
-    label = "" if floor["label_accuracy"] is None else f"{floor['label_accuracy']:.3f}"
-    return (f"| **real floor** (test half A vs B) |  |  | {floor['fid']:.2f} | 1.0 | {floor['c2st_accuracy']:.3f} | "
-            f"{floor['precision']:.3f} | {floor['recall']:.3f} | {floor['classes_covered']} | {floor['kl']:.4f} | "
-            f"{label} |")
+    ratios = [r["eval"][floor_side]["fid"] / r["eval"]["real_floor"]["fid"] for r in results]
+    steps, speed = ("", "") if floor_side != "model" else (
+        spread([r["train"]["steps"] for r in results], 0), spread([r["train"]["images_per_s"] for r in results], 0))
+    return (f"| {name} | {steps} | {speed} | {column('fid', 2)} | {spread(ratios, 1)} | {column('kid', 3)} | "
+            f"{column('c2st_accuracy', 3)} | {column('precision', 3)} | {column('recall', 3)} | {column('density', 3)} | "
+            f"{column('coverage', 3)} | {column('classes_covered', 0)} | {column('kl', 4)} | "
+            f"{column('label_accuracy', 3)} | {column('intra_fid', 2)} |")
 
 
 def write_doc(section: str, marker: str) -> None:
@@ -216,7 +222,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--section", default="results", help="the doc section to write: results (default), "
                         "ablation, or any other name (appended to the doc on first use)")
+    parser.add_argument("--render", action="store_true", help="only rewrite the doc section from the section's "
+                        "saved JSON (benchmarks/out/gan_quality_SECTION.json)")
     args = parser.parse_args()
+    if args.render:
+        write_doc(markdown(json.loads((OUT_DIR / f"gan_quality_{args.section}.json").read_text())), args.section)
+        return
     if not (MNIST_TEST / "t10k-images-idx3-ubyte.gz").is_file():
         raise SystemExit(f"the benchmark needs the MNIST test set at {MNIST_TEST}")
     torch.set_num_threads(args.threads)

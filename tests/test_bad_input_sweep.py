@@ -292,7 +292,8 @@ COMPANIONS = {("gpt finetune", "source"): {"data": None, "target": "text"},
 STRING_VALUES = {"metrics": ["", ",", "perplexity,nope", "bleu,perplexity"], "template": ["no placeholder", ""],
                  "stop": [""], "prompt": ["\u2603 snowman", "ZZZ"], "host": ["", "no such host", "256.1.1.1"],
                  "api_key": ["", "   "], "tracker": ["", ",", "mlflow", "none,wandb", "tensorboard,nope"],
-                 "box": ["", "1,2,3", "a,b,c,d", "0,0,0,4", "20,20,10,10", "-1,0,4,4"]}
+                 "box": ["", "1,2,3", "a,b,c,d", "0,0,0,4", "20,20,10,10", "-1,0,4,4"],
+                 "augment": ["", ",", "flip", "translation,", "cutout,cutout", "none,cutout"]}
 
 
 def wrong_values(w: World, name: str, field: str) -> list[tuple[str, str]]:

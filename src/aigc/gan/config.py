@@ -186,9 +186,6 @@ class GanRestoreConfig:
         require(self.out is not None, "--out is required (a PNG file, or a new folder with --images)")
         require(self.upscale is None or self.upscale >= 2, f"--upscale must be 2 or more, got {self.upscale}")
         require(self.lr > 0, f"--lr must be positive, got {self.lr}")
-        require(self.lr_d is None or self.lr_d > 0, f"--lr-d must be positive, got {self.lr_d}")
-        require(self.r1_gamma >= 0, f"--r1-gamma must be non-negative, got {self.r1_gamma}")
-        parse_augment(self.augment)
         require(self.label is None or self.label >= 0, f"--label must be a class number (0, 1, ...), got {self.label}")
         if self.box is not None:
             parse_box(self.box)

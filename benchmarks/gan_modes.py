@@ -1,0 +1,162 @@
+"""Stacked MNIST: does a GAN cover all 1,000 modes? (the mode-collapse benchmark of VEEGAN and PacGAN)
+
+Each training image stacks three digits of the bundled ``mnist5k`` as its red, green and blue
+channels (``aigc gan train --data stacked-mnist5k``: 50,000 seeded triples), so the data has
+10 x 10 x 10 = 1,000 equally likely modes. Each setup trains an unconditional DCGAN for
+``--budget`` seconds; then ``--n`` (26,000, as in Lin et al. 2018) samples are drawn, rounded to
+8 bits, and each channel is read by the evaluator of ``aigc gan eval`` (the LeNet trained on
+mnist5k). Reported: modes covered (triples with at least one sample) and KL(samples || uniform).
+
+The real-data floor reads 26,000 random triples of MNIST *test* digits the same way: it shows
+what the evaluator's errors and a finite sample cost (even a perfect generator has KL about
+999 / (2 x 26,000) = 0.019 from sampling alone). Published anchors (Lin et al. 2018, Table 3,
+their smaller-discriminator setting, 26,000 samples, a pretrained MNIST classifier): DCGAN 99
+modes, KL 3.40; PacDCGAN2 1,000 modes, KL 0.06.
+
+    flock /tmp/aigc-bench.lock python benchmarks/gan_modes.py --budget 600 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from _common import each_in_workers, machine, matmul_peak_gflops, write_json
+from aigc import runs
+from aigc.data.images import load_images, save_grid, stack_digits
+from aigc.gan.config import GanTrainConfig
+from aigc.gan.evaluate import DEFAULT_RECIPE, quantize
+from aigc.gan.generation import generate_images
+from aigc.gan.loading import load_generator
+from aigc.gan.train import train
+from aigc.logging import read_metrics
+from aigc.metrics.evaluator import load_or_train_evaluator
+from aigc.metrics.image import class_histogram
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist"
+OUT = ROOT / "benchmarks" / "out" / "gan_modes"
+DOC = ROOT / "docs" / "benchmarks-gan-quality.md"
+IMAGES = ROOT / "docs" / "img"
+MODES = 1000
+ANCHORS = [("DCGAN (Lin et al. 2018)", 99, 3.40), ("PacDCGAN2 (Lin et al. 2018)", 1000, 0.06)]
+
+SETUPS = {  # name -> GanTrainConfig overrides (unconditional DCGAN on stacked-mnist5k)
+    "dcgan-bce": dict(),
+    "dcgan-r1-g10": dict(r1_gamma=10.0),
+    "dcgan-mbstd": dict(minibatch_std=True),
+}
+
+
+def digit_evaluator():
+    digits = load_images("mnist5k")
+    return load_or_train_evaluator(digits.images, digits.labels, digits.num_classes, DEFAULT_RECIPE)
+
+
+def count_modes(images: torch.Tensor, evaluator) -> dict:
+    """Stacked images (N, 3, H, W) -> the evaluator's digit per channel -> modes and KL to uniform."""
+    digits = [evaluator.features_and_logits(images[:, c:c + 1])[1].argmax(1) for c in range(3)]  # 3 x (N,)
+    modes = digits[0] * 100 + digits[1] * 10 + digits[2]
+    p = class_histogram(modes, MODES)
+    kl = float(torch.where(p > 0, p * (p * MODES).log(), torch.zeros_like(p)).sum())
+    return {"modes": int((p > 0).sum()), "kl": kl}
+
+
+def real_floor(n: int, evaluator) -> dict:
+    """The same count on ``n`` random triples of MNIST test digits (never seen by the evaluator)."""
+    test = load_images(str(MNIST_TEST))
+    return count_modes(stack_digits(test, count=n, seed=1).images, evaluator)
+
+
+def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
+    """Train one setup with one seed, then count its samples' modes."""
+    name, seed = job
+    torch.set_num_threads(args.threads)
+    out = OUT / f"{name}-seed{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    train(GanTrainConfig(data="stacked-mnist5k", out=str(out), device="cpu", seed=seed, time_budget=args.budget,
+                         **SETUPS[name]))
+    seconds = time.perf_counter() - start
+    steps = [m for m in read_metrics(out / runs.METRICS_FILE) if "d_loss" in m][-1]["step"]
+    generator, model_cfg, _ = load_generator(out)
+    samples = quantize(generate_images(generator, model_cfg, args.n, None, seed=seed))  # (n, 3, 28, 28), 8-bit
+    result = {"steps": steps, "seconds": seconds, "images_per_s": steps * 64 / seconds,
+              **count_modes(samples, digit_evaluator())}
+    if seed == args.seeds[0]:
+        result["grid"] = str(IMAGES / f"gan-modes-{name}.png")
+        save_grid(samples[:100], result["grid"], nrow=10)
+    print(f"{name} seed {seed}: {steps} steps, {result['modes']} modes, KL {result['kl']:.3f}", flush=True)
+    return result
+
+
+def markdown(payload: dict) -> str:
+    def spread(values: list[float], digits: int) -> str:
+        if len(values) == 1:
+            return f"{values[0]:.{digits}f}"
+        return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+    m = payload["machine"]
+    lines = [f"Measured {payload['date']} on {m['cpu']} ({m['cores']} cores; {payload['jobs']} run(s) at a time with "
+             f"{payload['threads']} torch thread(s) each; fp32 matmul peak {payload['matmul_gflops']:.0f} GFLOP/s): "
+             f"{payload['budget_s']:.0f} s of training per run on stacked-mnist5k, seeds "
+             f"{', '.join(map(str, payload['seeds']))}, {payload['n']} samples each (mean ± standard deviation).", "",
+             "| setup | steps | images/s | modes (of 1,000) | KL(samples ‖ uniform) |", "|---|---:|---:|---:|---:|"]
+    for name, by_seed in payload["results"].items():
+        results = list(by_seed.values())
+        lines.append(f"| {name} | {spread([r['steps'] for r in results], 0)} | "
+                     f"{spread([r['images_per_s'] for r in results], 0)} | {spread([r['modes'] for r in results], 0)} | "
+                     f"{spread([r['kl'] for r in results], 3)} |")
+    floor = payload["real_floor"]
+    lines.append(f"| **real floor** ({payload['n']} random triples of MNIST test digits) |  |  | {floor['modes']} | "
+                 f"{floor['kl']:.3f} |")
+    lines += [f"| *{name}* (published) |  |  | {modes} | {kl:.2f} |" for name, modes, kl in ANCHORS]
+    lines += ["", "| setup | 100 samples (first seed) |", "|---|---|"]
+    for name, by_seed in payload["results"].items():
+        grid = next((r["grid"] for r in by_seed.values() if "grid" in r), None)
+        if grid:
+            lines.append(f"| `{name}` | ![{name}]({Path(grid).relative_to(DOC.parent).as_posix()}) |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from gan_quality import write_doc
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=600, help="training seconds per run (default: 600)")
+    parser.add_argument("--n", type=int, default=26000, help="samples counted per run (default: 26000)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    args = parser.parse_args()
+    if not (MNIST_TEST / "t10k-images-idx3-ubyte.gz").is_file():
+        raise SystemExit(f"the benchmark needs the MNIST test set at {MNIST_TEST}")
+    torch.set_num_threads(args.threads)
+    OUT.mkdir(parents=True, exist_ok=True)
+    os.environ["XDG_CACHE_HOME"] = str(OUT / "cache")
+    payload = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+               "threads": args.threads, "jobs": args.jobs, "matmul_gflops": matmul_peak_gflops(torch.float32),
+               "budget_s": args.budget, "n": args.n, "seeds": args.seeds,
+               "real_floor": real_floor(args.n, digit_evaluator()), "results": {name: {} for name in args.setups}}
+    print(f"real floor: {payload['real_floor']}", flush=True)
+    jobs = [(name, seed) for name in args.setups for seed in args.seeds]
+    for (name, seed), result in each_in_workers(partial(measure, args=args), jobs, args.jobs):
+        payload["results"][name][seed] = result
+        write_json("gan_modes", payload)
+    for name in args.setups:
+        payload["results"][name] = dict(sorted(payload["results"][name].items()))
+    write_json("gan_modes", payload)
+    write_doc(markdown(payload), "modes")
+    print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The tricks against collapse of issue 17: DiffAugment, minibatch standard deviation, R1, TTUR,
+and the Stacked MNIST data they are judged on."""
+
+import json
+
+import pytest
+import torch
+
+from aigc.data.images import load_images, stack_digits
+from aigc.gan.augment import DiffAugment, cutout, translate
+from aigc.gan.config import GanTrainConfig, parse_augment
+from aigc.gan.loading import load_generator
+from aigc.gan.losses import r1_penalty
+from aigc.gan.models import GanModelConfig, MinibatchStd, build_discriminator
+from aigc.gan.train import GanTrainer, _model_config, train
+
+from conftest import assert_one_line_error
+
+
+def test_translate_shifts_whole_pixels_and_lets_zeros_in():
+    images = torch.arange(2 * 16, dtype=torch.float).view(2, 1, 4, 4) + 1
+    moved = translate(images, torch.tensor([[1, 0], [0, -2]]))
+    assert torch.equal(moved[0, 0, 1:], images[0, 0, :3]) and moved[0, 0, 0].eq(0).all()  # down by one
+    assert torch.equal(moved[1, 0, :, :2], images[1, 0, :, 2:]) and moved[1, 0, :, 2:].eq(0).all()  # left by two
+    assert torch.equal(translate(images, torch.zeros(2, 2, dtype=torch.long)), images)
+
+
+def test_cutout_zeroes_one_square_clipped_at_the_edges():
+    ones = torch.ones(2, 3, 8, 8)
+    cut = cutout(ones, torch.tensor([[4, 4], [0, 7]]), size=4)
+    assert cut[0].eq(0).sum() == 3 * 16 and cut[0, :, 2:6, 2:6].eq(0).all()  # the whole square, every channel
+    assert cut[1].eq(0).sum() == 3 * 2 * 3 and cut[1, :, :2, 5:].eq(0).all()  # a corner: rows 0-1, columns 5-7
+
+
+def test_diffaugment_is_differentiable_and_drawn_from_the_given_generator():
+    augment = DiffAugment(parse_augment("translation,cutout"), image_size=28)
+    draw = lambda: augment.draw(5, torch.Generator().manual_seed(3), torch.device("cpu"))  # noqa: E731
+    params = draw()
+    assert params.shape == (5, 4) and torch.equal(params, draw())
+    assert params[:, :2].abs().max() <= 4  # 1/8 of 28, rounded
+    images = torch.randn(5, 1, 28, 28, requires_grad=True)
+    augment.apply(images, params).sum().backward()
+    assert images.grad.abs().sum() > 0 and not DiffAugment((), 28)
+
+
+def test_minibatch_std_appends_each_groups_spread():
+    layer = MinibatchStd(group=2)
+    same = torch.ones(4, 3, 2, 2)
+    assert layer(same).shape == (4, 4, 2, 2) and layer(same)[:, 3].max() < 1e-3  # no spread
+    x = torch.zeros(4, 1, 1, 1)
+    x[2] = 2.0  # groups are samples {0, 2} and {1, 3} (sample i is in group i % 2)
+    spread = layer(x)[:, 1].flatten()
+    assert torch.allclose(spread, torch.tensor([1.0, 0.0, 1.0, 0.0]), atol=1e-3)
+    assert layer(torch.randn(5, 2, 3, 3)).shape == (5, 3, 3, 3)  # 5 is prime: groups of one
+
+
+@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+def test_discriminators_with_minibatch_std(model):
+    cfg = GanModelConfig(model=model, num_classes=10, width=16, minibatch_std=True, disc_norm="none")
+    assert build_discriminator(cfg)(torch.randn(6, 1, 28, 28), torch.arange(6)).shape == (6,)
+
+
+def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
+    weight = torch.tensor([3.0, 4.0], requires_grad=True)
+    real = torch.randn(7, 2, requires_grad=True)
+    penalty = r1_penalty(real @ weight, real)
+    assert penalty.item() == pytest.approx(25.0) and penalty.requires_grad
+
+
+def test_trainer_applies_lr_d_and_drops_batch_norm_under_r1():
+    data = load_images("mnist5k")
+    cfg = GanTrainConfig(out="unused", width=8, lr=1e-4, lr_d=4e-4, r1_gamma=1.0)
+    trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
+    assert trainer.opt_g.param_groups[0]["lr"] == 1e-4 and trainer.opt_d.param_groups[0]["lr"] == 4e-4
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in trainer.discriminator.modules())
+
+
+def test_a_run_saved_before_minibatch_std_existed_still_loads(tmp_path):
+    out = train(GanTrainConfig(out=str(tmp_path / "run"), steps=2, width=8, log_every=1))
+    config = json.loads((out / "config.json").read_text())
+    del config["model"]["minibatch_std"]
+    (out / "config.json").write_text(json.dumps(config))
+    _, model_cfg, _ = load_generator(out)
+    assert model_cfg.minibatch_std is False
+
+
+def test_stacked_digits_put_three_digits_in_the_colour_channels():
+    digits = load_images("mnist5k")
+    stacked = stack_digits(digits, count=200, seed=1)
+    assert stacked.images.shape == (200, 3, 28, 28) and stacked.num_classes == 1000
+    image, label = stacked.images[17], int(stacked.labels[17])
+    for channel, digit in enumerate((label // 100, label // 10 % 10, label % 10)):
+        matches = (digits.images[:, 0] == image[channel]).flatten(1).all(1)
+        assert matches.any() and (digits.labels[matches] == digit).all()
+    assert torch.equal(stack_digits(digits, count=200, seed=1).images, stacked.images)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--augment", "flip"], "--augment 'flip': give none or a comma-separated subset of translation, cutout"),
+    (["--augment", "cutout,cutout"], "--augment"),
+    (["--lr-d", "0"], "--lr-d must be positive"),
+    (["--r1-gamma", "-1"], "--r1-gamma must be non-negative"),
+    (["--r1-every", "0"], "--r1-every must be positive"),
+])
+def test_bad_trick_flags_are_one_line(run_cli, tmp_path, argv, fragment):
+    assert_one_line_error(*run_cli("gan", "train", "--out", tmp_path / "r", *argv)[::2], fragment)
+    assert not (tmp_path / "r").exists()
