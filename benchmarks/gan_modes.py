@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import time
 from functools import partial
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 from _common import each_in_workers, machine, matmul_peak_gflops, write_json
+from gan_quality import cpu_kind, spread, write_doc
 from aigc import runs
 from aigc.data.images import load_images, save_grid, stack_digits
 from aigc.gan.config import GanTrainConfig
@@ -38,7 +38,7 @@ from aigc.gan.loading import load_generator
 from aigc.gan.train import train
 from aigc.logging import read_metrics
 from aigc.metrics.evaluator import load_or_train_evaluator
-from aigc.metrics.image import class_histogram
+from aigc.metrics.image import mode_coverage
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist"
@@ -61,12 +61,12 @@ def digit_evaluator():
 
 
 def count_modes(images: torch.Tensor, evaluator) -> dict:
-    """Stacked images (N, 3, H, W) -> the evaluator's digit per channel -> modes and KL to uniform."""
+    """Stacked images (N, 3, H, W) -> the evaluator's digit per channel -> modes hit at least once
+    and KL(samples || uniform)."""
     digits = [evaluator.features_and_logits(images[:, c:c + 1])[1].argmax(1) for c in range(3)]  # 3 x (N,)
     modes = digits[0] * 100 + digits[1] * 10 + digits[2]
-    p = class_histogram(modes, MODES)
-    kl = float(torch.where(p > 0, p * (p * MODES).log(), torch.zeros_like(p)).sum())
-    return {"modes": int((p > 0).sum()), "kl": kl}
+    coverage = mode_coverage(modes, torch.arange(MODES), MODES, threshold=1 / len(modes))
+    return {"modes": coverage.classes_covered, "kl": coverage.kl}
 
 
 def real_floor(n: int, evaluator) -> dict:
@@ -81,14 +81,15 @@ def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     out = OUT / f"{name}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
+    cfg = GanTrainConfig(data="stacked-mnist5k", out=str(out), device="cpu", seed=seed, time_budget=args.budget,
+                         **SETUPS[name])
     start = time.perf_counter()
-    train(GanTrainConfig(data="stacked-mnist5k", out=str(out), device="cpu", seed=seed, time_budget=args.budget,
-                         **SETUPS[name]))
+    train(cfg)
     seconds = time.perf_counter() - start
     steps = [m for m in read_metrics(out / runs.METRICS_FILE) if "d_loss" in m][-1]["step"]
     generator, model_cfg, _ = load_generator(out)
     samples = quantize(generate_images(generator, model_cfg, args.n, None, seed=seed))  # (n, 3, 28, 28), 8-bit
-    result = {"steps": steps, "seconds": seconds, "images_per_s": steps * 64 / seconds,
+    result = {"steps": steps, "seconds": seconds, "images_per_s": steps * cfg.batch_size / seconds,
               **count_modes(samples, digit_evaluator())}
     if seed == args.seeds[0]:
         result["grid"] = str(IMAGES / f"gan-modes-{name}.png")
@@ -98,13 +99,8 @@ def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
 
 
 def markdown(payload: dict) -> str:
-    def spread(values: list[float], digits: int) -> str:
-        if len(values) == 1:
-            return f"{values[0]:.{digits}f}"
-        return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
     m = payload["machine"]
-    lines = [f"Measured {payload['date']} on {m['cpu']} ({m['cores']} cores; {payload['jobs']} run(s) at a time with "
+    lines = [f"Measured {payload['date']} on {m['cpu']} ({cpu_kind(m)}, {m['cores']} cores; {payload['jobs']} run(s) at a time with "
              f"{payload['threads']} torch thread(s) each; fp32 matmul peak {payload['matmul_gflops']:.0f} GFLOP/s): "
              f"{payload['budget_s']:.0f} s of training per run on stacked-mnist5k, seeds "
              f"{', '.join(map(str, payload['seeds']))}, {payload['n']} samples each (mean ± standard deviation).", "",
@@ -127,8 +123,6 @@ def markdown(payload: dict) -> str:
 
 
 def main() -> None:
-    from gan_quality import write_doc
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=600, help="training seconds per run (default: 600)")
     parser.add_argument("--n", type=int, default=26000, help="samples counted per run (default: 26000)")
