@@ -165,30 +165,67 @@ def test_early_stop_ends_the_mle_phase_at_the_validation_minimum(tmp_path, run_c
     load_discriminator(load_textgan(run))  # residual runs keep their discriminator
 
 
-def test_early_stop_resumes_with_its_best_generator(tmp_path, run_cli, monkeypatch):
+# A residual run whose discriminator memorises the 36 training sequences within its 64 steps.
+D_OVERFIT = ["--max-iters", "16", "--mode", "residual", "--d-pretrain-steps", "64", "--d-lr", "1e-2"]
+
+
+def test_early_stop_ends_the_d_pretrain_phase_at_its_held_out_minimum(tmp_path, run_cli, monkeypatch):
     data = ["--data", "oracle", "--oracle", oracle_args(tmp_path)[3], "--oracle-samples", "48",
             "--oracle-length", "6"]
-    one = ["--early-stop", "--adv-rounds", "0", "--d-pretrain-steps", "0"]
+    offered, keep_best_discriminator = {}, TextGanTrainer.keep_best_discriminator
+
+    def recording(self, step, d_val_loss):  # the discriminator as each evaluation saw it
+        offered[step] = {name: t.clone() for name, t in self.disc.state_dict().items()}
+        return keep_best_discriminator(self, step, d_val_loss)
+
+    monkeypatch.setattr(TextGanTrainer, "keep_best_discriminator", recording)
+    run = tmp_path / "run"
+    status, _, err = run_cli("textgan", "train", *data, *OVERFIT, *D_OVERFIT, "--early-stop", "--out", run)
+    assert status == 0, err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    held_out = [row for row in rows if "d_val_loss" in row]
+    assert [row["step"] for row in held_out] == list(range(24, 81, 8)) and sorted(offered) == list(range(24, 81, 8))
+    best = min(held_out, key=lambda row: row["d_val_loss"])
+    assert best["step"] < 80, "the discriminator should memorise its 36 sequences"
+    assert held_out[-1]["early_stop_d_step"] == best["step"]
+    assert held_out[-1]["early_stop_d_val_loss"] == best["d_val_loss"]
+    saved = load_discriminator(load_textgan(run)).state_dict()
+    assert all(torch.equal(saved[name], offered[best["step"]][name]) for name in saved)
+
+
+@pytest.mark.parametrize("phase, step_method, stop_at, extra", [
+    ("mle", "mle_step", 70, ["--adv-rounds", "0", "--d-pretrain-steps", "0"]),
+    ("d-pretrain", "d_step", 50, D_OVERFIT),
+])
+def test_early_stop_resumes_with_its_best_so_far(tmp_path, run_cli, monkeypatch, phase, step_method, stop_at, extra):
+    data = ["--data", "oracle", "--oracle", oracle_args(tmp_path)[3], "--oracle-samples", "48",
+            "--oracle-length", "6"]
+    one = ["--early-stop", *extra]
     status, _, err = run_cli("textgan", "train", *data, *OVERFIT, *one, "--out", tmp_path / "full")
     assert status == 0, err
-    # Ctrl-C during MLE step 70 (after the best so far was kept): the run saves and stops there
-    mle_step, calls = TextGanTrainer.mle_step, []
+    # Ctrl-C during step 70 of the phase (after a best so far was kept): the run saves and stops there
+    step, calls = getattr(TextGanTrainer, step_method), []
 
-    def interrupted_at_70(self, *args):
+    def interrupted(self, *args):
         calls.append(1)
-        if len(calls) == 70:
+        if len(calls) == stop_at:
             os.kill(os.getpid(), signal.SIGINT)
-        return mle_step(self, *args)
+        return step(self, *args)
 
-    monkeypatch.setattr(TextGanTrainer, "mle_step", interrupted_at_70)
+    monkeypatch.setattr(TextGanTrainer, step_method, interrupted)
     status, _, err = run_cli("textgan", "train", *data, *OVERFIT, *one, "--out", tmp_path / "split")
     assert status == 130, err
     monkeypatch.undo()
-    assert json.loads((tmp_path / "split" / "checkpoint.json").read_text())["step"] == 70
+    stopped = json.loads((tmp_path / "split" / "checkpoint.json").read_text())["step"]
+    assert stopped == stop_at + (16 if phase == "d-pretrain" else 0)
     status, _, err = run_cli("textgan", "train", "--resume", "--out", tmp_path / "split")
     assert status == 0, err
-    full, split = (load_textgan(tmp_path / name).model.state_dict() for name in ("full", "split"))
-    assert all(torch.equal(full[name], split[name]) for name in full)
+    full, split = (load_textgan(tmp_path / name) for name in ("full", "split"))
+    assert all(torch.equal(full.model.state_dict()[name], split.model.state_dict()[name])
+               for name in full.model.state_dict())
+    if phase == "d-pretrain":
+        full_d, split_d = (load_discriminator(run).state_dict() for run in (full, split))
+        assert all(torch.equal(full_d[name], split_d[name]) for name in full_d)
 
 
 def test_residual_mode_skips_adversarial_rounds(tmp_path, run_cli):

@@ -39,8 +39,9 @@ class TextGanTrainConfig(RunOptions):
     max_iters: int = option(2000, "MLE pretraining steps (ignored with --base)")
     lr: float = option(1e-3, "MLE learning rate (AdamW)")
     val_fraction: float = option(0.05, "share of the training sequences held out for validation NLL")
-    early_stop: bool = option(False, "end the MLE phase with the generator of its lowest validation NLL (evaluated "
-                                     "every --eval-every steps) rather than its last")
+    early_stop: bool = option(False, "end the MLE phase with the generator of its lowest validation NLL, and the "
+                                     "d-pretrain phase with the discriminator of its lowest held-out loss (both "
+                                     "evaluated every --eval-every steps), rather than their last")
     disc: str = option("cnn", "discriminator", choices=DISCRIMINATORS)
     d_pretrain_steps: int = option(300, "discriminator steps on real vs generated before the adversarial rounds")
     d_lr: float = option(1e-3, "discriminator learning rate (Adam; SeqGAN's 1e-4 leaves it at chance after "

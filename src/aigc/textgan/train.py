@@ -50,6 +50,8 @@ from aigc.training.samplers import RandomBatches
 
 ORACLE_EVAL_SAMPLES = 1000
 BEST_MLE_FILE = "mle-best.safetensors"  # --early-stop's best generator so far, while the MLE phase runs
+BEST_D_FILE = "disc-best.safetensors"  # and its best discriminator so far, while the d-pretrain phase runs
+MLE_KEYS, D_KEYS = ("best_val_nll", "best_step"), ("best_d_val_loss", "best_d_step")  # in state.pt's "trainer"
 # Settings a resumed run takes from the command line; all others come from the saved run.
 RESUME_OVERRIDABLE = {"adv_rounds", "time_budget", "log_every", "eval_every", "save_every", "device", "out",
                       "resume", "tracker"}
@@ -158,6 +160,28 @@ def split(sequences: torch.Tensor, val_fraction: float, seed: int) -> tuple[torc
     return sequences[order[n_val:]], sequences[order[:n_val]]
 
 
+@dataclasses.dataclass
+class BestSoFar:
+    """--early-stop within one phase: the weights of the lowest held-out loss so far, and its step."""
+
+    loss: float = math.inf
+    step: int = 0
+    weights: dict[str, torch.Tensor] | None = None
+
+    def offer(self, step: int, loss: float, weights: dict[str, torch.Tensor]) -> None:
+        if loss < self.loss:
+            self.loss, self.step = loss, step
+            self.weights = {name: t.detach().clone() for name, t in weights.items()}
+
+    def state_dict(self, loss_key: str, step_key: str) -> dict:
+        return {loss_key: self.loss, step_key: self.step}
+
+    def load_state(self, loss_key: str, step_key: str, state: dict, weights_file: Path) -> None:
+        self.loss, self.step = state.get(loss_key, math.inf), state.get(step_key, 0)
+        if weights_file.is_file():
+            self.weights = load_weights(weights_file)[0]
+
+
 class TextGanTrainer:
     """The generator, discriminator, optimizers and data of one run, and the step of each
     phase; driven by ``aigc.training.loop``."""
@@ -182,9 +206,10 @@ class TextGanTrainer:
         adversarial = config.adv_rounds if config.mode == "reinforce" else 0
         self.phases = [("mle", mle), ("d-pretrain", d_pretrain), ("adversarial", adversarial)]
         self.total = mle + d_pretrain + adversarial
-        self.mle_end = mle
-        # --early-stop: the generator of the lowest validation NLL so far, and where it was
-        self.best_val_nll, self.best_step, self.best_weights = math.inf, 0, None
+        self.mle_end, self.d_pretrain_end = mle, mle + d_pretrain
+        # --early-stop: the generator of the lowest validation NLL so far in the MLE phase, and the
+        # discriminator of the lowest held-out loss so far in the d-pretrain phase
+        self.best_mle, self.best_disc = BestSoFar(), BestSoFar()
         # A phase's last step always logs, evaluates and saves.
         self.boundaries = frozenset(end for end in itertools.accumulate(n for _, n in self.phases) if end > 0)
         self.last_phase = self.phase(0) if self.total else "mle"
@@ -269,6 +294,8 @@ class TextGanTrainer:
         while only the discriminator trains, but at the end of that phase."""
         if self.last_phase == "d-pretrain":
             out = self.held_out_discrimination()
+            if self.config.early_stop and out:
+                out.update(self.keep_best_discriminator(step, out["d_val_loss"]))
             if step not in self.boundaries:
                 return out
         else:
@@ -287,13 +314,21 @@ class TextGanTrainer:
     def keep_best(self, step: int, val_nll: float) -> dict[str, float]:
         """--early-stop: remember the generator if its validation NLL is the lowest so far; at the
         end of the MLE phase, go back to the best one (what follows starts from it)."""
-        if val_nll < self.best_val_nll:
-            self.best_val_nll, self.best_step = val_nll, step
-            self.best_weights = {name: t.detach().clone() for name, t in self.model.weights().items()}
+        self.best_mle.offer(step, val_nll, self.model.weights())
         if step != self.mle_end:
             return {}
-        self.model.load_weights(self.best_weights)
-        return {"early_stop_step": self.best_step, "early_stop_val_nll": self.best_val_nll}
+        self.model.load_weights(self.best_mle.weights)
+        return {"early_stop_step": self.best_mle.step, "early_stop_val_nll": self.best_mle.loss}
+
+    def keep_best_discriminator(self, step: int, d_val_loss: float) -> dict[str, float]:
+        """--early-stop: the same for the discriminator in the d-pretrain phase, on its held-out
+        loss (a discriminator that memorises the training sequences gets worse there while its
+        training loss still falls)."""
+        self.best_disc.offer(step, d_val_loss, self.disc.state_dict())
+        if step != self.d_pretrain_end:
+            return {}
+        self.disc.load_state_dict(self.best_disc.weights)
+        return {"early_stop_d_step": self.best_disc.step, "early_stop_d_val_loss": self.best_disc.loss}
 
     @torch.no_grad()
     def held_out_discrimination(self) -> dict[str, float]:
@@ -309,14 +344,16 @@ class TextGanTrainer:
         return {"d_val_loss": loss.item(), "d_val_accuracy": accuracy}
 
     def best(self) -> None:
-        return None  # what is saved last is what gets reported (--early-stop picks within the MLE phase)
+        return None  # what is saved last is what gets reported (--early-stop picks within a phase)
 
     def weights(self) -> dict[str, dict[str, torch.Tensor]]:
         weights = {WEIGHTS_FILE: self.model.weights()}
         if self.disc is not None:
             weights[DISC_FILE] = self.disc.state_dict()
-        if self.best_weights is not None and self.last_phase == "mle":  # resuming mid-MLE needs it
-            weights[BEST_MLE_FILE] = self.best_weights
+        if self.best_mle.weights is not None and self.last_phase == "mle":  # resuming mid-phase needs it
+            weights[BEST_MLE_FILE] = self.best_mle.weights
+        if self.best_disc.weights is not None and self.last_phase == "d-pretrain":
+            weights[BEST_D_FILE] = self.best_disc.weights
         return weights
 
     def state_dict(self) -> dict:
@@ -324,7 +361,7 @@ class TextGanTrainer:
         if self.d_opt is not None:
             optimizers["discriminator"] = self.d_opt.state_dict()
         return {"optimizers": optimizers, "samplers": {"sequences": self.sampler.state_dict()}, "rng": {},
-                "trainer": {"best_val_nll": self.best_val_nll, "best_step": self.best_step}}
+                "trainer": {**self.best_mle.state_dict(*MLE_KEYS), **self.best_disc.state_dict(*D_KEYS)}}
 
     def load_state(self, folder: Path, state: dict) -> None:
         load_into(self.model, folder / WEIGHTS_FILE)
@@ -332,8 +369,6 @@ class TextGanTrainer:
             self.disc.load_state_dict(load_weights(folder / DISC_FILE)[0])
             self.d_opt.load_state_dict(state["optimizers"]["discriminator"])
         self.g_opt.load_state_dict(state["optimizers"]["generator"])
-        self.best_val_nll = state["trainer"].get("best_val_nll", math.inf)
-        self.best_step = state["trainer"].get("best_step", 0)
-        if (folder / BEST_MLE_FILE).is_file():
-            self.best_weights = load_weights(folder / BEST_MLE_FILE)[0]
+        self.best_mle.load_state(*MLE_KEYS, state["trainer"], folder / BEST_MLE_FILE)
+        self.best_disc.load_state(*D_KEYS, state["trainer"], folder / BEST_D_FILE)
         self.sampler.load_state_dict(state["samplers"]["sequences"])
