@@ -176,6 +176,8 @@ class GanRestoreConfig:
                          "the small image's block means; --no-paste keeps the generator's own image")
     seed: int = option(0, "random seed of the starting codes")
     ema: bool = option(True, "use the EMA generator when the run has one")
+    amp: bool = option(True, "bf16 autocast in the search for the codes where the hardware supports it (the best "
+                             "start is then chosen, and --finetune-generator runs, in float32)")
     device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
 
     def validate(self) -> None:

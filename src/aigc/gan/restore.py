@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc.devices import autocast
 from aigc.gan.models import GanModelConfig
 
 # ------------------------------------------------------------------------------ degradations
@@ -130,6 +131,7 @@ class InversionSettings:
     finetune_steps: int = 0  # > 0: Deep Generative Prior, fine-tune G's weights (and z) per image
     finetune_lr: float = 1e-4  # Adam on G's weights; z moves at ``lr / 10``
     seed: int = 0  # the starting codes: the same for every image, so a batch gives what one image alone gives
+    amp: bool = True  # bf16 autocast in the search where the hardware computes bf16 natively; the pick, DGP: fp32
 
 
 @dataclass
@@ -193,7 +195,9 @@ def invert(generator: nn.Module, model_cfg: GanModelConfig, degradation: Degrada
     for step in range(settings.steps):
         hard = step >= hard_from
         params = [z] if hard else free  # once the class is fixed, only z moves
-        error = degraded.error(generator(z, _labels(logits, fixed, hard)), targets)  # (N*R,)
+        with autocast(device, settings.amp):
+            generated = generator(z, _labels(logits, fixed, hard))  # (N*R, C, H, W)
+        error = degraded.error(generated.float(), targets)  # (N*R,)
         loss = (error + settings.prior * z.square().mean(1)).sum()  # a sum: each image's own gradient
         for param, grad in zip(params, torch.autograd.grad(loss, params)):  # no gradients for G's weights
             param.grad = grad
