@@ -1,8 +1,9 @@
 """Image repair by GAN inversion against classical baselines, on MNIST test digits.
 
-Trains (or reuses, when a run of the same settings is already under ``benchmarks/out/gan_restore/``)
-a conditional and an unconditional DCGAN on the bundled mnist5k digits with ``aigc gan train
---time-budget``, then repairs ``--n`` digits of the MNIST **test** set (``../shared/data/mnist``,
+Takes the conditional and the unconditional DCGAN of the quality benchmark (``gan_quality.py``'s
+``dcgan-conditional`` and ``dcgan-bce``: ``aigc gan train``'s default recipe on the bundled mnist5k
+digits, ``--budget`` seconds each), reusing its runs under ``benchmarks/out/gan_quality/`` when
+they were trained with these settings and training them there otherwise, then repairs ``--n`` digits of the MNIST **test** set (``../shared/data/mnist``,
 never training data) six ways and scores each repair against the true digit:
 
 - inpainting: the central 14x14 box, random 50% and 75% of the pixels missing; baselines
@@ -40,6 +41,7 @@ import torch
 
 from _common import OUT_DIR, machine, write_json
 from aigc.data.images import load_images, save_grid
+from aigc.devices import bf16_supported
 from aigc.gan import restore as R
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ DOC = ROOT / "docs" / "benchmarks-restore.md"
 IMAGES = ROOT / "docs" / "img"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
-GANS = {"conditional": True, "unconditional": False}  # name -> --conditional
+GANS = {"conditional": "dcgan-conditional", "unconditional": "dcgan-bce"}  # name -> the quality benchmark's setup
 TASKS = ("box14", "random50", "random75", "sr7", "sr14", "denoise")
 TARGETS = ("box14", "random75", "sr7")  # the GAN must beat every baseline here on PSNR and accuracy
 SIGMA = 0.3
@@ -170,39 +172,44 @@ def run_baselines(task: str, degradation, seen: torch.Tensor, tune_truth: torch.
 # ------------------------------------------------------------------------------ the GANs (worker processes)
 
 
-def train_or_reuse(name: str, args) -> dict:
-    """The GAN run ``name``: reused when one with the same settings exists, else trained now."""
+def quality_run(name: str, args) -> tuple[Path, dict]:
+    """The quality benchmark's run of GAN ``name``, trained now unless it exists with this budget and seed."""
+    import gan_quality
     from aigc import runs
-    from aigc.gan.config import GanTrainConfig
-    from aigc.gan.train import train
     from aigc.logging import read_metrics
 
-    out = OUT / name
-    settings = {"model": "dcgan", "conditional": GANS[name], "width": args.width, "time_budget": args.budget,
-                "seed": args.seed}
-    marker = out / "benchmark-settings.json"
-    if marker.is_file() and json.loads(marker.read_text()) == settings:
-        return json.loads((out / "benchmark-training.json").read_text())
-    if out.exists():
-        import shutil
-        shutil.rmtree(out)
-    start = time.perf_counter()
-    train(GanTrainConfig(data="mnist5k", out=str(out), device="cpu", **settings))
-    last = [m for m in read_metrics(out / runs.METRICS_FILE) if "d_loss" in m][-1]
-    training = {"steps": last["step"], "seconds": time.perf_counter() - start, **settings}
-    (out / "benchmark-training.json").write_text(json.dumps(training))
-    marker.write_text(json.dumps(settings))
-    return training
+    run = gan_quality.OUT / gan_quality.run_name(GANS[name], args.seed)
+    if not finished(run, args):
+        gan_quality.train_for(GANS[name], args.seed, args.budget, None)
+    config = json.loads((run / "config.json").read_text())["train"]
+    last = [m for m in read_metrics(run / runs.METRICS_FILE) if "d_loss" in m][-1]
+    model = json.loads((run / "config.json").read_text())["model"]
+    return run, {"run": run.relative_to(ROOT).as_posix(), "steps": last["step"], "width": model["width"],
+                 "time_budget": config["time_budget"]}
+
+
+def finished(run: Path, args) -> bool:
+    """Whether ``run`` was trained for --budget seconds with --seed and saved at its last step."""
+    from aigc import runs
+    from aigc.logging import read_metrics
+
+    if not (run / "checkpoint.json").is_file():
+        return False
+    config = json.loads((run / "config.json").read_text())["train"]
+    saved = json.loads((run / "checkpoint.json").read_text())["step"]
+    logged = [m["step"] for m in read_metrics(run / runs.METRICS_FILE) if "d_loss" in m]
+    return (config["time_budget"], config["steps"], config["seed"]) == (args.budget, None, args.seed) and \
+        logged[-1:] == [saved]
 
 
 def gan_worker(name: str, args, problems: dict) -> dict:
-    """Train/reuse one GAN and repair every task with it; the repairs go to OUT/name/restored.pt."""
+    """Train/reuse one GAN and repair every task with it; the repairs go to OUT/{name}-restored.pt."""
     torch.set_num_threads(1)
     from aigc.gan.loading import load_gan
 
-    training = train_or_reuse(name, args)
-    gan = load_gan(OUT / name)
-    settings = R.InversionSettings(steps=args.steps, restarts=args.restarts, seed=args.seed)
+    run, training = quality_run(name, args)
+    gan = load_gan(run)
+    settings = R.InversionSettings(steps=args.steps, restarts=args.restarts, seed=args.seed, amp=args.amp)
     chunk = max(1, args.batch // args.restarts)  # images per inversion batch
     repaired, seconds = {}, {}
     for task, (degradation, seen) in problems.items():
@@ -215,7 +222,7 @@ def gan_worker(name: str, args, problems: dict) -> dict:
             seconds[(task, key)] = sum(p[key][1] for p in parts) / seen.shape[0]
         print(f"{name}: {task} done in {time.perf_counter() - start:.0f} s", flush=True)
     torch.save({"images": {f"{t}|{k}": v for (t, k), v in repaired.items()},
-                "seconds": {f"{t}|{k}": v for (t, k), v in seconds.items()}}, OUT / name / "restored.pt")
+                "seconds": {f"{t}|{k}": v for (t, k), v in seconds.items()}}, OUT / f"{name}-restored.pt")
     return training
 
 
@@ -274,9 +281,12 @@ def markdown(payload: dict) -> str:
     train = payload["training"]
     lines = [f"Run {payload['date']} on {m['cpu']} ({m['cores']} cores; {flags}), {a['jobs']} worker process(es) "
              f"of 1 torch thread, {payload['total_minutes']:.1f} minutes in all. {a['n']} MNIST test digits "
-             f"(seed {a['seed']}). GANs: `dcgan`, width {a['width']}, {a['budget']:.0f} s of training each on "
-             "mnist5k (" + ", ".join(f"{k}: {v['steps']} steps" for k, v in train.items()) + "). Inversion: "
-             f"{a['steps']} Adam steps, {a['restarts']} restarts, known pixels/block means pasted back"
+             f"(seed {a['seed']}). GANs: the quality benchmark's `dcgan` runs, {a['budget']:.0f} s of training "
+             "each on mnist5k (" + ", ".join(f"{k}: width {v['width']}, {v['steps']} steps, `{v['run']}`"
+                                             for k, v in train.items()) + "). Inversion: "
+             f"{a['steps']} Adam steps, {a['restarts']} restarts"
+             + f", search in {payload.get('search_dtype', 'float32')}"
+             + ", known pixels/block means pasted back"
              + (f"; DGP: {a['dgp_steps']} fine-tuning steps per image on the target tasks" if a["dgp_steps"] else "")
              + f". Evaluator `{payload['evaluator_key']}`; its accuracy on the clean digits: "
              f"{payload['clean_accuracy']:.3f}. Denoiser strengths chosen on {TUNE} other test digits: "
@@ -322,10 +332,12 @@ TITLES = {"box14": "Inpainting: central 14x14 box missing", "random50": "Inpaint
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=500, help="test digits repaired per task (default: 500)")
-    parser.add_argument("--budget", type=float, default=300, help="training seconds per GAN (default: 300)")
-    parser.add_argument("--width", type=int, default=32, help="DCGAN base channels (default: 32)")
+    parser.add_argument("--budget", type=float, default=600,
+                        help="training seconds per GAN, as in the quality benchmark (default: 600)")
     parser.add_argument("--steps", type=int, default=100, help="inversion steps (default: 100)")
-    parser.add_argument("--restarts", type=int, default=8, help="inversion restarts per image (default: 8)")
+    parser.add_argument("--restarts", type=int, default=16, help="inversion restarts per image (default: 16)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                        help="bf16 autocast in the code search where the CPU computes bf16 natively (default: on)")
     parser.add_argument("--dgp-steps", type=int, default=40,
                         help="Deep Generative Prior steps on the target tasks, 0 for none (default: 40)")
     parser.add_argument("--dgp-lr", type=float, default=R.InversionSettings.finetune_lr,
@@ -348,7 +360,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     IMAGES.mkdir(parents=True, exist_ok=True)
     import os
-    os.environ["XDG_CACHE_HOME"] = str(OUT / "cache")  # the evaluator is cached here between runs
+    os.environ["XDG_CACHE_HOME"] = str(OUT_DIR / "gan_quality" / "cache")  # the quality benchmark's evaluator
 
     truth, labels, tune = pick_digits(args.n, args.pick_seed)
     problems = {task: degrade(task, truth, args.seed) for task in args.tasks}
@@ -364,7 +376,7 @@ def main() -> None:
     with context.Pool(args.jobs) as pool:
         training = dict(zip(GANS, pool.starmap(gan_worker, [(name, args, problems) for name in GANS])))
     for name in GANS:
-        saved = torch.load(OUT / name / "restored.pt", weights_only=True)
+        saved = torch.load(OUT / f"{name}-restored.pt", weights_only=True)
         for key, images in saved["images"].items():
             task, variant = key.split("|")
             label = f"GAN {name}" + (" + DGP" if variant == "dgp" else "")
@@ -378,6 +390,7 @@ def main() -> None:
         results[task] = {"methods": scored, "picture": picture(task, seen, truth, shown, degradation)}
     payload = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": vars(args),
                "machine": machine(), "training": training, "evaluator_key": evaluator.key,
+               "search_dtype": "bf16 autocast" if args.amp and bf16_supported(torch.device("cpu")) else "float32",
                "clean_accuracy": (evaluator.features_and_logits(truth)[1].argmax(1) == labels).double().mean().item(),
                "denoise_strengths": strengths, "titles": TITLES, "results": results,
                "total_minutes": (time.perf_counter() - began) / 60}
