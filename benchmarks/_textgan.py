@@ -131,7 +131,7 @@ def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int, names:
         "constant": replace(base_config, seed=seed, out=str(mle_dir.with_name("constant")), base=str(mle_dir),
                             reward="constant"),
         "residual": replace(base_config, seed=seed, out=str(mle_dir.with_name("residual")), base=str(mle_dir),
-                            mode="residual", d_pretrain_steps=residual_steps, eval_every=250),
+                            mode="residual", d_pretrain_steps=residual_steps, eval_every=50),  # early stop's grain
     }
     for variant in [run for run in RUNS if run == "mle" or run in names]:
         if (Path(configs[variant].out) / runs.POINTER_FILE).is_file():
