@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import gan_quality
 from _common import OUT_DIR, machine, write_json
 from aigc.data.images import load_images, save_grid
 from aigc.devices import bf16_supported
@@ -174,18 +175,13 @@ def run_baselines(task: str, degradation, seen: torch.Tensor, tune_truth: torch.
 
 def quality_run(name: str, args) -> tuple[Path, dict]:
     """The quality benchmark's run of GAN ``name``, trained now unless it exists with this budget and seed."""
-    import gan_quality
-    from aigc import runs
-    from aigc.logging import read_metrics
-
     run = gan_quality.OUT / gan_quality.run_name(GANS[name], args.seed)
     if not finished(run, args):
         gan_quality.train_for(GANS[name], args.seed, args.budget, None)
-    config = json.loads((run / "config.json").read_text())["train"]
-    last = [m for m in read_metrics(run / runs.METRICS_FILE) if "d_loss" in m][-1]
-    model = json.loads((run / "config.json").read_text())["model"]
-    return run, {"run": run.relative_to(ROOT).as_posix(), "steps": last["step"], "width": model["width"],
-                 "time_budget": config["time_budget"]}
+    config = json.loads((run / "config.json").read_text())
+    steps = json.loads((run / "checkpoint.json").read_text())["step"]  # its last step (``finished``)
+    return run, {"run": run.relative_to(ROOT).as_posix(), "steps": steps, "width": config["model"]["width"],
+                 "time_budget": config["train"]["time_budget"]}
 
 
 def finished(run: Path, args) -> bool:
@@ -360,7 +356,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     IMAGES.mkdir(parents=True, exist_ok=True)
     import os
-    os.environ["XDG_CACHE_HOME"] = str(OUT_DIR / "gan_quality" / "cache")  # the quality benchmark's evaluator
+    os.environ["XDG_CACHE_HOME"] = str(gan_quality.OUT / "cache")  # the quality benchmark's evaluator
 
     truth, labels, tune = pick_digits(args.n, args.pick_seed)
     problems = {task: degrade(task, truth, args.seed) for task in args.tasks}
