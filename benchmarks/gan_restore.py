@@ -205,7 +205,8 @@ def gan_worker(name: str, args, problems: dict) -> dict:
 
     run, training = quality_run(name, args)
     gan = load_gan(run)
-    settings = R.InversionSettings(steps=args.steps, restarts=args.restarts, seed=args.seed, amp=args.amp)
+    settings = R.InversionSettings(steps=args.steps, restarts=args.restarts, average=args.average, seed=args.seed,
+                                   amp=args.amp)
     chunk = max(1, args.batch // args.restarts)  # images per inversion batch
     repaired, seconds = {}, {}
     for task, (degradation, seen) in problems.items():
@@ -225,13 +226,16 @@ def gan_worker(name: str, args, problems: dict) -> dict:
 def invert_and_paste(gan, degradation, seen: torch.Tensor, settings, dgp_steps: int, args) -> dict:
     """{"inversion": (images, seconds)} and, with ``dgp_steps``, {"dgp": ...} from the same codes."""
     start = time.perf_counter()
-    found = R.invert(gan.generator, gan.model_config, degradation, seen, settings)
-    out = {"inversion": (degradation.project(found.generated, seen).clamp(-1, 1), time.perf_counter() - start)}
+    found = R.invert(gan.generator, gan.model_config, degradation, seen, settings)  # N * average rows
+    mean = R.mean_of_starts(found, degradation, seen)
+    out = {"inversion": (degradation.project(mean.generated, seen).clamp(-1, 1), time.perf_counter() - start)}
     if dgp_steps:
         start = time.perf_counter()
-        tuned = R.finetune(gan.generator, degradation, seen, found,
+        rows = torch.arange(seen.shape[0]).repeat_interleave(settings.average)  # kept start -> its image
+        tuned = R.finetune(gan.generator, degradation.take(rows), seen[rows], found,
                            dataclasses.replace(settings, finetune_steps=dgp_steps, finetune_lr=args.dgp_lr))
-        out["dgp"] = (degradation.project(tuned.generated, seen).clamp(-1, 1),
+        mean = R.mean_of_starts(tuned, degradation, seen)
+        out["dgp"] = (degradation.project(mean.generated, seen).clamp(-1, 1),
                       out["inversion"][1] + time.perf_counter() - start)
     return out
 
@@ -281,9 +285,10 @@ def markdown(payload: dict) -> str:
              "each on mnist5k (" + ", ".join(f"{k}: width {v['width']}, {v['steps']} steps, `{v['run']}`"
                                              for k, v in train.items()) + "). Inversion: "
              f"{a['steps']} Adam steps, {a['restarts']} restarts"
+             + (f", each repair the mean of the {a['average']} best starts" if a.get("average", 1) > 1 else "")
              + f", search in {payload.get('search_dtype', 'float32')}"
              + ", known pixels/block means pasted back"
-             + (f"; DGP: {a['dgp_steps']} fine-tuning steps per image on the target tasks" if a["dgp_steps"] else "")
+             + (f"; DGP: {a['dgp_steps']} fine-tuning steps per kept start on the target tasks" if a["dgp_steps"] else "")
              + f". Evaluator `{payload['evaluator_key']}`; its accuracy on the clean digits: "
              f"{payload['clean_accuracy']:.3f}. Denoiser strengths chosen on {TUNE} other test digits: "
              + ", ".join(f"{k} {v}" for k, v in payload["denoise_strengths"].items()) + ".", ""]
@@ -332,6 +337,8 @@ def main() -> None:
                         help="training seconds per GAN, as in the quality benchmark (default: 600)")
     parser.add_argument("--steps", type=int, default=100, help="inversion steps (default: 100)")
     parser.add_argument("--restarts", type=int, default=16, help="inversion restarts per image (default: 16)")
+    parser.add_argument("--average", type=int, default=4,
+                        help="each repair is the mean of this many best starts, each fine-tuned by DGP (default: 4)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="bf16 autocast in the code search where the CPU computes bf16 natively (default: on)")
     parser.add_argument("--dgp-steps", type=int, default=40,

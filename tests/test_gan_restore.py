@@ -14,7 +14,7 @@ from PIL import Image
 
 from aigc.gan.models import GanModelConfig, build_generator
 from aigc.gan.restore import (Downsample, InversionSettings, Mask, Noise, box_mask, denoise, inpaint, invert,
-                              random_mask, super_resolve)
+                              mean_of_starts, random_mask, super_resolve)
 from conftest import assert_one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -163,6 +163,38 @@ def test_more_restarts_never_fit_worse_and_the_best_start_is_kept():
     torch.testing.assert_close(many.error, mask.error(many.generated, mask.measure(truth)))
 
 
+def test_averaging_keeps_the_best_starts_in_order_and_outputs_their_mean():
+    generator, cfg = tiny_generator(num_classes=10)
+    truth, _ = own_images(generator, cfg, 3)
+    known = random_mask(3, 28, 0.75, seed=2)
+    mask, seen = Mask(known), Mask(known).measure(truth)
+    settings = InversionSettings(steps=20, restarts=6, average=3, seed=4)
+    kept = invert(generator, cfg, mask, seen, settings)  # 3 images x 3 kept starts, best first
+    best = invert(generator, cfg, mask, seen, InversionSettings(steps=20, restarts=6, seed=4))
+    assert kept.generated.shape[0] == 9 and (kept.error.view(3, 3).diff(dim=1) >= 0).all()
+    torch.testing.assert_close(kept.error[::3], best.error)  # the first kept start is the best one
+    averaged = inpaint(generator, cfg, truth, known, settings)
+    mean = kept.generated.view(3, 3, 1, 28, 28).mean(1)
+    torch.testing.assert_close(averaged.generated, mean)
+    torch.testing.assert_close(averaged.error, mask.error(mean, seen))
+    assert torch.equal(averaged.labels, best.labels) and torch.equal(averaged.z, best.z)  # the best start's
+    assert torch.equal(averaged.images[known.expand_as(truth)], truth[known.expand_as(truth)])  # pasted back
+    assert mean_of_starts(best, mask, seen) is best  # one start: nothing to average
+    with pytest.raises(ValueError, match="average"):
+        invert(generator, cfg, mask, seen, InversionSettings(steps=1, restarts=2, average=3))
+
+
+def test_averaging_with_deep_generative_prior_tunes_each_kept_start_and_batches_agree():
+    generator, cfg = tiny_generator()
+    damaged = torch.rand(2, 1, 28, 28) * 2 - 1
+    settings = InversionSettings(steps=10, restarts=4, average=2, finetune_steps=5, finetune_lr=1e-3)
+    batch = denoise(generator, cfg, damaged, settings)
+    assert batch.images.shape == damaged.shape and batch.z.shape == (2, cfg.z_dim)
+    for i in range(2):
+        alone = denoise(generator, cfg, damaged[i:i + 1], settings)
+        torch.testing.assert_close(alone.images, batch.images[i:i + 1], rtol=0, atol=1e-4)
+
+
 def test_deep_generative_prior_fits_what_the_code_alone_cannot():
     generator, cfg = tiny_generator()
     damaged = torch.rand(2, 1, 28, 28) * 2 - 1  # out of G's range
@@ -231,18 +263,20 @@ def test_cli_inpaints_a_box_and_keeps_the_known_pixels(run_cli, gan_run, tmp_pat
     assert _pixels(tmp_path / "repaired-compare.png").shape == (28, 2 * 28 + 2)  # input | repaired
 
 
-def test_cli_batch_equals_single_images(run_cli, gan_run, tmp_path):
+@pytest.mark.parametrize("average", [1, 2])
+def test_cli_batch_equals_single_images(run_cli, gan_run, tmp_path, average):
     folder = tmp_path / "small"
     folder.mkdir()
     for i in range(3):
         _png(folder / f"d{i}.png", size=7, seed=i)
+    quick = [*QUICK, "--average", str(average)]
     status, _, err = run_cli("gan", "restore", "--run", gan_run, "--images", folder, "--upscale", "4",
-                             "--out", tmp_path / "big", *QUICK)
+                             "--out", tmp_path / "big", *quick)
     assert status == 0, err
     assert sorted(p.name for p in (tmp_path / "big").glob("*.png")) == ["d0.png", "d1.png", "d2.png"]
     assert _pixels(tmp_path / "big" / "compare" / "d1.png").shape == (28, 58)
     status, _, err = run_cli("gan", "restore", "--run", gan_run, "--image", folder / "d1.png", "--upscale", "4",
-                             "--out", tmp_path / "one.png", *QUICK)
+                             "--out", tmp_path / "one.png", *quick)
     assert status == 0, err
     single, batch = _pixels(tmp_path / "one.png").astype(int), _pixels(tmp_path / "big" / "d1.png").astype(int)
     assert np.abs(single - batch).max() <= 1  # uint8 rounding of float round-off at most
@@ -289,6 +323,7 @@ def bad_world(tmp_path, gan_run):
     (["--image", "ok.png", "--denoise", "--label", "3"], "--label needs a conditional model"),
     (["--image", "ok.png", "--denoise", "--run", "gpt_run"], "holds a 'gpt' run, not a 'gan' run"),
     (["--images", "ok.png", "--denoise"], "is a file, not a folder"),
+    (["--image", "ok.png", "--denoise", "--average", "3"], "--average 3 needs at least as many --restarts"),
 ])
 def test_cli_bad_input_is_one_line(run_cli, bad_world, gan_run, monkeypatch, flags, fragment):
     monkeypatch.chdir(bad_world)

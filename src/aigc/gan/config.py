@@ -167,6 +167,9 @@ class GanRestoreConfig:
     steps: int = option(300, "Adam steps on the latent codes", minimum=1, maximum=MAX_STEPS)
     restarts: int = option(8, "random starts per image, optimised together; the best fit is kept",
                            minimum=1, maximum=MAX_RESTARTS)
+    average: int = option(1, "output the mean of this many best starts (at most --restarts): closer to the truth on "
+                               "average (higher PSNR) but blurrier than the best start alone",
+                          minimum=1, maximum=MAX_RESTARTS)
     lr: float = option(0.05, "Adam learning rate of the codes (cosine-decayed)", minimum=0)
     finetune_generator: bool = option(False, "then fine-tune a copy of the generator's weights around the code found, "
                                       "per image (Deep Generative Prior, Pan et al. 2020)")
@@ -188,6 +191,8 @@ class GanRestoreConfig:
         require(self.out is not None, "--out is required (a PNG file, or a new folder with --images)")
         require(self.upscale is None or self.upscale >= 2, f"--upscale must be 2 or more, got {self.upscale}")
         require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        require(self.average <= self.restarts,
+                f"--average {self.average} needs at least as many --restarts (got {self.restarts})")
         require(self.label is None or self.label >= 0, f"--label must be a class number (0, 1, ...), got {self.label}")
         if self.box is not None:
             parse_box(self.box)

@@ -6,7 +6,9 @@ fine-tuned a little around the code found (Deep Generative Prior, Pan et al. 202
 An image x (N, C, H, W) in [-1, 1] is seen only through a degradation: the pixels a mask keeps,
 the block means of a downsampling, or the whole image plus noise. We search the latent code z
 (and, for a conditional generator, the class) so that the degraded G(z) matches what was seen,
-from several random starts at once, and keep the best start of each image. What is known exactly
+from several random starts at once, and keep the best start of each image, or average the few
+best (the mean of several plausible repairs approximates the posterior mean, the repair with the
+lowest expected squared error, though blurrier than any one of them). What is known exactly
 (a mask's known pixels, the low-resolution image's block means) can then be put back: the output
 is projected onto the images that agree with the measurement.
 
@@ -124,6 +126,7 @@ class InversionSettings:
 
     steps: int = 300  # Adam steps on the codes, the learning rate cosine-decayed to 0
     restarts: int = 8  # random starts per image, optimised together in one batch; the best is kept
+    average: int = 1  # > 1: the output is the mean of this many best starts (each fine-tuned with DGP), see below
     lr: float = 0.05
     prior: float = 1e-4  # weight of mean(z^2): keeps z where G was trained (z ~ N(0, I))
     hard_class_from: float = 2 / 3  # conditional, no label given: the class is fixed to its argmax after this share
@@ -140,8 +143,8 @@ class Restored:
 
     images: torch.Tensor  # (N, C, H, W) in [-1, 1]: the output (known values pasted back unless told not to)
     generated: torch.Tensor  # (N, C, H, W): the generator's own image for the best code
-    z: torch.Tensor  # (N, z_dim): the best code
-    labels: torch.Tensor | None  # (N,) the class found (or given); None for unconditional generators
+    z: torch.Tensor  # (N, z_dim): the best code (with ``average`` > 1: of the best start)
+    labels: torch.Tensor | None  # (N,) the class found (or given; of the best start); None if unconditional
     error: torch.Tensor  # (N,) the measurement error of ``generated`` (mean squared, on [-1, 1])
 
 
@@ -176,10 +179,14 @@ def _device_of(generator: nn.Module) -> torch.device:
 def invert(generator: nn.Module, model_cfg: GanModelConfig, degradation: Degradation, seen: torch.Tensor,
            settings: InversionSettings = InversionSettings(), label: int | None = None) -> Restored:
     """Search codes z (and the class) with degradation(G(z)) close to ``seen`` (N, ...): the best
-    of ``settings.restarts`` starts per image. The generator is left untouched (eval mode assumed:
-    batch norm uses its running statistics, so each image is independent of the others)."""
+    of ``settings.restarts`` starts per image; with ``settings.average`` = k > 1 the k best, in
+    N * k rows (image i's in rows i * k ... i * k + k - 1, best first; ``mean_of_starts`` averages
+    them). The generator is left untouched (eval mode assumed: batch norm uses its running
+    statistics, so each image is independent of the others)."""
     if label is not None and not model_cfg.conditional:
         raise ValueError("a label needs a conditional generator")
+    if not 1 <= settings.average <= settings.restarts:
+        raise ValueError(f"average ({settings.average}) must be between 1 and restarts ({settings.restarts})")
     n, r, device = seen.shape[0], settings.restarts, _device_of(generator)
     rows = torch.arange(n).repeat_interleave(r)  # start -> its image
     targets, degraded = seen[rows.to(seen.device)].to(device), degradation.take(rows)
@@ -203,18 +210,36 @@ def invert(generator: nn.Module, model_cfg: GanModelConfig, degradation: Degrada
             param.grad = grad
         optimizer.step()
         schedule.step()
-    return _best_starts(generator, degraded, targets, z.detach(), _labels(logits, fixed, True), n, r)
+    return _best_starts(generator, degraded, targets, z.detach(), _labels(logits, fixed, True), n, r,
+                        settings.average)
 
 
 @torch.no_grad()
 def _best_starts(generator: nn.Module, degraded: Degradation, targets: torch.Tensor, z: torch.Tensor,
-                 labels: torch.Tensor | None, n: int, r: int) -> Restored:
-    """Of each image's ``r`` starts (rows of z (N*R, z_dim)), the one with the lowest error."""
+                 labels: torch.Tensor | None, n: int, r: int, keep: int) -> Restored:
+    """Of each image's ``r`` starts (rows of z (N*R, z_dim)), the ``keep`` with the lowest error,
+    best first: N * keep rows."""
     images = generator(z, labels)  # (N*R, C, H, W)
     error = degraded.error(images, targets).view(n, r)
-    best = error.argmin(1) + torch.arange(n, device=error.device) * r  # (N,) row of each image's best start
+    ranked = error.topk(keep, dim=1, largest=False).indices  # (N, keep), sorted best first
+    best = (ranked + torch.arange(n, device=error.device)[:, None] * r).view(-1)  # rows of the kept starts
     chosen = None if labels is None else labels[best]
     return Restored(images[best], images[best], z[best], chosen, error.view(-1)[best])
+
+
+def mean_of_starts(found: Restored, degradation: Degradation, seen: torch.Tensor) -> Restored:
+    """Average each image's kept starts (``found`` has N * k rows, best first; ``seen`` N):
+    the mean of k plausible repairs approximates the posterior mean, the repair with the lowest
+    expected squared error (higher PSNR), at the price of blur where the starts disagree. The
+    code and class reported are the best start's."""
+    n = seen.shape[0]
+    k = found.generated.shape[0] // n
+    if k == 1:
+        return found
+    generated = found.generated.view(n, k, *found.generated.shape[1:]).mean(1)  # (N, C, H, W)
+    labels = None if found.labels is None else found.labels[::k]
+    error = degradation.error(generated, seen.to(generated.device))
+    return Restored(generated, generated, found.z[::k], labels, error)
 
 
 def finetune(generator: nn.Module, degradation: Degradation, seen: torch.Tensor, found: Restored,
@@ -246,11 +271,14 @@ def finetune(generator: nn.Module, degradation: Degradation, seen: torch.Tensor,
 def restore(generator: nn.Module, model_cfg: GanModelConfig, degradation: Degradation, seen: torch.Tensor,
             settings: InversionSettings = InversionSettings(), label: int | None = None,
             paste: bool = True) -> Restored:
-    """Invert, optionally fine-tune (``settings.finetune_steps``), then paste back what is known
-    (``paste``) and clip to [-1, 1]. ``seen`` is the degraded images (N, ...)."""
+    """Invert, optionally fine-tune (``settings.finetune_steps``), average the ``settings.average``
+    best starts, then paste back what is known (``paste``) and clip to [-1, 1]. ``seen`` is the
+    degraded images (N, ...)."""
     found = invert(generator, model_cfg, degradation, seen, settings, label)
     if settings.finetune_steps > 0:
-        found = finetune(generator, degradation, seen, found, settings)
+        rows = torch.arange(seen.shape[0]).repeat_interleave(settings.average)  # kept start -> its image
+        found = finetune(generator, degradation.take(rows), seen[rows.to(seen.device)], found, settings)
+    found = mean_of_starts(found, degradation, seen)
     output = found.generated
     if paste:
         output = degradation.project(output, seen.to(output.device))

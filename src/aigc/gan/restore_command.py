@@ -54,7 +54,8 @@ def restore_command(cfg: GanRestoreConfig) -> list[Path]:
     if isinstance(degradation, Mask):
         seen = degradation.measure(seen)  # the missing pixels' values are not used
         degradation = Mask(degradation.known.to(device))  # beside the generator
-    settings = InversionSettings(steps=cfg.steps, restarts=cfg.restarts, lr=cfg.lr, seed=cfg.seed, amp=cfg.amp,
+    settings = InversionSettings(steps=cfg.steps, restarts=cfg.restarts, average=cfg.average, lr=cfg.lr,
+                                 seed=cfg.seed, amp=cfg.amp,
                                  finetune_steps=cfg.finetune_steps if cfg.finetune_generator else 0)
     repaired = torch.cat([restore(gan.generator, model_cfg, degradation.take(rows), seen[rows].to(device),
                                   settings, cfg.label, cfg.paste).images.cpu()
