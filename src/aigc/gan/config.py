@@ -165,7 +165,7 @@ class GanRestoreConfig:
     out: str | None = option(None, "the repaired PNG (with --image; OUT-compare.png beside it shows input | "
                              "repaired) or a new folder (with --images; compare/ inside) (required)")
     steps: int = option(300, "Adam steps on the latent codes", minimum=1, maximum=MAX_STEPS)
-    restarts: int = option(8, "random starts per image, optimised together; the best fit is kept",
+    restarts: int = option(8, "random starts per image, optimised together; the best fit is kept (see --average)",
                            minimum=1, maximum=MAX_RESTARTS)
     average: int = option(1, "output the mean of this many best starts (at most --restarts): closer to the truth on "
                                "average (higher PSNR) but blurrier than the best start alone",
