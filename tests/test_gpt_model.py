@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from aigc.gpt.generation import generate_tokens
 from aigc.gpt.model import GPT, GPTConfig, KVCache
@@ -136,3 +137,16 @@ def test_optimizer_groups_decay_matrices_only(model):
     assert all(p.dim() == 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
     assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_params()
+
+
+def test_attention_under_cpu_autocast_runs_in_float32():
+    """bf16 autocast on a CPU: the attention is float32 (its bf16 backward is the slow one), the
+    result handed back in bf16; without autocast, bf16 inputs stay a bf16 computation."""
+    from aigc.gpt.model import _attention
+
+    q, k, v = (torch.randn(2, 4, 16, 8).bfloat16() for _ in range(3))
+    with torch.autocast("cpu", torch.bfloat16):
+        y = _attention(q, k, v, is_causal=True)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).bfloat16()
+    assert y.dtype == torch.bfloat16 and torch.equal(y, expected)
+    assert torch.equal(_attention(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
