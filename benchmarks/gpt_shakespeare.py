@@ -9,7 +9,10 @@ machine kind: 37.4 ms/iteration (20.5k tokens/s), validation loss 1.886 at 2000 
     flock /tmp/aigc-bench.lock python benchmarks/gpt_shakespeare.py            # everything (~6 min)
     flock /tmp/aigc-bench.lock python benchmarks/gpt_shakespeare.py --iters 300 --skip-budget   # quick
 
-Each training phase runs in a fresh subprocess so its peak memory is its own.
+Each training phase runs in a fresh subprocess so its peak memory is its own. The speed ratio
+to read is the interleaved one: the reference loop and aigc's own training step timed in turns
+in one process (``--rounds`` x ``--round-iters``), the median of the per-round ratios; the
+whole runs' ms/iteration, minutes apart, drift with a shared host.
 Targets: (a) fp32 validation loss <= 1.90 at 2000 iterations; (b) default path >= 1.5x the
 reference tokens/s; (c) --time-budget 90s with the best recipe found: validation loss <= 1.75.
 """
@@ -38,7 +41,7 @@ DATA = HERE.parents[1] / "shared" / "data" / "shakespeare" / "input.txt"
 RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, lr=1e-3, min_lr=1e-4,
               warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0)
 # The best recipe found for a 90 s budget on 2 cores (see docs/benchmarks-gpt.md).
-BUDGET_RECIPE = dict(RECIPE, lr=2e-3, min_lr=1e-4, warmup_iters=50, batch_size=24)
+BUDGET_RECIPE = dict(RECIPE, lr=3e-3, min_lr=1e-4, warmup_iters=50, batch_size=24)
 DEFAULT_PATH = "aigc default (bf16 autocast)"
 REFERENCE = {"ms_per_iter": 37.4, "tokens_per_s": 20.5e3, "val_loss_2000": 1.886}
 
@@ -56,18 +59,23 @@ def peak_rss_mb() -> float:
 
 # ---------------------------------------------------------------- phases (each in a subprocess)
 
-def phase_reference(iters: int) -> dict:
-    """nanoGPT's loop, fp32 eager: memmap batches, foreach AdamW, clip, no autocast, no compile."""
-    from aigc.gpt.model import GPT, GPTConfig
-
+def char_data() -> tuple[np.ndarray, int]:
+    """Tiny Shakespeare as character ids (uint16, the first 90%: the training part) and the vocabulary size."""
     text = DATA.read_text()
     chars = sorted(set(text))
     stoi = {c: i for i, c in enumerate(chars)}
     data = np.array([stoi[c] for c in text], dtype=np.uint16)
-    train = data[: int(0.9 * len(data))]
+    return data[: int(0.9 * len(data))], len(chars)
+
+
+def reference_step(train: np.ndarray, vocab_size: int):
+    """nanoGPT's loop, fp32 eager: memmap batches, foreach AdamW, clip, no autocast, no compile.
+    Returns (one training step, the model)."""
+    from aigc.gpt.model import GPT, GPTConfig
+
     c = RECIPE
     torch.manual_seed(1337)
-    model = GPT(GPTConfig(vocab_size=len(chars), block_size=c["block_size"], n_layer=c["n_layer"],
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=c["block_size"], n_layer=c["n_layer"],
                           n_head=c["n_head"], n_embd=c["n_embd"]))
     optimizer = torch.optim.AdamW(model.optimizer_groups(c["weight_decay"]), lr=c["lr"], betas=(0.9, c["beta2"]))
     T, B = c["block_size"], c["batch_size"]
@@ -83,6 +91,11 @@ def phase_reference(iters: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
+    return step, model
+
+
+def phase_reference(iters: int) -> dict:
+    step, model = reference_step(*char_data())
     for _ in range(5):
         step()
     start = time.perf_counter()
@@ -91,6 +104,49 @@ def phase_reference(iters: int) -> dict:
     seconds = (time.perf_counter() - start) / iters
     return {"ms_per_iter": seconds * 1e3, "n_params": model.num_params() - model.transformer.wpe.weight.numel(),
             "peak_rss_mb": peak_rss_mb()}
+
+
+def aigc_step(train: np.ndarray, vocab_size: int, amp: bool):
+    """``aigc gpt train``'s own step (GptTrainer.train_step: schedule, autocast, fused AdamW, clip)."""
+    from aigc.gpt.config import GptTrainConfig
+    from aigc.gpt.model import GPT, GPTConfig
+    from aigc.gpt.train import GptTrainer
+
+    c = RECIPE
+    torch.manual_seed(1337)
+    config = GptTrainConfig(data=str(DATA), tokenizer="char", device="cpu", amp=amp, max_iters=2000, **RECIPE)
+    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=c["block_size"], n_layer=c["n_layer"],
+                          n_head=c["n_head"], n_embd=c["n_embd"]))
+    trainer = GptTrainer(config, model, train, train[:10_000], torch.device("cpu"))
+    counter = iter(range(10**9))
+    return lambda: trainer.train_step(next(counter), 0.0)
+
+
+def phase_interleaved(rounds: int, iters: int) -> dict:
+    """The step times of the reference loop and of aigc's default (bf16 autocast where the CPU has
+    it) and fp32 steps, measured in turns in one process: ``rounds`` x (``iters`` steps of each).
+    A shared host that slows down for a while slows every variant of that round alike, so the
+    median of the per-round ratios is steadier than ratios of runs made minutes apart."""
+    from aigc.devices import bf16_supported
+
+    train, vocab_size = char_data()
+    variants = {"reference": reference_step(train, vocab_size)[0],
+                "default": aigc_step(train, vocab_size, amp=bf16_supported(torch.device("cpu"))),
+                "fp32": aigc_step(train, vocab_size, amp=False)}
+    for step in variants.values():  # warm-up
+        for _ in range(20):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, step in variants.items():
+            start = time.perf_counter()
+            for _ in range(iters):
+                step()
+            times[name].append((time.perf_counter() - start) / iters * 1e3)
+    ratios = {name: float(np.median([r / t for r, t in zip(times["reference"], times[name])]))
+              for name in ("default", "fp32")}
+    return {"ms_per_iter": {name: float(np.median(t)) for name, t in times.items()}, "rounds_ms": times,
+            "speedup_median": ratios, "rounds": rounds, "iters_per_round": iters}
 
 
 def phase_recipe(overrides: dict, keep_run: str | None) -> dict:
@@ -149,6 +205,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2000, help="iterations of the fp32 and default runs")
     parser.add_argument("--reference-iters", type=int, default=150, help="timed iterations of the reference loop")
     parser.add_argument("--time-budget", default="90s", help="budget of the best-recipe run")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of the interleaved step timing")
+    parser.add_argument("--round-iters", type=int, default=40, help="steps of each variant per round")
     parser.add_argument("--skip-budget", action="store_true", help="skip the time-budget run")
     parser.add_argument("--skip-fp32", action="store_true", help="skip the fp32 parity run")
     parser.add_argument("--compile", action="store_true", help="also run the default path with torch.compile")
@@ -163,8 +221,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.phase:
-        result = (phase_reference(args.reference_iters) if args.phase == "reference"
-                  else phase_recipe(json.loads(args.overrides), args.keep_run))
+        if args.phase == "reference":
+            result = phase_reference(args.reference_iters)
+        elif args.phase == "interleaved":
+            result = phase_interleaved(args.rounds, args.round_iters)
+        else:
+            result = phase_recipe(json.loads(args.overrides), args.keep_run)
         Path(args.phase_out).write_text(json.dumps(result))
         return
     if not DATA.is_file():
@@ -176,6 +238,8 @@ def main() -> None:
           f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     reference = run_phase("reference", "--reference-iters", str(args.reference_iters))
     flops = flops_per_iter(reference["n_params"], RECIPE)
+    print("timing the reference and aigc's steps in turns", flush=True)
+    interleaved = run_phase("interleaved", "--rounds", str(args.rounds), "--round-iters", str(args.round_iters))
 
     runs = {"reference fp32 eager (nanoGPT loop)": reference}
     plans = [(DEFAULT_PATH, dict(RECIPE, max_iters=args.iters))]
@@ -215,6 +279,11 @@ def main() -> None:
     for name, r in runs.items():
         if "val_curve" in r:
             print(f"val loss every 250 ({name}): " + ", ".join(f"{s}:{v:.3f}" for s, v in r["val_curve"]))
+    ms = interleaved["ms_per_iter"]
+    print(f"interleaved step times ({args.rounds} rounds x {args.round_iters} steps, medians): reference "
+          f"{ms['reference']:.1f} ms, aigc default {ms['default']:.1f} ms, aigc fp32 {ms['fp32']:.1f} ms; median "
+          f"per-round speed-up: default {interleaved['speedup_median']['default']:.2f}x, "
+          f"fp32 {interleaved['speedup_median']['fp32']:.2f}x")
     print(f"flops per iteration (recipe): {flops / 1e9:.2f} GFLOP; nanoGPT reference on this machine kind: "
           f"{REFERENCE['ms_per_iter']} ms/it, val {REFERENCE['val_loss_2000']}")
 
@@ -222,6 +291,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "matmul_peak_gflops": peaks, "flops_per_iter": flops,
                                "nanogpt_reference": REFERENCE, "args": vars(args), "runs": runs,
+                               "interleaved": interleaved,
                                "date": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2) + "\n")
     print(f"wrote {out}")
 
