@@ -231,8 +231,7 @@ def invert_and_paste(gan, degradation, seen: torch.Tensor, settings, dgp_steps: 
     out = {"inversion": (degradation.project(mean.generated, seen).clamp(-1, 1), time.perf_counter() - start)}
     if dgp_steps:
         start = time.perf_counter()
-        rows = torch.arange(seen.shape[0]).repeat_interleave(settings.average)  # kept start -> its image
-        tuned = R.finetune(gan.generator, degradation.take(rows), seen[rows], found,
+        tuned = R.finetune(gan.generator, degradation, seen, found,
                            dataclasses.replace(settings, finetune_steps=dgp_steps, finetune_lr=args.dgp_lr))
         mean = R.mean_of_starts(tuned, degradation, seen)
         out["dgp"] = (degradation.project(mean.generated, seen).clamp(-1, 1),

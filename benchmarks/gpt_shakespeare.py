@@ -68,15 +68,21 @@ def char_data() -> tuple[np.ndarray, int]:
     return data[: int(0.9 * len(data))], len(chars)
 
 
-def reference_step(train: np.ndarray, vocab_size: int):
-    """nanoGPT's loop, fp32 eager: memmap batches, foreach AdamW, clip, no autocast, no compile.
-    Returns (one training step, the model)."""
+def recipe_model(vocab_size: int):
+    """The recipe's GPT with the same initial weights every time."""
     from aigc.gpt.model import GPT, GPTConfig
 
     c = RECIPE
     torch.manual_seed(1337)
-    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=c["block_size"], n_layer=c["n_layer"],
-                          n_head=c["n_head"], n_embd=c["n_embd"]))
+    return GPT(GPTConfig(vocab_size=vocab_size, block_size=c["block_size"], n_layer=c["n_layer"],
+                         n_head=c["n_head"], n_embd=c["n_embd"]))
+
+
+def reference_step(train: np.ndarray, vocab_size: int):
+    """nanoGPT's loop, fp32 eager: memmap batches, foreach AdamW, clip, no autocast, no compile.
+    Returns (one training step, the model)."""
+    c = RECIPE
+    model = recipe_model(vocab_size)
     optimizer = torch.optim.AdamW(model.optimizer_groups(c["weight_decay"]), lr=c["lr"], betas=(0.9, c["beta2"]))
     T, B = c["block_size"], c["batch_size"]
 
@@ -109,15 +115,10 @@ def phase_reference(iters: int) -> dict:
 def aigc_step(train: np.ndarray, vocab_size: int, amp: bool):
     """``aigc gpt train``'s own step (GptTrainer.train_step: schedule, autocast, fused AdamW, clip)."""
     from aigc.gpt.config import GptTrainConfig
-    from aigc.gpt.model import GPT, GPTConfig
     from aigc.gpt.train import GptTrainer
 
-    c = RECIPE
-    torch.manual_seed(1337)
     config = GptTrainConfig(data=str(DATA), tokenizer="char", device="cpu", amp=amp, max_iters=2000, **RECIPE)
-    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=c["block_size"], n_layer=c["n_layer"],
-                          n_head=c["n_head"], n_embd=c["n_embd"]))
-    trainer = GptTrainer(config, model, train, train[:10_000], torch.device("cpu"))
+    trainer = GptTrainer(config, recipe_model(vocab_size), train, train[:10_000], torch.device("cpu"))
     counter = iter(range(10**9))
     return lambda: trainer.train_step(next(counter), 0.0)
 

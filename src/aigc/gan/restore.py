@@ -244,15 +244,18 @@ def mean_of_starts(found: Restored, degradation: Degradation, seen: torch.Tensor
 
 def finetune(generator: nn.Module, degradation: Degradation, seen: torch.Tensor, found: Restored,
              settings: InversionSettings) -> Restored:
-    """Deep Generative Prior: for each image, a copy of G whose weights (and the code) take
+    """Deep Generative Prior: for each kept start of ``found`` (N * k rows for the N images of
+    ``seen``, as ``invert`` returns them), a copy of G whose weights (and the code) take
     ``settings.finetune_steps`` small Adam steps to fit what was seen. Batch norm keeps its
     running statistics (eval mode), so the images stay independent."""
+    k = found.z.shape[0] // seen.shape[0]  # kept starts per image
     images, codes = [], []
-    for i in range(seen.shape[0]):
+    for row in range(found.z.shape[0]):
+        image = row // k  # the image this start repairs
         own = copy.deepcopy(generator).eval().requires_grad_(True)
-        z = found.z[i:i + 1].clone().requires_grad_()  # (1, z_dim)
-        label = None if found.labels is None else found.labels[i:i + 1]
-        target, degraded = seen[i:i + 1].to(z.device), degradation.take(torch.tensor([i]))
+        z = found.z[row:row + 1].clone().requires_grad_()  # (1, z_dim)
+        label = None if found.labels is None else found.labels[row:row + 1]
+        target, degraded = seen[image:image + 1].to(z.device), degradation.take(torch.tensor([image]))
         optimizer = torch.optim.Adam([{"params": own.parameters(), "lr": settings.finetune_lr},
                                       {"params": [z], "lr": settings.lr / 10}], fused=True)  # 2x faster at batch 1
         for _ in range(settings.finetune_steps):
@@ -263,8 +266,9 @@ def finetune(generator: nn.Module, degradation: Degradation, seen: torch.Tensor,
         with torch.no_grad():
             images.append(own(z, label))
             codes.append(z.detach())
-    generated = torch.cat(images)  # (N, C, H, W)
-    error = degradation.error(generated, seen.to(generated.device))
+    generated = torch.cat(images)  # (N * k, C, H, W)
+    rows = torch.arange(seen.shape[0]).repeat_interleave(k)  # kept start -> its image
+    error = degradation.take(rows).error(generated, seen[rows.to(seen.device)].to(generated.device))
     return Restored(generated, generated, torch.cat(codes), found.labels, error)
 
 
@@ -276,8 +280,7 @@ def restore(generator: nn.Module, model_cfg: GanModelConfig, degradation: Degrad
     degraded images (N, ...)."""
     found = invert(generator, model_cfg, degradation, seen, settings, label)
     if settings.finetune_steps > 0:
-        rows = torch.arange(seen.shape[0]).repeat_interleave(settings.average)  # kept start -> its image
-        found = finetune(generator, degradation.take(rows), seen[rows.to(seen.device)], found, settings)
+        found = finetune(generator, degradation, seen, found, settings)
     found = mean_of_starts(found, degradation, seen)
     output = found.generated
     if paste:
