@@ -14,7 +14,9 @@ import torch.nn.functional as F
 
 from aigc.compress.gpt import compressed_weights, load_compressed
 from aigc.compress.prune import kept_count, prune, taylor_gradients
-from aigc.compress.quantize import Int8Linear, dequantize_rows, dynamic_int8_linear, quantize_rows
+from aigc import runs
+from aigc.compress.quantize import (Int8Linear, dequantize_rows, dynamic_int8_linear, quantize_rows,
+                                    split_quantized)
 from aigc.gpt.generation import Generator, generate_tokens
 from aigc.gpt.loading import load_gpt
 from aigc.gpt.model import GPT, GPTConfig
@@ -147,6 +149,52 @@ def test_decode_dtype_auto_keeps_small_models_in_float32_and_bf16_can_be_asked_f
     bf16 = load_gpt(source, dtype="bf16").model
     assert bf16.activation_dtype == torch.bfloat16
     assert Generator(bf16, load_gpt(source).tokenizer).generate("The ", 5, GREEDY)  # decodes
+
+
+# ---------------------------------------------------------------- compiled decoding
+
+def teacher_forced_logits(model: GPT, tokens: torch.Tensor, prompt: int = 8) -> torch.Tensor:
+    """Logits (n, V) of feeding tokens (1, prompt + n) through the cache: the prompt at once (a
+    one-token prompt is a compiled step too), then one token at a time."""
+    cache = model.new_cache(1)
+    with torch.inference_mode():
+        model.decode(tokens[:, :prompt], cache)
+        return torch.cat([model.decode(tokens[:, t:t + 1], cache)[:, -1].float()
+                          for t in range(prompt, tokens.size(1))])
+
+
+def test_compiled_decoding_computes_what_eager_decoding_does(source, tmp_path, run_cli):
+    """fp32 and int8 to float rounding (an int8 matrix against its dequantized float copy), bf16 to
+    bf16 rounding; past the context too, where the window slides and positions restart."""
+    assert run_cli("compress", "--run", source, "--out", tmp_path / "int8", "--quantize", "int8")[0] == 0
+    assert run_cli("compress", "--run", source, "--out", tmp_path / "bf16", "--quantize", "bf16")[0] == 0
+    tokens = torch.randint(0, load_gpt(source).model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    fp32 = load_gpt(source, compile=True).model
+    assert torch.allclose(teacher_forced_logits(fp32, tokens), teacher_forced_logits(load_gpt(source).model, tokens),
+                          atol=1e-4)
+    prompt = tokens[:, :8]
+    assert greedy(fp32, prompt, 100) == greedy(load_gpt(source).model, prompt, 100)  # 100 > the context of 64
+
+    int8 = load_gpt(tmp_path / "int8", compile=True).model
+    dequantized = load_gpt(source).model
+    dequantized.load_weights(split_quantized(runs.load_weights(checkpoint_file(tmp_path / "int8"))[0])[0])
+    # Every step compiled (eagerly, the int8 kernel takes bf16 activations where the CPU has bf16).
+    assert torch.allclose(teacher_forced_logits(int8, tokens, prompt=1), teacher_forced_logits(dequantized, tokens, 1),
+                          atol=1e-4)
+
+    bf16, eager_bf16 = load_gpt(tmp_path / "bf16", compile=True).model, load_gpt(tmp_path / "bf16").model
+    compiled_logits, eager_logits = teacher_forced_logits(bf16, tokens), teacher_forced_logits(eager_bf16, tokens)
+    assert (compiled_logits - eager_logits).abs().max() <= 0.05 * eager_logits.abs().max()
+
+
+def test_generate_compile_prints_the_eager_text_and_refuses_int8_dynamic(source, tmp_path, run_cli):
+    flags = ["gpt", "generate", "--run", source, "--prompt", "The ", "--temperature", "0", "--max-new-tokens", "30"]
+    status, eager, _ = run_cli(*flags)
+    assert status == 0
+    assert run_cli(*flags, "--compile")[:2] == (0, eager)
+    assert run_cli("compress", "--run", source, "--out", tmp_path / "dyn", "--quantize", "int8-dynamic")[0] == 0
+    status, _, err = run_cli("gpt", "generate", "--run", tmp_path / "dyn", "--compile")
+    assert_one_line_error(status, err, "int8-dynamic", "--compile")
 
 
 # ---------------------------------------------------------------- pruning

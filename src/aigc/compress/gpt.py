@@ -30,15 +30,16 @@ def compressed_weights(model: GPT, scheme: str) -> dict[str, torch.Tensor]:
     return quantize_tensors(weights, int8_matrices(model))
 
 
-def load_compressed(model: GPT, tensors: dict[str, torch.Tensor], scheme: str) -> GPT:
+def load_compressed(model: GPT, tensors: dict[str, torch.Tensor], scheme: str, pack: bool = True) -> GPT:
     """Put a compressed weights file into the float GPT ``model`` built from the run's config,
-    swapping in the int8 modules; returns the model (in bf16 for the bf16 scheme).
+    swapping in the int8 modules; returns the model (in bf16 for the bf16 scheme, packed for
+    oneDNN where it can be unless ``pack`` is False).
 
     Raises KeyError/RuntimeError/ValueError when the tensors do not fit (the caller names the file).
     """
     if scheme == "bf16":
         model.to(torch.bfloat16).load_weights(tensors)
-        return to_bf16(model)
+        return to_bf16(model, pack)
     if scheme not in INT8_SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}")
     floats, quantized = split_quantized(tensors)
@@ -52,11 +53,12 @@ def load_compressed(model: GPT, tensors: dict[str, torch.Tensor], scheme: str) -
     return model
 
 
-def to_bf16(model: GPT) -> GPT:
-    """``model`` in bf16 for decoding; on a CPU with native bf16 its matrices (the LM head too)
-    are reordered for oneDNN, which makes it inference-only. Call it on the model's final device."""
+def to_bf16(model: GPT, pack: bool = True) -> GPT:
+    """``model`` in bf16 for decoding; with ``pack``, on a CPU with native bf16, its matrices (the
+    LM head too) are reordered for oneDNN, which makes it inference-only (and opaque to
+    torch.compile). Call it on the model's final device."""
     model = model.to(torch.bfloat16)
-    if can_pack_bf16(model.device):
+    if pack and can_pack_bf16(model.device):
         pack_bf16_linears(model.transformer.h)
         model.lm_head = PackedBf16Linear(model.lm_head)  # a packed copy: the embedding keeps its own table
     return model

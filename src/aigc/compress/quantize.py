@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aigc.devices import bf16_supported
+from aigc.gpt.model import few_rows, matvec
 
 SCHEMES = ("int8", "int8-dynamic", "bf16")
 INT8_SCHEMES = ("int8", "int8-dynamic")
@@ -91,11 +92,14 @@ class Int8Linear(nn.Module):
         # The kernel's bf16 path is the fast one (and it needs in % 8 == 0: other widths crash it).
         self.compute_dtype = (torch.bfloat16 if bf16_supported(q.device) and self.in_features % 8 == 0
                               else torch.float32)
-        self.register_buffer("scale", scale.to(self.compute_dtype))
+        self.register_buffer("scale", scale.float())  # (out,): what compiled decoding multiplies by
+        self.register_buffer("kernel_scale", scale.to(self.compute_dtype))  # the kernel wants its own dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if few_rows(x):  # compiled decoding: int8 read and converted inside one reduction
+            return matvec(x, self.q, self.bias, self.scale)
         flat = x.reshape(-1, self.in_features).to(self.compute_dtype).contiguous()  # (N, in)
-        y = torch._weight_int8pack_mm(flat, self.q, self.scale).to(x.dtype)  # (N, out)
+        y = torch._weight_int8pack_mm(flat, self.q, self.kernel_scale).to(x.dtype)  # (N, out)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y.view(*x.shape[:-1], self.out_features)

@@ -159,11 +159,13 @@ class Generator:
         self.device = model.device
 
     @classmethod
-    def from_run(cls, run: str, checkpoint: str = "best", device: str = "auto", dtype: str = "auto") -> "Generator":
-        """Load a run to generate with (``dtype``: see :func:`aigc.gpt.loading.decode_dtype`)."""
+    def from_run(cls, run: str, checkpoint: str = "best", device: str = "auto", dtype: str = "auto",
+                 compile: bool = False) -> "Generator":
+        """Load a run to generate with (``dtype``: see :func:`aigc.gpt.loading.decode_dtype`;
+        ``compile``: see :meth:`aigc.gpt.model.GPT.compile_decoding`)."""
         from aigc.gpt.loading import load_gpt
 
-        loaded = load_gpt(run, checkpoint, resolve_device(device), dtype=dtype)
+        loaded = load_gpt(run, checkpoint, resolve_device(device), dtype=dtype, compile=compile)
         return cls(loaded.model, loaded.tokenizer)
 
     def _prompt_ids(self, prompt: str, num_samples: int) -> torch.Tensor:
@@ -256,16 +258,16 @@ def _check_max_new_tokens(n: int) -> None:
 def generate(run: str, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
              stop: str | list[str] | None = None, num_samples: int = 1, seed: int = 0, checkpoint: str = "best",
-             device: str = "auto", dtype: str = "auto") -> list[str]:
+             device: str = "auto", dtype: str = "auto", compile: bool = False) -> list[str]:
     """Continue ``prompt`` with the GPT in run directory ``run``; returns ``num_samples`` texts."""
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
-    return Generator.from_run(run, checkpoint, device, dtype).generate(prompt, max_new_tokens, sampling, stop,
+    return Generator.from_run(run, checkpoint, device, dtype, compile).generate(prompt, max_new_tokens, sampling, stop,
                                                                 num_samples, seed)
 
 
 def generate_command(config) -> None:
     """``aigc gpt generate``: print the samples (or stream one)."""
-    generator = Generator.from_run(config.run, config.checkpoint, config.device, config.dtype)
+    generator = Generator.from_run(config.run, config.checkpoint, config.device, config.dtype, config.compile)
     sampling = Sampling(config.temperature, config.top_k, config.top_p, config.repetition_penalty)
     if config.stream:
         sys.stdout.write(config.prompt)

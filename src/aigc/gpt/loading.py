@@ -102,28 +102,41 @@ def load_into(model: GPT, path: Path) -> int:
 
 
 def load_gpt(run: str | Path, checkpoint: str = "best", device: torch.device | str = "cpu",
-             plain: bool = False, dtype: str = "fp32") -> GptRun:
+             plain: bool = False, dtype: str = "fp32", compile: bool = False) -> GptRun:
     """The language model of a GPT run, or of a completion run of ``aigc gpt finetune`` (its base
     with the fine-tuned weights: LoRA/AdaLoRA folded in, adapters kept; ``plain``: refuse
     adapters and quantized weights, for callers that need GPT-2's exact layout).
 
     A run of ``aigc compress`` loads in the form it was compressed to (int8 or bf16 weights);
     the float32 weights of any other run run in ``dtype``: ``fp32``, ``bf16``, or ``auto``
-    (bf16 where the device has native bf16; see :func:`decode_dtype`)."""
+    (bf16 where the device has native bf16; see :func:`decode_dtype`). ``compile``: decode one
+    token at a time through torch.compile (:meth:`GPT.compile_decoding`)."""
     run = Path(run)
     run_config = runs.read_run_config(run, (GPT_KIND, FINETUNE_KIND))
     if run_config["kind"] == FINETUNE_KIND:
-        return _finetuned_language_model(run, checkpoint, device, plain, dtype)
+        loaded = _finetuned_language_model(run, checkpoint, device, plain, dtype, compile)
+    else:
+        loaded = _gpt_run(run, run_config, checkpoint, device, plain, dtype, compile)
+    if compile:
+        loaded.model.compile_decoding()
+    return loaded
+
+
+def _gpt_run(run: Path, run_config: dict, checkpoint: str, device: torch.device | str, plain: bool, dtype: str,
+             compile: bool) -> GptRun:
     model = GPT(model_config_of(run_config, run))
     scheme = quantization_of(run_config, run)
     if scheme is None:
         load_into(model, weights_path(run, checkpoint))
-        model = in_decode_dtype(model.to(device), dtype)
+        model = in_decode_dtype(model.to(device), dtype, pack=not compile)
     elif plain:
         raise UserError(f"{run} holds {scheme} weights, which have no place in a GPT-2 layout; "
                         f"use the run it was compressed from ({run_config['compression'].get('source')})")
+    elif compile and scheme == "int8-dynamic":
+        raise UserError(f"{run} holds int8-dynamic weights, whose torch.ao kernels torch.compile cannot "
+                        "compile; decode it without --compile, or compress with --quantize int8")
     else:
-        model = _load_compressed(model, run, checkpoint, scheme, device)
+        model = _load_compressed(model, run, checkpoint, scheme, device, pack=not compile)
     tokenizer = load_tokenizer(run, model.config)
     return GptRun(model.eval(), tokenizer, run_config, run)
 
@@ -157,16 +170,18 @@ def decode_dtype(dtype: str, model: GPT) -> torch.dtype:
     return torch.bfloat16 if dtype == "bf16" else torch.float32
 
 
-def in_decode_dtype(model: GPT, dtype: str) -> GPT:
-    """``model`` (float32, on its device) in the dtype :func:`decode_dtype` picks for ``dtype``."""
+def in_decode_dtype(model: GPT, dtype: str, pack: bool = True) -> GPT:
+    """``model`` (float32, on its device) in the dtype :func:`decode_dtype` picks for ``dtype``
+    (bf16 packed for oneDNN unless ``pack`` is False: see :func:`aigc.compress.gpt.to_bf16`)."""
     if decode_dtype(dtype, model) == torch.float32:
         return model
     from aigc.compress.gpt import to_bf16
 
-    return to_bf16(model)
+    return to_bf16(model, pack)
 
 
-def _load_compressed(model: GPT, run: Path, checkpoint: str, scheme: str, device: torch.device | str) -> GPT:
+def _load_compressed(model: GPT, run: Path, checkpoint: str, scheme: str, device: torch.device | str,
+                     pack: bool) -> GPT:
     from aigc.compress.gpt import load_compressed
 
     path = weights_path(run, checkpoint)
@@ -175,7 +190,7 @@ def _load_compressed(model: GPT, run: Path, checkpoint: str, scheme: str, device
         raise UserError(f"{run} holds {scheme} weights, which run on the CPU only; use --device cpu, or compress "
                         "with --quantize bf16 for an accelerator")
     try:
-        return load_compressed(model.to(device), tensors, scheme)
+        return load_compressed(model.to(device), tensors, scheme, pack)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise UserError(f"{path} does not hold {scheme} weights of this model: {str(exc).splitlines()[0]}") from None
 
@@ -189,7 +204,7 @@ def load_tokenizer(run: Path, model_config: GPTConfig) -> Tokenizer:
 
 
 def _finetuned_language_model(run: Path, checkpoint: str, device: torch.device | str, plain: bool,
-                              dtype: str) -> GptRun:
+                              dtype: str, compile: bool) -> GptRun:
     finetuned = load_finetuned(run, checkpoint)
     if finetuned.task.kind != "completion":
         raise UserError(f"{run} is a {finetuned.task.kind} run: its output is a label, not text; "
@@ -199,7 +214,8 @@ def _finetuned_language_model(run: Path, checkpoint: str, device: torch.device |
         raise UserError(f"{run} was fine-tuned with adapters, which have no place in a GPT-2 layout; "
                         "fine-tune with --method full, lora or adalora to export it")
     gpt = (finetuned.model.gpt if method == "adapter" else finetuned.tuned.merged()).to(device)
-    return GptRun(in_decode_dtype(gpt, dtype).eval(), finetuned.tokenizer, finetuned.run_config, run)
+    return GptRun(in_decode_dtype(gpt, dtype, pack=not compile).eval(), finetuned.tokenizer, finetuned.run_config,
+                  run)
 
 
 # ---------------------------------------------------------------- fine-tuned runs

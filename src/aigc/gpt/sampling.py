@@ -129,5 +129,5 @@ def _feed(model: GPT, cache: KVCache, tokens: torch.Tensor) -> torch.Tensor:
     block = model.config.block_size
     if cache.length == block:  # full: slide the window, rebuilding the cache from the last 3/4
         cache.truncate(0)
-        return model(tokens[:, -max(1, block - block // 4):], cache=cache)[0][:, -1]
-    return model(tokens[:, -1:], cache=cache)[0][:, -1]
+        return model.decode(tokens[:, -max(1, block - block // 4):], cache)[:, -1]
+    return model.decode(tokens[:, -1:], cache)[:, -1]
