@@ -62,18 +62,19 @@ def median_of(repeats: int, measure) -> float:
     return statistics.median(measure() for _ in range(repeats))
 
 
-def decode_speed(model, vocab: int, batch: int, tokens: int, repeats: int) -> float:
-    """Tokens per second summed over the batch, greedy, after an 8-token prompt."""
+def decode_seconds(model, vocab: int, batch: int, tokens: int) -> float:
+    """Seconds to decode ``tokens`` greedy tokens for ``batch`` rows after an 8-token prompt."""
     prompt = torch.randint(0, vocab, (batch, 8), generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    for _ in generate_tokens(model, prompt, tokens, GREEDY):
+        pass
+    return time.perf_counter() - start
 
-    def once() -> float:
-        start = time.perf_counter()
-        for _ in generate_tokens(model, prompt, tokens, GREEDY):
-            pass
-        return batch * tokens / (time.perf_counter() - start)
 
-    once()  # warm-up
-    return median_of(repeats, once)
+def decode_speed(model, vocab: int, batch: int, tokens: int, repeats: int) -> float:
+    """Tokens per second summed over the batch, the median of ``repeats`` runs after a warm-up."""
+    decode_seconds(model, vocab, batch, tokens)
+    return median_of(repeats, lambda: batch * tokens / decode_seconds(model, vocab, batch, tokens))
 
 
 def load_seconds(run: Path, dtype: str = "fp32") -> float:
@@ -109,6 +110,8 @@ def gpt_variants(source: Path, work: Path, calibration: Path | None, recover_ste
     else:
         cli("compress", "--run", source, "--out", work / "pruned-int8", *prune, "--quantize", "int8")
         variants["pruned 25%, int8"] = {"run": work / "pruned-int8", "dtype": "fp32"}
+    for name in ("fp32", "bf16", "int8"):  # `aigc gpt generate --compile`
+        variants[f"{name}, --compile"] = {**variants[name], "compile": True}
     return variants
 
 
@@ -120,11 +123,13 @@ def new_tokens(args, model) -> int:
 def measure_gpt(variants: dict, args, quality) -> dict[str, dict]:
     rows = {}
     for name, v in variants.items():
-        model = load_gpt(v["run"], dtype=v["dtype"]).model
+        model = load_gpt(v["run"], dtype=v["dtype"], compile=v.get("compile", False)).model
         vocab, tokens = model.config.vocab_size, new_tokens(args, model)
         rows[name] = {"megabytes": weights_megabytes(v["run"]), "load_s": load_seconds(v["run"], v["dtype"]),
-                      "params": model.num_params(), "new_tokens": tokens,
-                      "tokens_per_s_b1": decode_speed(model, vocab, 1, tokens, args.repeats),
+                      "params": model.num_params(), "new_tokens": tokens}
+        if v.get("compile"):  # the first decode compiles the step: its time, beyond the decoding itself
+            rows[name]["first_decode_s"] = decode_seconds(model, vocab, 1, tokens)
+        rows[name] |= {"tokens_per_s_b1": decode_speed(model, vocab, 1, tokens, args.repeats),
                       "tokens_per_s_b16": decode_speed(model, vocab, 16, tokens, args.repeats),
                       **quality(model)}
         print(f"  {name}: {rows[name]}", flush=True)
@@ -238,8 +243,12 @@ def gpt2_small(args, work: Path) -> dict:
     rows.update(torchao_rows(reference, args, quality))
     if not args.skip_onnx:
         rows.update(onnx_rows(source, work / "b", args, None))
+    # The reference again at the end: the machine's speed drifts over the run.
+    rows["transformers.generate fp32, again at the end"] = transformers_row(hf_model, args)
+    reference_speed = statistics.mean(rows[f"transformers.generate fp32{when}"]["tokens_per_s_b1"]
+                                      for when in ("", ", again at the end"))
     for row in rows.values():
-        row["vs_transformers_b1"] = row["tokens_per_s_b1"] / rows["transformers.generate fp32"]["tokens_per_s_b1"]
+        row["vs_transformers_b1"] = row["tokens_per_s_b1"] / reference_speed
     bandwidth = memory_bandwidth()
     return {"rows": rows, "memory_bandwidth_gb_s": bandwidth,
             "fp32_bandwidth_bound_tokens_per_s": bandwidth * 1e9 / (reference.num_params() * 4)}
