@@ -168,12 +168,12 @@ def test_compiled_decoding_computes_what_eager_decoding_does(source, tmp_path, r
     bf16 rounding; past the context too, where the window slides and positions restart."""
     assert run_cli("compress", "--run", source, "--out", tmp_path / "int8", "--quantize", "int8")[0] == 0
     assert run_cli("compress", "--run", source, "--out", tmp_path / "bf16", "--quantize", "bf16")[0] == 0
-    tokens = torch.randint(0, load_gpt(source).model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    eager = load_gpt(source).model
+    tokens = torch.randint(0, eager.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
     fp32 = load_gpt(source, compile=True).model
-    assert torch.allclose(teacher_forced_logits(fp32, tokens), teacher_forced_logits(load_gpt(source).model, tokens),
-                          atol=1e-4)
+    assert torch.allclose(teacher_forced_logits(fp32, tokens), teacher_forced_logits(eager, tokens), atol=1e-4)
     prompt = tokens[:, :8]
-    assert greedy(fp32, prompt, 100) == greedy(load_gpt(source).model, prompt, 100)  # 100 > the context of 64
+    assert greedy(fp32, prompt, 100) == greedy(eager, prompt, 100)  # 100 > the context of 64
 
     int8 = load_gpt(tmp_path / "int8", compile=True).model
     dequantized = load_gpt(source).model

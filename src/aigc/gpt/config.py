@@ -89,8 +89,8 @@ class GptGenerateConfig:
     device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
     dtype: str = option("auto", DTYPE_HELP, choices=DECODE_DTYPES)
     compile: bool = option(False, "torch.compile the one-token decoding step: about twice the tokens/s of a "
-                                  "large model at one sample, after a compile of 10-60 s (needs a C++ compiler "
-                                  "on a CPU)")
+                                  "large model at one sample, after a first-decode compile of 10-45 s (needs a C++ "
+                                  "compiler on a CPU)")
 
     def validate(self) -> None:
         require(self.run is not None, "--run RUN is required")

@@ -261,8 +261,8 @@ def generate(run: str, prompt: str, max_new_tokens: int = 200, temperature: floa
              device: str = "auto", dtype: str = "auto", compile: bool = False) -> list[str]:
     """Continue ``prompt`` with the GPT in run directory ``run``; returns ``num_samples`` texts."""
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
-    return Generator.from_run(run, checkpoint, device, dtype, compile).generate(prompt, max_new_tokens, sampling, stop,
-                                                                num_samples, seed)
+    generator = Generator.from_run(run, checkpoint, device, dtype, compile)
+    return generator.generate(prompt, max_new_tokens, sampling, stop, num_samples, seed)
 
 
 def generate_command(config) -> None:
