@@ -10,6 +10,7 @@ character tokenizer (throughput does not depend on what the weights say).
 
     python benchmarks/serve_load.py                 # both models, 1/4/16/64 clients (long)
     python benchmarks/serve_load.py --quick         # a tiny model, 1/4 clients: a wiring check
+    python benchmarks/serve_load.py --compile       # also both servers with --compile
 """
 
 from __future__ import annotations
@@ -106,12 +107,13 @@ def measure(url: str, model: str, clients: int, requests: int, max_tokens: int) 
             "itl_p50_s": percentile(out["itl"], 0.5), "itl_p99_s": percentile(out["itl"], 0.99)}
 
 
-def serve(run: Path, port: int, max_batch: int) -> subprocess.Popen:
+def serve(run: Path, port: int, max_batch: int, compile: bool) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     process = subprocess.Popen([sys.executable, "-m", "aigc", "serve", "--gpt", str(run), "--port", str(port),
-                                "--device", "cpu", "--max-batch", str(max_batch), "--max-queue", "256"],
+                                "--device", "cpu", "--max-batch", str(max_batch), "--max-queue", "256",
+                                *(["--compile"] if compile else [])],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600  # --compile compiles every batch shape before it listens
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
@@ -140,6 +142,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2, help="streaming requests per client, one after another")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--compile", action="store_true", help="also measure both servers with --compile")
     args = parser.parse_args()
     if args.quick:
         args.models, args.clients, args.requests, args.max_tokens = "tiny", "1,4", 2, 16
@@ -147,19 +150,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for shape in args.models.split(","):
             run = make_run(shape, Path(folder))
-            for max_batch in (16, 1):
-                process = serve(run, args.port, max_batch)
-                try:
-                    for clients in map(int, args.clients.split(",")):
-                        row = {"model": shape, "max_batch": max_batch,
-                               **measure(f"http://127.0.0.1:{args.port}", shape, clients, args.requests,
-                                         args.max_tokens)}
-                        print({k: v for k, v in row.items() if k != "error_examples"}, flush=True)
-                        results.append(row)
-                    results[-1]["server_peak_rss_mb"] = peak_rss_mb(process)
-                finally:
-                    process.terminate()
-                    process.wait(timeout=60)
+            for compile in (False, True) if args.compile else (False,):
+                for max_batch in (16, 1):
+                    process = serve(run, args.port, max_batch, compile)
+                    try:
+                        for clients in map(int, args.clients.split(",")):
+                            row = {"model": shape, "max_batch": max_batch, "compile": compile,
+                                   **measure(f"http://127.0.0.1:{args.port}", shape, clients, args.requests,
+                                             args.max_tokens)}
+                            print({k: v for k, v in row.items() if k != "error_examples"}, flush=True)
+                            results.append(row)
+                        results[-1]["server_peak_rss_mb"] = peak_rss_mb(process)
+                    finally:
+                        process.terminate()
+                        process.wait(timeout=60)
     path = write_json("serve_load" + ("_quick" if args.quick else ""),
                       {"settings": vars(args), "results": results})
     print(f"wrote {path}")

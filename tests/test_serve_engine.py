@@ -85,6 +85,26 @@ def test_eight_concurrent_greedy_requests_equal_one_at_a_time(loaded, engine, ma
     assert len(set(together)) > 1  # the prompts lead to different texts: rows really differ
 
 
+def test_a_compiled_server_decodes_what_the_eager_model_does(loaded, gpt_run):
+    """`aigc serve --compile`: every batch shape compiled at start-up; rows leave one by one (eight,
+    then fewer than MATVEC_ROWS, then one) and one slides its window, as the eager model decodes."""
+    from aigc.serve.app import create_app
+
+    app = create_app(gpt=[f"tiny={gpt_run}"], max_batch=8, dtype="fp32", compile=True)
+    engine = app.state.models["tiny"].engine
+    try:
+        assert engine.model._compiled_forward is not None
+        reference = Generator(loaded.model, loaded.tokenizer)
+        greedy = Sampling(temperature=0)
+        lengths = [70, 3, 6, 9, 12, 15, 18, 21]  # 70: past the 32-token context
+        alone = [reference.completions(p, n, greedy)[0].text for p, n in zip(PROMPTS, lengths)]
+        submitted = [collect(engine, p, n, greedy) for p, n in zip(PROMPTS, lengths)]
+        engine.submit([sequence for sequence, _ in submitted])
+        assert [result(events)[0] for _, events in submitted] == alone
+    finally:
+        app.state.begin_shutdown(0).join()
+
+
 def test_a_seed_gives_the_same_text_alone_and_in_a_batch(loaded, engine):
     hot = Sampling(temperature=1.5, top_p=0.95)
     alone = Generator(loaded.model, loaded.tokenizer).completions("to be", 30, hot, seed=7)[0].text

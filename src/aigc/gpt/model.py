@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from aigc.errors import UserError
+from aigc.hugepages import move_to_huge_pages
 
 
 @dataclass
@@ -81,6 +82,8 @@ MATVEC_ROWS = 4
 # row. Realizing every pointwise result that reads more than one buffer computes it once:
 # measured on GPT-2-small int8 at batch 1, 86 -> 164 tokens/s (2 threads, AMD Zen 4).
 DECODE_COMPILE_OPTIONS = {"realize_acc_reads_threshold": 1}
+# Compiled decoding graphs one process may hold (see GPT.compile_decoding).
+DECODE_GRAPHS_PER_PROCESS = 64
 
 
 def matvec(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -115,8 +118,13 @@ class Linear(nn.Linear):
 
 def _layer_buffers(config: GPTConfig, rows: int, device: torch.device, dtype: torch.dtype,
                    make) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Keys and values for every layer, each (rows, nh, block_size, hs), made by ``make``."""
-    shape = (rows, config.n_head, config.block_size, config.head_dim)
+    """Keys and values for every layer, each (rows, nh, block_size + 1, hs), made by ``make``.
+
+    The spare position is never used. It keeps the keys attention reads (the cached ones and
+    the new token's) a strict slice of the buffer even for a full context, where torch.compile
+    would otherwise compile a second graph for a contiguous tensor, tens of seconds mid-generation.
+    """
+    shape = (rows, config.n_head, config.block_size + 1, config.head_dim)
     return ([make(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
             [make(shape, device=device, dtype=dtype) for _ in range(config.n_layer)])
 
@@ -191,6 +199,9 @@ class BatchKVCache:
     last row into the freed one so rows in use stay contiguous). Every model call then feeds
     exactly one new token per row in use: row b's token goes to position ``lengths[b]``, and
     its query sees only that row's own tokens (a key mask hides the other rows' longer tails).
+
+    What a model call reads is tensors and one integer (the keys to attend to), so a compiled
+    step (:meth:`GPT.compile_decoding`) serves every mix of lengths without recompiling.
     """
 
     def __init__(self, config: GPTConfig, capacity: int, device: torch.device, dtype: torch.dtype):
@@ -198,18 +209,25 @@ class BatchKVCache:
         # Zeros, not empty: masked-out keys and values still enter the attention product, where
         # uninitialised memory (a NaN) would poison the rows that only give them weight 0.
         self.keys, self.values = _layer_buffers(config, capacity, device, dtype, torch.zeros)
-        self.lengths: list[int] = []  # tokens cached in each row in use
-        self._lengths = torch.zeros(0, dtype=torch.long, device=device)  # the same, as a tensor (rows,)
+        self._lengths = torch.zeros(0, dtype=torch.long, device=device)  # tokens cached in each row in use (rows,)
+        # Keys each new token's attention reads: the longest row's tokens and the new one. Never
+        # 0 or 1 while rows are in use, values torch.compile would specialize a graph for.
+        self._span = 1
 
     @property
     def rows(self) -> int:
-        return len(self.lengths)
+        return self._lengths.size(0)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens cached in each row in use."""
+        return self._lengths.tolist()
 
     def add(self, cache: KVCache) -> int:
         """Copy the one sequence of ``cache`` into a free row; returns that row."""
         if self.rows == self.keys[0].size(0):
             raise ValueError(f"the batch cache is full ({self.rows} rows)")
-        self.lengths.append(0)
+        self._lengths = torch.cat([self._lengths, self._lengths.new_zeros(1)])
         self.replace(self.rows - 1, cache)
         return self.rows - 1
 
@@ -221,48 +239,48 @@ class BatchKVCache:
         for layer in range(self.config.n_layer):
             self.keys[layer][row, :, :n] = cache.keys[layer][0, :, :n]  # (nh, n, hs)
             self.values[layer][row, :, :n] = cache.values[layer][0, :, :n]
-        self.lengths[row] = n
-        self._sync_lengths()
+        self._set_lengths(torch.cat([self._lengths[:row], self._lengths.new_tensor([n]), self._lengths[row + 1:]]))
 
     def remove(self, row: int) -> None:
         """Free row ``row``: the last row in use moves into it (callers renumber that one)."""
         last = self.rows - 1
+        lengths = self._lengths.clone()
         if row != last:
-            n = self.lengths[last]
+            n = int(lengths[last])
             for layer in range(self.config.n_layer):
                 self.keys[layer][row, :, :n] = self.keys[layer][last, :, :n]
                 self.values[layer][row, :, :n] = self.values[layer][last, :, :n]
-            self.lengths[row] = n
-        self.lengths.pop()
-        self._sync_lengths()
+            lengths[row] = n
+        self._set_lengths(lengths[:last])
 
-    def _sync_lengths(self) -> None:
-        self._lengths = torch.tensor(self.lengths, dtype=torch.long, device=self.keys[0].device)
+    def _set_lengths(self, lengths: torch.Tensor) -> None:
+        self._lengths = lengths
+        self._span = 1 + (int(lengths.max()) if lengths.numel() else 0)
 
     def positions(self, T: int, device: torch.device) -> torch.Tensor:
         """(rows, 1): each row's new token goes after that row's own tokens."""
         if T != 1:
             raise ValueError(f"a batch cache takes one new token per row, not {T}")
-        if max(self.lengths, default=0) + 1 > self.config.block_size:
+        if self._span > self.config.block_size:
             raise ValueError(f"a row of the batch cache exceeds block_size {self.config.block_size}")
         return self._lengths[:, None]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (rows, nh, 1, hs) at each row's own position; return the keys and values
         (rows, nh, S, hs) up to the longest row, S = its length + 1."""
-        rows = torch.arange(self.rows, device=k.device)
-        self.keys[layer][rows, :, self._lengths] = k[:, :, 0]  # (rows, nh, hs) written at (b, :, lengths[b])
-        self.values[layer][rows, :, self._lengths] = v[:, :, 0]
-        end = max(self.lengths) + 1
-        return self.keys[layer][:self.rows, :, :end], self.values[layer][:self.rows, :, :end]
+        rows = k.size(0)
+        every_row = torch.arange(rows, device=k.device)
+        self.keys[layer][every_row, :, self._lengths] = k[:, :, 0]  # (rows, nh, hs) written at (b, :, lengths[b])
+        self.values[layer][every_row, :, self._lengths] = v[:, :, 0]
+        return self.keys[layer][:rows, :, :self._span], self.values[layer][:rows, :, :self._span]
 
     def attention_mask(self, T: int, total: int, device: torch.device) -> torch.Tensor:
         """(rows, 1, 1, total) bool: row b's query sees its own lengths[b] + 1 keys, not the padding."""
         return (torch.arange(total, device=device)[None, :] <= self._lengths[:, None])[:, None, None, :]
 
     def advance(self, T: int) -> None:
-        self.lengths = [n + T for n in self.lengths]
         self._lengths = self._lengths + T
+        self._span += T
 
 
 class CausalSelfAttention(nn.Module):
@@ -425,10 +443,10 @@ class GPT(nn.Module):
     def decode(self, idx: torch.Tensor, cache: KVCache | BatchKVCache) -> torch.Tensor:
         """Logits (B, T, V) of the new tokens idx (B, T), placed after the tokens in ``cache``.
 
-        After :meth:`compile_decoding`, a step of one token through a :class:`KVCache` runs the
-        compiled graph; anything else (a prompt, a batch cache) runs eagerly.
+        After :meth:`compile_decoding`, a step of one token per row (through a :class:`KVCache` or
+        a :class:`BatchKVCache`) runs the compiled graph; a prompt runs eagerly.
         """
-        if self._compiled_forward is not None and idx.size(1) == 1 and isinstance(cache, KVCache):
+        if self._compiled_forward is not None and idx.size(1) == 1:
             return self._compiled_forward(idx, cache=cache)[0]
         return self(idx, cache=cache)[0]
 
@@ -439,8 +457,14 @@ class GPT(nn.Module):
         The compiled step fuses each layer's small operations, runs without per-operation Python
         dispatch, and multiplies the one row of each sequence by :func:`matvec`, which reads the
         weights with every thread. The cache length is a dynamic dimension, so the graph serves
-        every position without recompiling.
+        every position without recompiling. As that step reads the weights at memory speed, they
+        move into huge pages first (:func:`aigc.hugepages.move_to_huge_pages`).
         """
+        move_to_huge_pages(self)
+        # Dynamo keeps every graph of GPT.forward on that one code object, shared by all models in
+        # the process, and by default stops at 8: a model needs up to four (a KVCache step; a
+        # BatchKVCache of one row, of a few rows, of more), so two compiled models could exhaust it.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, DECODE_GRAPHS_PER_PROCESS)
         self._compiled_forward = torch.compile(self.forward, dynamic=True, fullgraph=True,
                                               options=DECODE_COMPILE_OPTIONS)
 

@@ -167,7 +167,7 @@ def create_app(config: ServeConfig | None = None, **options) -> FastAPI:
     config = config or build_config(ServeConfig, options)
     api_key = config.api_key or os.environ.get("AIGC_API_KEY") or None
     models = load_models(config.gpt or [], config.gan or [], resolve_device(config.device), config.checkpoint,
-                         config.max_batch, config.max_queue, config.dtype)
+                         config.max_batch, config.max_queue, config.dtype, config.compile)
     metrics = Metrics()
     for served in models.values():
         if isinstance(served, ServedGpt):

@@ -32,7 +32,7 @@ import torch
 from aigc.data.tokenizers import Tokenizer
 from aigc.errors import UserError
 from aigc.gpt.generation import StopText
-from aigc.gpt.model import GPT
+from aigc.gpt.model import GPT, MATVEC_ROWS
 from aigc.gpt.sampling import Sampling, next_token
 
 # Why a sequence ended: as OpenAI reports it, plus "abort" when the server cut it at shutdown.
@@ -182,6 +182,20 @@ class Engine:
             self._wake.notify()
         self._thread.join()
 
+    def compile_steps(self) -> None:
+        """Run a model whose decoding is compiled (:meth:`GPT.compile_decoding`) once on every batch
+        shape the engine will feed it, so that no request waits for a compile: torch.compile
+        specializes one row, and a few rows against more (:data:`~aigc.gpt.model.MATVEC_ROWS`)."""
+        for rows in sorted({1, min(2, self.max_batch), min(MATVEC_ROWS + 1, self.max_batch)}):
+            # Made as the engine's own cache is, outside inference mode: the graph checks that too.
+            cache = self.model.new_batch_cache(self.max_batch)
+            with torch.inference_mode():
+                for _ in range(rows):
+                    prompt = self.model.new_cache(1)
+                    self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device), cache=prompt)
+                    cache.add(prompt)
+                self.model.decode(torch.zeros(rows, 1, dtype=torch.long, device=self.device), cache)
+
     # ------------------------------------------------------------------ the loop
 
     def _loop(self) -> None:
@@ -273,7 +287,7 @@ class Engine:
                 self.model(row.tokens[:, row.length - keep:row.length - 1], cache=cache)
                 self._cache.replace(b, cache)
         newest = torch.stack([row.tokens[0, row.length - 1] for row in self._rows])[:, None]  # (rows, 1)
-        logits = self.model(newest, cache=self._cache)[0][:, -1]  # (rows, V)
+        logits = self.model.decode(newest, self._cache)[:, -1]  # (rows, V)
         for b, row in enumerate(self._rows):
             row.logits = logits[b:b + 1]
 

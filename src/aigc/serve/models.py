@@ -112,8 +112,11 @@ class ServedGan:
 
 
 def load_models(gpt: list[str], gan: list[str], device: torch.device, checkpoint: str = "best",
-                max_batch: int = 16, max_queue: int = 64, dtype: str = "auto") -> dict[str, ServedGpt | ServedGan]:
-    """Load every run (a folder that is not a run of that kind is a UserError) under its id."""
+                max_batch: int = 16, max_queue: int = 64, dtype: str = "auto",
+                compile: bool = False) -> dict[str, ServedGpt | ServedGan]:
+    """Load every run (a folder that is not a run of that kind is a UserError) under its id;
+    ``compile``: each GPT decodes through torch.compile, compiled before serving
+    (:meth:`Engine.compile_steps`)."""
     served: dict[str, ServedGpt | ServedGan] = {}
     for kind, specs in (("gpt", gpt), ("gan", gan)):
         for spec in specs:
@@ -121,8 +124,11 @@ def load_models(gpt: list[str], gan: list[str], device: torch.device, checkpoint
             if name in served:
                 raise UserError(f"two models are named {name!r}; name them: --{kind} NAME=PATH")
             if kind == "gpt":
-                run = load_gpt(path, checkpoint, device, dtype=dtype)
-                served[name] = ServedGpt(name, run, Engine(run.model, run.tokenizer, max_batch, max_queue))
+                run = load_gpt(path, checkpoint, device, dtype=dtype, compile=compile)
+                engine = Engine(run.model, run.tokenizer, max_batch, max_queue)
+                if compile:
+                    engine.compile_steps()
+                served[name] = ServedGpt(name, run, engine)
             else:
                 served[name] = ServedGan(name, load_gan(path, device=device))
     return served
