@@ -151,6 +151,18 @@ def test_decode_dtype_auto_keeps_small_models_in_float32_and_bf16_can_be_asked_f
     assert Generator(bf16, load_gpt(source).tokenizer).generate("The ", 5, GREEDY)  # decodes
 
 
+@pytest.mark.parametrize("native_bf16", [False, True], ids=["avx2-only", "bf16-cpu"])
+def test_decode_dtype_auto_takes_bf16_only_where_the_cpu_computes_it(source, monkeypatch, native_bf16):
+    """On a CPU without native bf16 (AVX2 only: ~1 GFLOP/s bf16 against ~90 fp32) auto stays float32."""
+    import aigc.devices
+    import aigc.gpt.loading
+
+    monkeypatch.setattr(aigc.devices, "bf16_supported", lambda device: native_bf16)
+    monkeypatch.setattr(aigc.gpt.loading, "AUTO_BF16_MIN_PARAMS", 0)  # the tiny model counts as large
+    expected = torch.bfloat16 if native_bf16 else torch.float32
+    assert load_gpt(source, dtype="auto").model.activation_dtype == expected
+
+
 # ---------------------------------------------------------------- compiled decoding
 
 def teacher_forced_logits(model: GPT, tokens: torch.Tensor, prompt: int = 8) -> torch.Tensor:

@@ -93,7 +93,7 @@ def test_a_compiled_server_decodes_what_the_eager_model_does(loaded, gpt_run):
     app = create_app(gpt=[f"tiny={gpt_run}"], max_batch=8, dtype="fp32", compile=True)
     engine = app.state.models["tiny"].engine
     try:
-        assert engine.model._compiled_forward is not None
+        assert engine.model.decoding_compiled
         reference = Generator(loaded.model, loaded.tokenizer)
         greedy = Sampling(temperature=0)
         lengths = [70, 3, 6, 9, 12, 15, 18, 21]  # 70: past the 32-token context

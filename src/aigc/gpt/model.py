@@ -239,7 +239,9 @@ class BatchKVCache:
         for layer in range(self.config.n_layer):
             self.keys[layer][row, :, :n] = cache.keys[layer][0, :, :n]  # (nh, n, hs)
             self.values[layer][row, :, :n] = cache.values[layer][0, :, :n]
-        self._set_lengths(torch.cat([self._lengths[:row], self._lengths.new_tensor([n]), self._lengths[row + 1:]]))
+        lengths = self._lengths.clone()
+        lengths[row] = n
+        self._set_lengths(lengths)
 
     def remove(self, row: int) -> None:
         """Free row ``row``: the last row in use moves into it (callers renumber that one)."""
@@ -449,6 +451,11 @@ class GPT(nn.Module):
         if self._compiled_forward is not None and idx.size(1) == 1:
             return self._compiled_forward(idx, cache=cache)[0]
         return self(idx, cache=cache)[0]
+
+    @property
+    def decoding_compiled(self) -> bool:
+        """Whether :meth:`compile_decoding` was called."""
+        return self._compiled_forward is not None
 
     def compile_decoding(self) -> None:
         """Compile :meth:`decode`'s one-token steps with torch.compile (inductor; the first step

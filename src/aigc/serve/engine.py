@@ -106,7 +106,9 @@ class Engine:
     """Decodes the sequences of one GPT together, up to ``max_batch`` at a time."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int = 16, max_queue: int = 64):
-        """``max_queue``: sequences that may wait for a row beyond the ``max_batch`` running."""
+        """``max_queue``: sequences that may wait for a row beyond the ``max_batch`` running. A model
+        whose decoding is compiled (``load_gpt(..., compile=True)``) is compiled here for every
+        batch shape, before the engine takes sequences."""
         if max_batch < 1 or max_queue < 0:
             raise UserError(f"need max_batch >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -121,6 +123,8 @@ class Engine:
         self._wake = threading.Condition()
         self._closing = False
         self._cut = False
+        if model.decoding_compiled:
+            self._compile_steps()
         self._thread = threading.Thread(target=self._loop, name="aigc-engine", daemon=True)
         self._thread.start()
 
@@ -182,19 +186,21 @@ class Engine:
             self._wake.notify()
         self._thread.join()
 
-    def compile_steps(self) -> None:
-        """Run a model whose decoding is compiled (:meth:`GPT.compile_decoding`) once on every batch
-        shape the engine will feed it, so that no request waits for a compile: torch.compile
-        specializes one row, and a few rows against more (:data:`~aigc.gpt.model.MATVEC_ROWS`)."""
+    @torch.inference_mode()
+    def _compile_steps(self) -> None:
+        """Run the compiled decoding step (:meth:`GPT.compile_decoding`) once on every batch shape
+        the engine will feed it, through the engine's own cache, so that no request waits for a
+        compile: torch.compile specializes one row, and a few rows against more
+        (:data:`~aigc.gpt.model.MATVEC_ROWS`). The rows are freed again; what they wrote stays
+        behind the mask."""
         for rows in sorted({1, min(2, self.max_batch), min(MATVEC_ROWS + 1, self.max_batch)}):
-            # Made as the engine's own cache is, outside inference mode: the graph checks that too.
-            cache = self.model.new_batch_cache(self.max_batch)
-            with torch.inference_mode():
-                for _ in range(rows):
-                    prompt = self.model.new_cache(1)
-                    self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device), cache=prompt)
-                    cache.add(prompt)
-                self.model.decode(torch.zeros(rows, 1, dtype=torch.long, device=self.device), cache)
+            for _ in range(rows):
+                prompt = self.model.new_cache(1)
+                self.model(torch.zeros(1, 1, dtype=torch.long, device=self.device), cache=prompt)
+                self._cache.add(prompt)
+            self.model.decode(torch.zeros(rows, 1, dtype=torch.long, device=self.device), self._cache)
+            while self._cache.rows:
+                self._cache.remove(self._cache.rows - 1)
 
     # ------------------------------------------------------------------ the loop
 
@@ -279,8 +285,8 @@ class Engine:
     def _feed(self) -> None:
         """One forward pass: each row's newest token, each after its own tokens."""
         keep = max(1, self.block_size - self.block_size // 4)
-        for b, row in enumerate(self._rows):
-            if self._cache.lengths[b] == self.block_size:
+        for b, (row, length) in enumerate(zip(self._rows, self._cache.lengths)):
+            if length == self.block_size:
                 # Full: slide the window. Rebuild the row from its last `keep` tokens but the
                 # newest, which the batched pass below appends as for every other row.
                 cache = self.model.new_cache(1)

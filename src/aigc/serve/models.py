@@ -115,8 +115,7 @@ def load_models(gpt: list[str], gan: list[str], device: torch.device, checkpoint
                 max_batch: int = 16, max_queue: int = 64, dtype: str = "auto",
                 compile: bool = False) -> dict[str, ServedGpt | ServedGan]:
     """Load every run (a folder that is not a run of that kind is a UserError) under its id;
-    ``compile``: each GPT decodes through torch.compile, compiled before serving
-    (:meth:`Engine.compile_steps`)."""
+    ``compile``: each GPT decodes through torch.compile, compiled before serving."""
     served: dict[str, ServedGpt | ServedGan] = {}
     for kind, specs in (("gpt", gpt), ("gan", gan)):
         for spec in specs:
@@ -125,10 +124,7 @@ def load_models(gpt: list[str], gan: list[str], device: torch.device, checkpoint
                 raise UserError(f"two models are named {name!r}; name them: --{kind} NAME=PATH")
             if kind == "gpt":
                 run = load_gpt(path, checkpoint, device, dtype=dtype, compile=compile)
-                engine = Engine(run.model, run.tokenizer, max_batch, max_queue)
-                if compile:
-                    engine.compile_steps()
-                served[name] = ServedGpt(name, run, engine)
+                served[name] = ServedGpt(name, run, Engine(run.model, run.tokenizer, max_batch, max_queue))
             else:
                 served[name] = ServedGan(name, load_gan(path, device=device))
     return served
