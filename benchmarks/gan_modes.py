@@ -52,6 +52,9 @@ SETUPS = {  # name -> GanTrainConfig overrides (unconditional DCGAN on stacked-m
     "dcgan-bce": dict(),
     "dcgan-r1-g10": dict(r1_gamma=10.0),
     "dcgan-mbstd": dict(minibatch_std=True),
+    "dcgan-pac2": dict(pack=2),  # PacGAN (Lin et al. 2018): D judges two samples at once
+    "dcgan-pac4": dict(pack=4),
+    "dcgan-pac2-r1-g10": dict(pack=2, r1_gamma=10.0),
 }
 
 

@@ -1,5 +1,5 @@
 """The tricks against collapse of issue 17: DiffAugment, minibatch standard deviation, R1, TTUR,
-and the Stacked MNIST data they are judged on."""
+PacGAN packing, and the Stacked MNIST data they are judged on."""
 
 import json
 
@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from aigc.data.images import load_images, stack_digits
+from aigc.errors import UserError
 from aigc.gan.augment import DiffAugment, cutout, translate
 from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import load_generator
-from aigc.gan.losses import r1_penalty
-from aigc.gan.models import GanModelConfig, MinibatchStd, build_discriminator
+from aigc.gan.losses import gradient_penalty, r1_penalty
+from aigc.gan.models import GanModelConfig, MinibatchStd, build_discriminator, packed
 from aigc.gan.train import GanTrainer, _model_config, train
 
 from conftest import assert_one_line_error
@@ -67,6 +68,47 @@ def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
     assert penalty.item() == pytest.approx(25.0) and penalty.requires_grad
 
 
+def test_packing_stacks_consecutive_samples_as_channels():
+    images = torch.randn(6, 3, 4, 4)
+    packs = packed(images, 3)
+    assert packs.shape == (2, 9, 4, 4)
+    assert torch.equal(packs[1], torch.cat([images[3], images[4], images[5]]))
+    with pytest.raises(ValueError, match="does not split into packs of 4"):
+        packed(images, 4)
+
+
+@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+def test_a_packing_discriminator_judges_one_logit_per_pack(model):
+    cfg = GanModelConfig(model=model, width=16, channels=3, pack=2)
+    discriminator = build_discriminator(cfg).eval()
+    images = torch.randn(8, 3, 28, 28)
+    logits = discriminator(images)
+    assert logits.shape == (4,)
+    swapped = images.clone()
+    swapped[[2, 3]] = images[[3, 2]]  # the order inside a pack matters, the other packs do not change
+    assert torch.equal(discriminator(swapped)[[0, 2, 3]], logits[[0, 2, 3]])
+    with pytest.raises(UserError, match="pack must be 1, or more for an unconditional model"):
+        GanModelConfig(num_classes=10, pack=2)
+
+
+def test_penalties_under_packing_take_each_packs_gradient_norm():
+    weight = torch.tensor([3.0, 4.0, 0.0, 12.0])  # D(pack of two 2-pixel images) = pack . weight
+    real = torch.randn(6, 2, requires_grad=True)
+    logits = packed(real, 2) @ weight  # (3,)
+    assert r1_penalty(logits, real).item() == pytest.approx(169.0)  # ||weight||^2, not a per-image mean
+    fake = torch.randn(6, 2)
+    score = lambda x, labels: packed(x, 2) @ weight  # noqa: E731
+    assert gradient_penalty(score, real.detach(), fake).item() == pytest.approx((13.0 - 1) ** 2)
+
+
+def test_a_packed_run_trains_and_samples(tmp_path):
+    out = train(GanTrainConfig(out=str(tmp_path / "run"), data="stacked-mnist5k", steps=2, width=8, log_every=1,
+                               batch_size=16, pack=4, r1_gamma=1.0, r1_every=1))
+    generator, model_cfg, config = load_generator(out)
+    assert model_cfg.pack == 4 and config["model"]["pack"] == 4
+    assert generator(torch.randn(3, model_cfg.z_dim)).shape == (3, 3, 28, 28)
+
+
 def test_trainer_applies_lr_d_and_drops_batch_norm_under_r1():
     data = load_images("mnist5k")
     cfg = GanTrainConfig(out="unused", width=8, lr=1e-4, lr_d=4e-4, r1_gamma=1.0)
@@ -101,6 +143,9 @@ def test_stacked_digits_put_three_digits_in_the_colour_channels():
     (["--lr-d", "0"], "--lr-d must be positive"),
     (["--r1-gamma", "-1"], "--r1-gamma must be non-negative"),
     (["--r1-every", "0"], "--r1-every must be positive"),
+    (["--pack", "0"], "--pack must be positive"),
+    (["--pack", "3"], "--batch-size (64) must be a multiple of --pack (3)"),
+    (["--pack", "2", "--conditional"], "--pack needs an unconditional model"),
 ])
 def test_bad_trick_flags_are_one_line(run_cli, tmp_path, argv, fragment):
     assert_one_line_error(*run_cli("gan", "train", "--out", tmp_path / "r", *argv)[::2], fragment)

@@ -49,6 +49,9 @@ class GanTrainConfig(RunOptions):
     spectral_norm: bool = option(False, "spectral normalisation on the discriminator's layers")
     minibatch_std: bool = option(False, "the discriminator sees each batch's feature spread, so it can punish a "
                                  "collapsed generator (Karras et al. 2018)")
+    pack: int = option(1, "PacGAN: the discriminator judges packs of N samples, real or fake, stacked as channels "
+                       "(Lin et al. 2018), so it sees when a generator's samples look alike; unconditional "
+                       "models; 1 turns it off")
     augment: str = option("none", "DiffAugment policy for every image D sees, real and fake (Zhao et al. 2020): "
                           "none, translation, cutout or translation,cutout")
     r1_gamma: float = option(0.0, "R1 penalty gamma/2 E||grad D(x)||^2 on real images (Mescheder et al. 2018); "
@@ -85,6 +88,11 @@ class GanTrainConfig(RunOptions):
         require(self.lr > 0, f"--lr must be positive, got {self.lr}")
         require(self.lr_d is None or self.lr_d > 0, f"--lr-d must be positive, got {self.lr_d}")
         require(self.r1_gamma >= 0, f"--r1-gamma must be non-negative, got {self.r1_gamma}")
+        require(self.pack > 0, f"--pack must be positive, got {self.pack}")
+        require(self.pack == 1 or not self.conditional,
+                "--pack needs an unconditional model: a pack of samples has no single label (drop --conditional)")
+        require(self.batch_size % self.pack == 0,
+                f"--batch-size ({self.batch_size}) must be a multiple of --pack ({self.pack})")
         parse_augment(self.augment)
         require(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         require(self.channels in (None, 1, 3), f"--channels must be 1 or 3, got {self.channels}")

@@ -49,15 +49,22 @@ def gradient_penalty(discriminator: Callable, real: torch.Tensor, fake: torch.Te
     mixed = (alpha * real + (1 - alpha) * fake.detach()).requires_grad_(True)
     scores = discriminator(mixed, labels)
     (grad,) = torch.autograd.grad(scores.float().sum(), mixed, create_graph=True)
-    return ((grad.flatten(1).float().norm(2, dim=1) - 1) ** 2).mean()
+    return ((per_input(grad, scores).norm(2, dim=1) - 1) ** 2).mean()
 
 
 def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): E[||grad_x D(x)||^2] on real images ``real`` (B, C, H, W), which
     must require grad and have produced ``real_logits`` (B,). Pushing D's gradient on the data
-    to zero keeps D from sharpening around the real points, where the GAN game then converges."""
+    to zero keeps D from sharpening around the real points, where the GAN game then converges.
+    With packing, ``real_logits`` is (B / pack,) and the norm is over each pack."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
-    return grad.flatten(1).float().pow(2).sum(1).mean()
+    return per_input(grad, real_logits).pow(2).sum(1).mean()
+
+
+def per_input(grad: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The gradient (B, C, H, W) of D's scores (N,) as one row per input D judged (N, -1): an
+    image, or a pack of B / N consecutive images (PacGAN), whose norm is then the pack's."""
+    return grad.reshape(scores.numel(), -1).float()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """GAN generators and discriminators: the classic MLP and DCGAN, each optionally conditional.
 
 Generators map noise ``z`` (B, z_dim) [and labels y (B,)] to images (B, C, H, W) in [-1, 1].
-Discriminators map images [and labels] to one logit per image (B,). Conditional models use a
+Discriminators map images [and labels] to one logit per image (B,), or per pack of ``pack``
+images (B / pack,) with PacGAN's packing (:func:`packed`). Conditional models use a
 one-hot label concatenated to the noise in G, and the projection discriminator of Miyato &
 Koyama (2018) in D: ``logit = w . phi(x) + b + embed(y) . phi(x)``.
 """
@@ -28,11 +29,12 @@ class GanModelConfig:
     spectral_norm: bool = False
     disc_norm: str = "batch"  # "batch" or "none" (wgan-gp critics and spectral norm use none)
     minibatch_std: bool = False  # D sees each batch's feature spread (Karras et al. 2018)
+    pack: int = 1  # D judges packs of this many samples together (PacGAN, Lin et al. 2018)
 
     def __post_init__(self) -> None:
         """Refuse a config no model can be built from (e.g. a run's config.json edited by hand)."""
         for name, kind in (("model", str), ("disc_norm", str), ("spectral_norm", bool),
-                           ("minibatch_std", bool), ("z_dim", int),
+                           ("minibatch_std", bool), ("z_dim", int), ("pack", int),
                            ("image_size", int), ("channels", int), ("num_classes", int), ("width", int)):
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -49,6 +51,8 @@ class GanModelConfig:
             raise UserError(f"GAN model config: channels must be 1 or 3, got {self.channels}")
         if self.num_classes < 0:
             raise UserError(f"GAN model config: num_classes must be 0 (unconditional) or more, got {self.num_classes}")
+        if self.pack < 1 or (self.pack > 1 and self.num_classes):
+            raise UserError(f"GAN model config: pack must be 1, or more for an unconditional model, got {self.pack}")
         if self.model == "dcgan" and not dcgan_supports(self.image_size):
             raise UserError(f"GAN model config: dcgan needs an image size of 7 or 4 times a power of two ({dcgan_sizes_text()}), "
                             f"got {self.image_size}")
@@ -76,6 +80,15 @@ def with_one_hot(z: torch.Tensor, labels: torch.Tensor | None, num_classes: int)
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
     return nn.utils.parametrizations.spectral_norm(module) if enabled else module
+
+
+def packed(x: torch.Tensor, pack: int) -> torch.Tensor:
+    """PacGAN's discriminator input (Lin et al. 2018): images (B, C, H, W) -> (B / pack, pack * C, H, W),
+    each run of ``pack`` consecutive samples stacked as channels of one input. Judging several
+    samples at once lets D see that a collapsed generator's samples look alike."""
+    if x.shape[0] % pack:
+        raise ValueError(f"a batch of {x.shape[0]} images does not split into packs of {pack}")
+    return x.reshape(x.shape[0] // pack, pack * x.shape[1], *x.shape[2:])
 
 
 class MinibatchStd(nn.Module):
@@ -135,7 +148,8 @@ class MLPDiscriminator(nn.Module):
 
     def __init__(self, cfg: GanModelConfig):
         super().__init__()
-        in_dim = cfg.channels * cfg.image_size**2
+        self.pack = cfg.pack
+        in_dim = cfg.pack * cfg.channels * cfg.image_size**2
         layers = [_sn(nn.Linear(in_dim, cfg.width), cfg.spectral_norm), nn.LeakyReLU(0.2)]
         if cfg.minibatch_std:
             layers.append(MinibatchStd())
@@ -143,7 +157,7 @@ class MLPDiscriminator(nn.Module):
         self.head = ProjectionHead(cfg.width + int(cfg.minibatch_std), cfg.num_classes, cfg.spectral_norm)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(x.flatten(1)), labels)
+        return self.head(self.features(packed(x, self.pack).flatten(1)), labels)
 
 
 def _dcgan_start_size(image_size: int) -> int:
@@ -191,7 +205,8 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         start = _dcgan_start_size(cfg.image_size)
         stages = (cfg.image_size // start).bit_length() - 1
-        channels = [cfg.channels] + [cfg.width * 2**i for i in range(stages)]
+        self.pack = cfg.pack
+        channels = [cfg.pack * cfg.channels] + [cfg.width * 2**i for i in range(stages)]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
             layers.append(_sn(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=i == 0 or cfg.disc_norm != "batch"),
@@ -206,7 +221,7 @@ class DCGANDiscriminator(nn.Module):
                                    cfg.spectral_norm)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.features(x), labels)
+        return self.head(self.features(packed(x, self.pack)), labels)
 
 
 ARCHITECTURES = {
