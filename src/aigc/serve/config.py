@@ -40,7 +40,8 @@ class ServeConfig:
     device: str = option("auto", "where the models run", choices=DEVICE_CHOICES)
     dtype: str = option("auto", DTYPE_HELP, choices=DECODE_DTYPES)
     compile: bool = option(False, "torch.compile each GPT's decoding step at start-up (tens of seconds per "
-                                  "model; needs a C++ compiler on a CPU): faster tokens once serving")
+                                  "model; needs a C++ compiler on a CPU): faster for a few clients at a time, "
+                                  "slower for 16 (docs/benchmarks-serve.md)")
 
     def validate(self) -> None:
         require(bool(self.gpt or self.gan), "give at least one run to serve: --gpt PATH or --gan PATH")
