@@ -134,6 +134,23 @@ def peak_rss_mb(process: subprocess.Popen) -> float | None:
     return None
 
 
+def measure_server(run: Path, shape: str, max_batch: int, compile: bool, args: argparse.Namespace) -> list[dict]:
+    """One server of ``run`` under each client count of ``args``; the last row gets its peak memory."""
+    process = serve(run, args.port, max_batch, compile)
+    rows = []
+    try:
+        for clients in map(int, args.clients.split(",")):
+            row = {"model": shape, "max_batch": max_batch, "compile": compile,
+                   **measure(f"http://127.0.0.1:{args.port}", shape, clients, args.requests, args.max_tokens)}
+            print({k: v for k, v in row.items() if k != "error_examples"}, flush=True)
+            rows.append(row)
+        rows[-1]["server_peak_rss_mb"] = peak_rss_mb(process)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny model, 1 and 4 clients, few tokens")
@@ -146,24 +163,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.models, args.clients, args.requests, args.max_tokens = "tiny", "1,4", 2, 16
+    servers = [(compile, max_batch) for compile in ((False, True) if args.compile else (False,)) for max_batch in (16, 1)]
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for shape in args.models.split(","):
             run = make_run(shape, Path(folder))
-            for compile in (False, True) if args.compile else (False,):
-                for max_batch in (16, 1):
-                    process = serve(run, args.port, max_batch, compile)
-                    try:
-                        for clients in map(int, args.clients.split(",")):
-                            row = {"model": shape, "max_batch": max_batch, "compile": compile,
-                                   **measure(f"http://127.0.0.1:{args.port}", shape, clients, args.requests,
-                                             args.max_tokens)}
-                            print({k: v for k, v in row.items() if k != "error_examples"}, flush=True)
-                            results.append(row)
-                        results[-1]["server_peak_rss_mb"] = peak_rss_mb(process)
-                    finally:
-                        process.terminate()
-                        process.wait(timeout=60)
+            for compile, max_batch in servers:
+                results += measure_server(run, shape, max_batch, compile, args)
     path = write_json("serve_load" + ("_quick" if args.quick else ""),
                       {"settings": vars(args), "results": results})
     print(f"wrote {path}")
