@@ -163,7 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.models, args.clients, args.requests, args.max_tokens = "tiny", "1,4", 2, 16
-    servers = [(compile, max_batch) for compile in ((False, True) if args.compile else (False,)) for max_batch in (16, 1)]
+    compiles = (False, True) if args.compile else (False,)
+    servers = [(compile, max_batch) for compile in compiles for max_batch in (16, 1)]
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for shape in args.models.split(","):
