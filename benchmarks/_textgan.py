@@ -59,6 +59,10 @@ def benchmark_arguments(description: str, name: str) -> argparse.ArgumentParser:
                    help="end MLE at its lowest validation NLL (checked every --mle-eval-every steps)")
     p.add_argument("--mle-eval-every", type=int, default=100)
     p.add_argument("--residual-steps", type=int, default=1000, help="discriminator steps of the residual run")
+    p.add_argument("--residual-disc", default="cnn", choices=("cnn", "transformer", "likelihood"),
+                   help="the residual run's discriminator (aigc textgan train --disc)")
+    p.add_argument("--residual-real", default="train", choices=("train", "held-out"),
+                   help="the residual discriminator's real sequences (aigc textgan train --d-real)")
     p.add_argument("--guided-k", default=[4, 16, 64], type=lambda text: [int(k) for k in text.split(",")],
                    help="candidates per sample of the importance-resampling points")
     p.add_argument("--accept-rate", type=float, default=1 / 16, help="rejection point's acceptance rate (0: none)")
@@ -120,9 +124,15 @@ def plot_title(dataset: str, args: argparse.Namespace, seeds_done: list[int]) ->
             + (" (--quick)" if args.quick else ""))
 
 
+def residual_settings(args: argparse.Namespace) -> dict:
+    """The residual run's own ``TextGanTrainConfig`` fields."""
+    return dict(d_pretrain_steps=args.residual_steps, disc=args.residual_disc, d_real=args.residual_real)
+
+
 def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int, names: list[str],
-                   residual_steps: int) -> dict[str, float]:
-    """Train the runs ``names`` (and MLE) of one seed under ``out/seed<seed>``; returns wall seconds of each."""
+                   residual: dict) -> dict[str, float]:
+    """Train the runs ``names`` (and MLE) of one seed under ``out/seed<seed>``, the residual one with
+    the ``residual`` settings; returns wall seconds of each."""
     seconds = {}
     mle_dir = out / f"seed{seed}" / "mle"
     configs = {
@@ -131,7 +141,7 @@ def train_variants(base_config: TextGanTrainConfig, out: Path, seed: int, names:
         "constant": replace(base_config, seed=seed, out=str(mle_dir.with_name("constant")), base=str(mle_dir),
                             reward="constant"),
         "residual": replace(base_config, seed=seed, out=str(mle_dir.with_name("residual")), base=str(mle_dir),
-                            mode="residual", d_pretrain_steps=residual_steps, eval_every=50),  # early stop's grain
+                            mode="residual", eval_every=50, **residual),  # eval_every: the early stop's grain
     }
     for variant in [run for run in RUNS if run == "mle" or run in names]:
         if (Path(configs[variant].out) / runs.POINTER_FILE).is_file():

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _textgan import (VARIANTS, benchmark_arguments, compare_with_curve, guided_points, load_residual,  # noqa: E402
-                      load_variant, plot_curves, plot_title, run_benchmark, set_threads, train_settings,
-                      train_variants, use_quick_setting)
+                      load_variant, plot_curves, plot_title, residual_settings, run_benchmark, set_threads,
+                      train_settings, train_variants, use_quick_setting)
 
 from aigc.metrics.text_gan import References, bleu, self_bleu  # noqa: E402
 from aigc.textgan import generator as gen  # noqa: E402
@@ -63,7 +63,7 @@ def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
     set_threads(args.threads)
     test_sentences = read_lines(COCO / "test.txt")
     references = References(test_sentences, 5)
-    seconds = train_variants(train_config(args), args.out, seed, args.runs, args.residual_steps)
+    seconds = train_variants(train_config(args), args.out, seed, args.runs, residual_settings(args))
     results: dict[str, dict] = {}
     for variant in [v for v in VARIANTS if v == "mle" or v in args.runs]:
         model, codec = load_variant(args.out, seed, variant)

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _textgan import (VARIANTS, benchmark_arguments, compare_with_curve, guided_points,  # noqa: E402
                       load_residual, load_variant, plot_curves, plot_title, run_benchmark, set_threads,
-                      train_settings, train_variants, use_quick_setting)
+                      residual_settings, train_settings, train_variants, use_quick_setting)
 
 from aigc.textgan import generator as gen  # noqa: E402
 from aigc.textgan.config import TextGanTrainConfig  # noqa: E402
@@ -67,7 +67,7 @@ def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
     (training seconds per run, results[variant][temperature][metric])."""
     set_threads(args.threads)
     oracle, test = oracle_and_test(args.samples)
-    seconds = train_variants(train_config(args), args.out, seed, args.runs, args.residual_steps)
+    seconds = train_variants(train_config(args), args.out, seed, args.runs, residual_settings(args))
     results: dict[str, dict] = {}
     for variant in [v for v in VARIANTS if v == "mle" or v in args.runs]:
         model, codec = load_variant(args.out, seed, variant)

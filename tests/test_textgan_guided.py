@@ -196,6 +196,7 @@ def test_early_stop_ends_the_d_pretrain_phase_at_its_held_out_minimum(tmp_path, 
 @pytest.mark.parametrize("phase, step_method, stop_at, extra", [
     ("mle", "mle_step", 70, ["--adv-rounds", "0", "--d-pretrain-steps", "0"]),
     ("d-pretrain", "d_step", 50, D_OVERFIT),
+    ("d-pretrain", "d_step", 50, [*D_OVERFIT, "--disc", "likelihood", "--d-real", "held-out"]),
 ])
 def test_early_stop_resumes_with_its_best_so_far(tmp_path, run_cli, monkeypatch, phase, step_method, stop_at, extra):
     data = ["--data", "oracle", "--oracle", oracle_args(tmp_path)[3], "--oracle-samples", "48",
@@ -228,6 +229,60 @@ def test_early_stop_resumes_with_its_best_so_far(tmp_path, run_cli, monkeypatch,
         assert all(torch.equal(full_d[name], split_d[name]) for name in full_d)
 
 
+def test_likelihood_discriminator_reads_the_generators_per_token_statistics():
+    vocab, length = 7, 5
+    model = tiny_gpt(vocab, length)
+    disc = build_discriminator("likelihood", vocab + 1, length, generator=model, bos=vocab)
+    tokens = torch.randint(vocab, (3, length), generator=torch.Generator().manual_seed(1))
+    chosen, entropy, largest, gap = disc.features(tokens).unbind(dim=2)  # each (3, L)
+    assert torch.allclose(chosen, gen.token_log_probs(model.eval(), tokens, vocab))
+    probs = model(gen.with_bos(tokens, vocab))[0][..., :vocab].softmax(dim=-1)  # bos excluded, (3, L, V)
+    assert torch.allclose(entropy, -(probs * probs.log()).sum(dim=-1), atol=1e-5)
+    assert torch.allclose(largest, probs.amax(dim=-1).log(), atol=1e-5)
+    assert torch.allclose(gap, chosen - largest)
+    assert set(disc.state_dict()) == {f"per_token.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
+    assert torch.equal(disc(tokens), torch.zeros(3)), "it starts at 'can't tell'"
+
+
+def test_held_out_discriminator_learns_only_from_sequences_the_generator_never_saw(tmp_path, run_cli, monkeypatch):
+    import aigc.textgan.train as textgan_train
+
+    trainers, reals, d_loss = [], [], textgan_train.discriminator_loss
+
+    def recording(disc, real, fake):  # every real sequence a discriminator loss reads: training or checking
+        reals.append((disc.training, real.clone()))
+        return d_loss(disc, real, fake)
+
+    d_step = TextGanTrainer.d_step
+
+    def remembering(self):
+        trainers.append(self)
+        return d_step(self)
+
+    monkeypatch.setattr(textgan_train, "discriminator_loss", recording)
+    monkeypatch.setattr(TextGanTrainer, "d_step", remembering)
+    data = ["--data", "oracle", "--oracle", oracle_args(tmp_path)[3], "--oracle-samples", "48",
+            "--oracle-length", "6"]
+    status, _, err = run_cli("textgan", "train", *data, *OVERFIT, "--max-iters", "4", "--mode", "residual",
+                             "--disc", "likelihood", "--d-real", "held-out", "--d-pretrain-steps", "16",
+                             "--out", tmp_path / "run")
+    assert status == 0, err
+    trainer = trainers[0]
+    rows = lambda t: {tuple(row) for row in t.tolist()}  # noqa: E731
+    val = trainer.val_seqs
+    learned_from = rows(torch.cat([real for training, real in reals if training]))
+    checked_on = rows(torch.cat([real for training, real in reals if not training]))
+    assert learned_from <= rows(val[:len(val) // 2]) and checked_on == rows(val[len(val) // 2:])
+    assert not (learned_from | checked_on) & rows(trainer.train_seqs)
+
+
+def test_held_out_from_a_base_needs_the_bases_split(tmp_path, residual_run, run_cli):
+    status, _, err = run_cli("textgan", "train", *oracle_args(tmp_path), *SMALL, "--base", residual_run,
+                             "--mode", "residual", "--d-real", "held-out", "--seed", "1", "--out", tmp_path / "r")
+    assert_one_line_error(status, err, "split its sequences with another --seed")
+    assert not (tmp_path / "r").exists()
+
+
 def test_residual_mode_skips_adversarial_rounds(tmp_path, run_cli):
     status, _, err = run_cli("textgan", "train", *oracle_args(tmp_path), *SMALL, "--mode", "residual",
                              "--adv-rounds", "5", "--out", tmp_path / "run")
@@ -239,6 +294,10 @@ def test_residual_mode_skips_adversarial_rounds(tmp_path, run_cli):
 @pytest.mark.parametrize("args, message", [
     (["--mode", "residual", "--reward", "constant"], "--mode residual trains a discriminator"),
     (["--early-stop", "--val-fraction", "0"], "--early-stop needs validation sequences"),
+    (["--disc", "likelihood"], "--disc likelihood reads the frozen generator's probabilities"),
+    (["--d-real", "held-out"], "--d-real held-out needs --mode residual"),
+    (["--mode", "residual", "--d-real", "held-out", "--val-fraction", "0"], "needs validation sequences"),
+    (["--mode", "residual", "--d-real", "held-out", "--val-fraction", "0.02"], "splits the validation sequences"),
 ])
 def test_bad_training_flags_are_one_line(tmp_path, run_cli, args, message):
     status, _, err = run_cli("textgan", "train", *oracle_args(tmp_path), *SMALL, *args, "--out", tmp_path / "r")

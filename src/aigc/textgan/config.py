@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from aigc.config import DEVICE_CHOICES, option, require
 from aigc.training.options import RunOptions
 
-DISCRIMINATORS = ("cnn", "transformer")
+DISCRIMINATORS = ("cnn", "transformer", "likelihood")
+D_REAL = ("train", "held-out")
 REWARDS = ("discriminator", "constant")
 MODES = ("reinforce", "residual")
 CONSTANT_REWARD = 0.5  # the control's verdict: "can't tell", for every sequence
@@ -42,7 +43,15 @@ class TextGanTrainConfig(RunOptions):
     early_stop: bool = option(False, "end the MLE phase with the generator of its lowest validation NLL, and the "
                                      "d-pretrain phase with the discriminator of its lowest held-out loss (both "
                                      "evaluated every --eval-every steps), rather than their last")
-    disc: str = option("cnn", "discriminator", choices=DISCRIMINATORS)
+    disc: str = option("cnn", "discriminator: cnn (SeqGAN's), transformer, or likelihood (a ~200-parameter MLP on "
+                              "the frozen generator's per-token log-probabilities and entropies; --mode residual "
+                              "only)", choices=DISCRIMINATORS)
+    d_real: str = option("train", "the discriminator's real sequences: train (the generator's own training "
+                                  "sequences) or held-out (--mode residual: the first half of the validation "
+                                  "split, which the generator never trained on; the second half is its held-out "
+                                  "check). A discriminator that learns from the generator's training sequences "
+                                  "learns what the generator memorised, which fresh text does not have",
+                         choices=D_REAL)
     d_pretrain_steps: int = option(300, "discriminator steps on real vs generated before the adversarial rounds")
     d_lr: float = option(1e-3, "discriminator learning rate (Adam; SeqGAN's 1e-4 leaves it at chance after "
                                "a few hundred steps on the oracle: SeqGAN itself takes tens of thousands)")
@@ -81,6 +90,13 @@ class TextGanTrainConfig(RunOptions):
                                                               "a positive --val-fraction")
         require(self.mode != "residual" or self.reward == "discriminator",
                 "--mode residual trains a discriminator; --reward constant has none")
+        require(self.disc != "likelihood" or self.mode == "residual",
+                "--disc likelihood reads the frozen generator's probabilities: it needs --mode residual")
+        require(self.d_real != "held-out" or self.mode == "residual",
+                "--d-real held-out needs --mode residual (the adversarial rounds train the generator on its "
+                "discriminator's verdicts)")
+        require(self.d_real != "held-out" or self.val_fraction > 0,
+                "--d-real held-out needs validation sequences: a positive --val-fraction")
 
 
 MAX_GUIDED_GENERATED = 10_000_000  # sequences `textgan sample` may draw in all (--n x --guided, or the rejection's)

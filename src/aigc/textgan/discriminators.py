@@ -5,12 +5,20 @@
   2015), dropout, then a linear verdict.
 - ``transformer``: a small bidirectional Transformer encoder with learned positions,
   mean-pooled.
+- ``likelihood``: reads no tokens, only how the frozen generator scores them: per position
+  log p(x_t), the entropy, the largest log-probability and the gap to it, through a 4 -> 32 -> 1
+  MLP, summed over positions. About 200 parameters, so it learns from a few hundred real
+  sequences, which is what lets it learn from ones the generator never trained on (see
+  ``aigc textgan train --d-real held-out``); the others memorise such a set at once.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+from aigc.gpt.model import GPT
+from aigc.textgan.generator import masked_logits, with_bos
 
 CNN_WIDTHS = (1, 2, 3, 4, 5, 8, 10, 15, 20)
 CNN_FILTERS = (64, 128, 128, 128, 128, 64, 64, 64, 96)  # per width, SeqGAN's proportions halved
@@ -63,12 +71,50 @@ class TransformerDiscriminator(nn.Module):
         return self.head(self.norm(h).mean(dim=1)).squeeze(1)
 
 
-DISCRIMINATORS = {"cnn": CnnDiscriminator, "transformer": TransformerDiscriminator}  # (vocab_size, length)
+class LikelihoodDiscriminator(nn.Module):
+    """A verdict from the frozen generator's per-token statistics (B, L, 4), each position's
+    through one MLP, summed. The generator is held outside the module's parameters and state
+    dict: it is the run's own, saved beside it."""
+
+    FEATURES = 4
+
+    def __init__(self, generator: GPT, bos: int, hidden: int = 32):
+        super().__init__()
+        self._generator = (generator,)  # a tuple: not a submodule, so not trained, saved or moved
+        self.bos = bos
+        self.per_token = nn.Sequential(nn.Linear(self.FEATURES, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.per_token[-1].weight)  # start at the verdict 0, "can't tell", for every sequence
+        nn.init.zeros_(self.per_token[-1].bias)
+
+    @torch.no_grad()
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, L, 4): log p(x_t | x_<t), entropy, max log-probability, log p(x_t) - max."""
+        generator = self._generator[0]
+        was_training = generator.training
+        generator.eval()
+        logits, _ = generator(with_bos(tokens, self.bos))  # (B, L, V)
+        generator.train(was_training)
+        log_probs = masked_logits(logits, self.bos).log_softmax(dim=-1)  # (B, L, V); bos is -inf
+        chosen = log_probs.gather(2, tokens[..., None]).squeeze(2)  # (B, L)
+        entropy = -(log_probs.exp() * log_probs.nan_to_num(neginf=0.0)).sum(dim=-1)  # 0 * -inf counts 0
+        largest = log_probs.amax(dim=-1)
+        return torch.stack([chosen, entropy, largest, chosen - largest], dim=-1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.per_token(self.features(tokens)).squeeze(2).sum(dim=1)  # (B,)
 
 
-def build_discriminator(kind: str, vocab_size: int, length: int) -> nn.Module:
+DISCRIMINATORS = {"cnn": CnnDiscriminator, "transformer": TransformerDiscriminator,  # (vocab_size, length)
+                  "likelihood": LikelihoodDiscriminator}  # (generator, bos)
+
+
+def build_discriminator(kind: str, vocab_size: int, length: int, generator: GPT | None = None,
+                        bos: int | None = None) -> nn.Module:
+    """The discriminator ``kind``; ``likelihood`` needs the (frozen) generator and its start token."""
     if kind not in DISCRIMINATORS:
         raise ValueError(f"unknown discriminator {kind!r}; choose from {', '.join(DISCRIMINATORS)}")
+    if kind == "likelihood":
+        return LikelihoodDiscriminator(generator, bos)
     return DISCRIMINATORS[kind](vocab_size, length)
 
 

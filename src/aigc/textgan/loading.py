@@ -47,7 +47,8 @@ def load_discriminator(loaded: TextGanRun, device: torch.device | str = "cpu") -
         raise UserError(f"{loaded.path} has no discriminator (it was trained with --reward constant); guided "
                         "sampling needs a run trained with one, e.g. --mode residual")
     kind = loaded.run_config.get("train", {}).get("disc", "cnn")
-    disc = build_discriminator(kind, loaded.codec.model_vocab, loaded.model.config.block_size)
+    disc = build_discriminator(kind, loaded.codec.model_vocab, loaded.model.config.block_size,
+                               generator=loaded.model, bos=loaded.codec.bos)
     try:
         disc.load_state_dict(runs.load_weights(path)[0])
     except RuntimeError as exc:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -37,7 +38,9 @@ from aigc.errors import UserError
 from aigc.gpt.loading import load_into
 from aigc.gpt.model import GPT, GPTConfig
 from aigc.logging import plot_metrics, read_metrics
-from aigc.runs import CONFIG_FILE, METRICS_FILE, PLOT_FILE, WEIGHTS_FILE, create_run_dir, load_weights, save_json
+from aigc.loading import run_kind
+from aigc.runs import (CONFIG_FILE, METRICS_FILE, PLOT_FILE, WEIGHTS_FILE, create_run_dir, load_weights,
+                       read_run_config, save_json)
 from aigc.textgan import generator as gen
 from aigc.textgan.config import CONSTANT_REWARD, TextGanTrainConfig
 from aigc.textgan.data import Codec, ids_tensor, is_ids, read_lines
@@ -51,6 +54,7 @@ from aigc.training.samplers import RandomBatches
 ORACLE_EVAL_SAMPLES = 1000
 BEST_MLE_FILE = "mle-best.safetensors"  # --early-stop's best generator so far, while the MLE phase runs
 BEST_D_FILE = "disc-best.safetensors"  # and its best discriminator so far, while the d-pretrain phase runs
+SPLIT_FIELDS = ("seed", "val_fraction", "oracle_samples", "oracle_length")  # with data: what decides the split
 MLE_KEYS, D_KEYS = ("best_val_nll", "best_step"), ("best_d_val_loss", "best_d_step")  # in state.pt's "trainer"
 # Settings a resumed run takes from the command line; all others come from the saved run.
 RESUME_OVERRIDABLE = {"adv_rounds", "time_budget", "log_every", "eval_every", "save_every", "device", "out",
@@ -65,6 +69,7 @@ def train(config: TextGanTrainConfig) -> Path:
     torch.manual_seed(config.seed)
 
     oracle = Oracle.load(config.oracle) if config.oracle else None
+    check_held_out_split(config)
     base = load_base(config.base) if config.base else None
     codec, sequences = load_sequences(config, oracle, base)
     if config.resume:
@@ -74,8 +79,8 @@ def train(config: TextGanTrainConfig) -> Path:
         vocab_size=codec.model_vocab, block_size=sequences.size(1), n_layer=config.n_layer,
         n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout))
     model, model_config = model.to(device), model.config
-    disc = None if config.reward == "constant" else build_discriminator(config.disc, codec.model_vocab,
-                                                                         sequences.size(1)).to(device)
+    disc = None if config.reward == "constant" else build_discriminator(
+        config.disc, codec.model_vocab, sequences.size(1), generator=model, bos=codec.bos).to(device)
     trainer = TextGanTrainer(config, model, disc, codec, train_seqs.to(device), val_seqs.to(device), oracle)
     plan = loop.Plan(trainer.total, config.time_budget, config.log_every, config.eval_every, config.save_every,
                      steps_flag="--adv-rounds", boundaries=trainer.boundaries,
@@ -160,6 +165,40 @@ def split(sequences: torch.Tensor, val_fraction: float, seed: int) -> tuple[torc
     return sequences[order[n_val:]], sequences[order[:n_val]]
 
 
+def discriminator_sequences(config: TextGanTrainConfig, train_seqs: torch.Tensor,
+                            val_seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator's (real, held-out check) sequences, as --d-real says."""
+    if config.d_real == "train":
+        return train_seqs, val_seqs
+    if len(val_seqs) < 2:
+        raise UserError(f"--d-real held-out splits the validation sequences in two, but there are "
+                        f"{len(val_seqs)}; raise --val-fraction")
+    half = len(val_seqs) // 2
+    return val_seqs[:half], val_seqs[half:]
+
+
+def check_held_out_split(config: TextGanTrainConfig) -> None:
+    """--d-real held-out from a text-GAN --base: its validation split must be ours, or the
+    "held-out" sequences may be ones the base generator trained on."""
+    if config.d_real != "held-out" or not config.base or run_kind(Path(config.base)) != TEXTGAN_KIND:
+        return
+    base_train = read_run_config(Path(config.base), TEXTGAN_KIND)["train"]
+    differing = [name for name in SPLIT_FIELDS if base_train.get(name) != getattr(config, name)]
+    if base_train.get("data") != config.data and not _same_file(base_train.get("data"), config.data):
+        differing.insert(0, "data")
+    if differing:
+        raise UserError(f"--d-real held-out: the base run {config.base} split its sequences with another "
+                        f"{', '.join('--' + name.replace('_', '-') for name in differing)}, so its generator may "
+                        "have trained on this run's held-out sequences; give the base's settings")
+
+
+def _same_file(a: str | None, b: str | None) -> bool:
+    try:
+        return a is not None and b is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 @dataclasses.dataclass
 class BestSoFar:
     """--early-stop within one phase: the weights of the lowest held-out loss so far, and its step."""
@@ -195,6 +234,12 @@ class TextGanTrainer:
         self.train_seqs, self.val_seqs, self.oracle = train_seqs, val_seqs, oracle
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.sampler = RandomBatches(len(train_seqs), config.batch_size, config.seed, self.rank, self.world_size)
+        # The discriminator's real sequences and its held-out check: by default the generator's
+        # training and validation sequences; with --d-real held-out, two halves of the validation
+        # split, so that it never learns what the generator memorised.
+        self.d_real, self.d_check = discriminator_sequences(config, train_seqs, val_seqs)
+        self.d_sampler = (self.sampler if config.d_real == "train" else
+                          RandomBatches(len(self.d_real), config.batch_size, config.seed, self.rank, self.world_size))
         # What the updates call: in DDP under torchrun; sampling, rollouts, evaluation and
         # checkpoints use the plain modules (the same parameters).
         self.train_model = distributed.wrap(model)
@@ -248,7 +293,8 @@ class TextGanTrainer:
     def d_step(self) -> dict[str, float]:
         fake = self.generated()
         self.disc.train()
-        loss, accuracy = discriminator_loss(self.train_disc, self.batch(), fake)
+        real = self.d_real[self.d_sampler.next().to(self.d_real.device)]  # (B, L)
+        loss, accuracy = discriminator_loss(self.train_disc, real, fake)
         self.d_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.d_opt.step()
@@ -335,12 +381,12 @@ class TextGanTrainer:
         """The discriminator's loss and accuracy on the held-out real sequences against as many
         fresh generated ones (drawn with a generator of their own): whether it learned real
         text or memorised the training sequences."""
-        if not len(self.val_seqs):
+        if not len(self.d_check):
             return {}
-        generator = torch.Generator(self.val_seqs.device).manual_seed(self.config.seed + 1)
-        fake = gen.sample(self.model, len(self.val_seqs), self.codec.bos, generator=generator, eos=self.codec.eos)
+        generator = torch.Generator(self.d_check.device).manual_seed(self.config.seed + 1)
+        fake = gen.sample(self.model, len(self.d_check), self.codec.bos, generator=generator, eos=self.codec.eos)
         self.disc.eval()
-        loss, accuracy = discriminator_loss(self.disc, self.val_seqs, fake)
+        loss, accuracy = discriminator_loss(self.disc, self.d_check, fake)
         return {"d_val_loss": loss.item(), "d_val_accuracy": accuracy}
 
     def best(self) -> None:
@@ -360,7 +406,10 @@ class TextGanTrainer:
         optimizers = {"generator": self.g_opt.state_dict()}
         if self.d_opt is not None:
             optimizers["discriminator"] = self.d_opt.state_dict()
-        return {"optimizers": optimizers, "samplers": {"sequences": self.sampler.state_dict()}, "rng": {},
+        samplers = {"sequences": self.sampler.state_dict()}
+        if self.d_sampler is not self.sampler:
+            samplers["held_out"] = self.d_sampler.state_dict()
+        return {"optimizers": optimizers, "samplers": samplers, "rng": {},
                 "trainer": {**self.best_mle.state_dict(*MLE_KEYS), **self.best_disc.state_dict(*D_KEYS)}}
 
     def load_state(self, folder: Path, state: dict) -> None:
@@ -372,3 +421,5 @@ class TextGanTrainer:
         self.best_mle.load_state(*MLE_KEYS, state["trainer"], folder / BEST_MLE_FILE)
         self.best_disc.load_state(*D_KEYS, state["trainer"], folder / BEST_D_FILE)
         self.sampler.load_state_dict(state["samplers"]["sequences"])
+        if self.d_sampler is not self.sampler:
+            self.d_sampler.load_state_dict(state["samplers"]["held_out"])
