@@ -229,7 +229,9 @@ def test_early_stop_resumes_with_its_best_so_far(tmp_path, run_cli, monkeypatch,
         assert all(torch.equal(full_d[name], split_d[name]) for name in full_d)
 
 
-def test_likelihood_discriminator_reads_the_generators_per_token_statistics():
+def test_likelihood_discriminator_reads_the_generators_per_token_statistics(monkeypatch):
+    import aigc.textgan.discriminators as discriminators
+
     vocab, length = 7, 5
     model = tiny_gpt(vocab, length)
     disc = build_discriminator("likelihood", vocab + 1, length, generator=model, bos=vocab)
@@ -242,6 +244,8 @@ def test_likelihood_discriminator_reads_the_generators_per_token_statistics():
     assert torch.allclose(gap, chosen - largest)
     assert set(disc.state_dict()) == {f"per_token.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
     assert torch.equal(disc(tokens), torch.zeros(3)), "it starts at 'can't tell'"
+    monkeypatch.setattr(discriminators, "FEATURE_BLOCK", 2 * length * (vocab + 1))  # two rows at a time
+    assert torch.allclose(disc.features(tokens), torch.stack([chosen, entropy, largest, gap], dim=2))
 
 
 def test_held_out_discriminator_learns_only_from_sequences_the_generator_never_saw(tmp_path, run_cli, monkeypatch):

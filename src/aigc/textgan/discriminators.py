@@ -71,6 +71,9 @@ class TransformerDiscriminator(nn.Module):
         return self.head(self.norm(h).mean(dim=1)).squeeze(1)
 
 
+FEATURE_BLOCK = 2 ** 24  # log-probabilities (64 MiB) the likelihood discriminator holds at once
+
+
 class LikelihoodDiscriminator(nn.Module):
     """A verdict from the frozen generator's per-token statistics (B, L, 4), each position's
     through one MLP, summed. The generator is held outside the module's parameters and state
@@ -88,7 +91,12 @@ class LikelihoodDiscriminator(nn.Module):
 
     @torch.no_grad()
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, L) -> (B, L, 4): log p(x_t | x_<t), entropy, max log-probability, log p(x_t) - max."""
+        """(B, L) -> (B, L, 4): log p(x_t | x_<t), entropy, max log-probability, log p(x_t) - max;
+        in chunks of rows whose (b, L, V) log-probabilities stay small, whatever B is."""
+        rows = max(1, FEATURE_BLOCK // (tokens.size(1) * self._generator[0].config.vocab_size))
+        return torch.cat([self._features(chunk) for chunk in tokens.split(rows)])
+
+    def _features(self, tokens: torch.Tensor) -> torch.Tensor:
         generator = self._generator[0]
         was_training = generator.training
         generator.eval()
