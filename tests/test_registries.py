@@ -17,6 +17,7 @@ from aigc.gan import losses as gan_losses
 from aigc.gan import models as gan_models
 from aigc.gpt import config as gpt_config
 from aigc.gpt import task_eval
+from aigc.gpt.model import GPT, GPTConfig
 from aigc.textgan import config as textgan_config
 from aigc.textgan import discriminators
 
@@ -45,7 +46,8 @@ def test_every_gan_model_builds_a_generator_and_a_discriminator(model):
 
 @pytest.mark.parametrize("kind", textgan_config.DISCRIMINATORS)
 def test_every_text_discriminator_gives_one_logit_a_sequence(kind):
-    disc = discriminators.build_discriminator(kind, vocab_size=10, length=8)
+    generator = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16))  # what likelihood reads
+    disc = discriminators.build_discriminator(kind, vocab_size=11, length=8, generator=generator, bos=10)
     assert disc(torch.randint(0, 10, (3, 8))).shape == (3,)
 
 

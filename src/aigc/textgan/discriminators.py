@@ -122,6 +122,8 @@ def build_discriminator(kind: str, vocab_size: int, length: int, generator: GPT 
     if kind not in DISCRIMINATORS:
         raise ValueError(f"unknown discriminator {kind!r}; choose from {', '.join(DISCRIMINATORS)}")
     if kind == "likelihood":
+        if generator is None or bos is None:
+            raise ValueError("the likelihood discriminator reads a generator: give generator and bos")
         return LikelihoodDiscriminator(generator, bos)
     return DISCRIMINATORS[kind](vocab_size, length)
 
