@@ -17,6 +17,9 @@ import torch
 OUT_DIR = Path(__file__).resolve().parent / "out"
 
 
+# Environment variables that hold PyTorch, oneDNN and MKL below what the CPU can run (set, they make
+# an AVX-512 CPU compute as an AVX2-only one does: see docs/benchmarks.md)
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")  # which kernels the CPU can run
 
 
@@ -33,6 +36,7 @@ def machine() -> dict:
     return {"cpu": cpu, "cpu_flags": {flag: flag in flags for flag in FLAGS_THAT_MATTER}, "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "isa_limits": {name: os.environ[name] for name in ISA_LIMITS if name in os.environ},
             "python": platform.python_version(), "platform": platform.platform()}
 
 

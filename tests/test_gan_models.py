@@ -1,8 +1,10 @@
 import pytest
 import torch
+from torch import nn
 
 from aigc.errors import UserError
-from aigc.gan.models import GanModelConfig, build_discriminator, build_generator
+from aigc.gan.models import (GanModelConfig, NoiseProjection, build_discriminator, build_generator,
+                             judges_samples_independently)
 
 
 @pytest.mark.parametrize("model", ["mlp", "dcgan"])
@@ -45,3 +47,28 @@ def test_dcgan_init_follows_radford():
     generator = build_generator(GanModelConfig(model="dcgan", width=64))
     conv = generator.net[0]
     assert abs(conv.weight.std().item() - 0.02) < 0.002
+
+
+def test_noise_projection_is_the_transposed_convolution_it_replaces():
+    projection = NoiseProjection(12, 8, 7, 1, 0, bias=False)
+    z = torch.randn(5, 12)
+    expected = nn.functional.conv_transpose2d(z[:, :, None, None], projection.weight)  # (5, 8, 7, 7)
+    torch.testing.assert_close(projection(z), expected)
+    assert list(dict(projection.named_parameters())) == ["weight"]  # saved runs' keys and shapes
+
+
+@pytest.mark.parametrize("cfg, independent", [
+    (GanModelConfig(model="mlp"), True),
+    (GanModelConfig(model="dcgan", disc_norm="none", num_classes=10), True),
+    (GanModelConfig(model="dcgan", disc_norm="none", pack=2), True),
+    (GanModelConfig(model="dcgan"), False),  # batch norm
+    (GanModelConfig(model="mlp", minibatch_std=True), False),
+])
+def test_one_pass_over_real_and_fake_gives_each_pass_logits_where_samples_are_judged_alone(cfg, independent):
+    discriminator = build_discriminator(cfg)
+    assert judges_samples_independently(discriminator) == independent
+    real, fake = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)
+    labels = torch.tensor([1, 2, 3, 4]) if cfg.num_classes else None
+    both = discriminator(torch.cat([real, fake]), None if labels is None else torch.cat([labels, labels]))
+    separate = torch.cat([discriminator(real, labels), discriminator(fake, labels)])
+    assert torch.allclose(both, separate, atol=1e-5) == independent
