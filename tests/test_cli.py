@@ -91,3 +91,14 @@ def test_tests_keep_out_of_the_users_cache():
     users = Path.home() / ".cache"
     for folder in (corpus_cache(), evaluator_cache()):
         assert not folder.resolve().is_relative_to(users.resolve()), folder
+
+
+def test_the_demo_stops_each_part_at_its_time(run_cli, tmp_path, one_thread):
+    """On a slow CPU the demo's parts end by time, not by steps, and say how many steps they made."""
+    status, out, _ = run_cli("demo", "--out", tmp_path / "demo", "--gan-steps", "100000", "--gan-time", "1s",
+                             "--gpt-iters", "100000", "--gpt-time", "1s")
+    assert status == 0
+    gan_steps = int(re.search(r"digits after (\d+) steps", out).group(1))
+    gpt_steps = int(re.search(r"GPT, (\d+) steps", out).group(1))
+    assert 0 < gan_steps < 100000 and 0 < gpt_steps < 100000
+    assert (tmp_path / "demo" / "digits.png").is_file()
