@@ -10,15 +10,10 @@ import torch
 
 
 def describe() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported())}
+    """The CPU, its flags that matter, PyTorch's kernel level and any ISA limits (_common.machine)."""
+    from _common import machine
+
+    return machine()
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 2.0) -> float:

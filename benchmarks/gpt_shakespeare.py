@@ -42,7 +42,6 @@ RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dro
               warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0)
 # The best recipe found for a 90 s budget on 2 cores (see docs/benchmarks-gpt.md).
 BUDGET_RECIPE = dict(RECIPE, lr=3e-3, min_lr=1e-4, warmup_iters=50, batch_size=24)
-DEFAULT_PATH = "aigc default (bf16 autocast)"
 REFERENCE = {"ms_per_iter": 37.4, "tokens_per_s": 20.5e3, "val_loss_2000": 1.886}
 
 
@@ -233,17 +232,23 @@ def main() -> None:
     if not DATA.is_file():
         sys.exit(f"Tiny Shakespeare not found at {DATA}")
 
+    from aigc.devices import bf16_supported
+
     machine = describe()
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; matmul peaks "
+    flags = ", ".join(flag for flag, present in machine["cpu_flags"].items() if present)
+    print(f"machine: {machine['cpu']} ({flags}; torch kernels {machine['torch_cpu_capability']}"
+          f"{'; limited by ' + str(machine['isa_limits']) if machine['isa_limits'] else ''}), {machine['cores']} cores, "
+          f"{machine['torch_threads']} threads, torch {machine['torch']}; matmul peaks "
           f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    default_path = f"aigc default ({'bf16 autocast' if bf16_supported(torch.device('cpu')) else 'fp32'})"
     reference = run_phase("reference", "--reference-iters", str(args.reference_iters))
     flops = flops_per_iter(reference["n_params"], RECIPE)
     print("timing the reference and aigc's steps in turns", flush=True)
     interleaved = run_phase("interleaved", "--rounds", str(args.rounds), "--round-iters", str(args.round_iters))
 
     runs = {"reference fp32 eager (nanoGPT loop)": reference}
-    plans = [(DEFAULT_PATH, dict(RECIPE, max_iters=args.iters))]
+    plans = [(default_path, dict(RECIPE, max_iters=args.iters))]
     if not args.skip_fp32:
         plans.append(("aigc fp32 (--no-amp)", dict(RECIPE, max_iters=args.iters, amp=False)))
     if args.compile:
@@ -255,7 +260,7 @@ def main() -> None:
                       dict(BUDGET_RECIPE, time_budget=parse_duration(args.time_budget))))
     for name, overrides in plans:
         print(f"running: {name}", flush=True)
-        keep = ["--keep-run", args.keep_run] if args.keep_run and name == DEFAULT_PATH else []
+        keep = ["--keep-run", args.keep_run] if args.keep_run and name == default_path else []
         runs[name] = run_phase("recipe", "--overrides", json.dumps(overrides), *keep)
         runs[name]["overrides"] = overrides
 
