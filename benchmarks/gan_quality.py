@@ -74,6 +74,8 @@ SETUPS = {  # name -> GanTrainConfig overrides
     "uncond-mbstd-translation": dict(minibatch_std=True, augment="translation"),
     "uncond-r1-g10": dict(r1_gamma=10.0),
     "uncond-r1-hinge-sn": dict(r1_gamma=1.0, loss="hinge", spectral_norm=True),
+    # Round three: both rates decayed to 0 by a cosine over the budget, on the best 10-minute recipe.
+    "cond-r1-g10-cosine": dict(conditional=True, r1_gamma=10.0, lr_schedule="cosine"),
 }
 
 

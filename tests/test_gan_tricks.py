@@ -2,6 +2,7 @@
 PacGAN packing, and the Stacked MNIST data they are judged on."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -115,6 +116,32 @@ def test_trainer_applies_lr_d_and_drops_batch_norm_under_r1():
     trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
     assert trainer.opt_g.param_groups[0]["lr"] == 1e-4 and trainer.opt_d.param_groups[0]["lr"] == 4e-4
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in trainer.discriminator.modules())
+
+
+@pytest.mark.parametrize("steps, budget, elapsed, progress", [
+    (4, None, [0, 0, 0, 0], [0, 0.25, 0.5, 0.75]),  # over the 4 steps
+    (None, 60.0, [0, 15, 30, 60], [0, 0.25, 0.5, 1.0]),  # over the seconds of --time-budget
+    (100, 60.0, [0, 15, 30, 45], [0, 0.25, 0.5, 0.75]),  # whichever ends the run first
+])
+def test_cosine_schedule_decays_both_learning_rates_to_zero(steps, budget, elapsed, progress):
+    data = load_images("mnist5k")
+    cfg = GanTrainConfig(out="unused", model="mlp", width=8, batch_size=8, lr=1e-4, lr_d=4e-4, steps=steps,
+                         time_budget=budget, lr_schedule="cosine")
+    trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
+    rates = []
+    for step, seconds in enumerate(elapsed):
+        trainer.train_step(step, seconds)
+        rates.append((trainer.opt_g.param_groups[0]["lr"], trainer.opt_d.param_groups[0]["lr"]))
+    fractions = [(1 + math.cos(math.pi * p)) / 2 for p in progress]
+    assert rates == [pytest.approx((1e-4 * f, 4e-4 * f), abs=1e-12) for f in fractions]
+
+
+def test_the_constant_schedule_leaves_the_rates_alone():
+    data = load_images("mnist5k")
+    cfg = GanTrainConfig(out="unused", model="mlp", width=8, batch_size=8, lr=1e-4, steps=2)
+    trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
+    trainer.train_step(1, 1000.0)
+    assert trainer.opt_g.param_groups[0]["lr"] == 1e-4 == trainer.opt_d.param_groups[0]["lr"]
 
 
 def test_a_run_saved_before_minibatch_std_existed_still_loads(tmp_path):

@@ -10,6 +10,7 @@ from aigc.training.options import RunOptions
 
 MODELS = ("mlp", "dcgan")
 LOSS_NAMES = ("bce", "hinge", "wgan-gp")
+LR_SCHEDULES = ("constant", "cosine")
 DCGAN_START_SIZES = (7, 4)  # DCGAN's first feature map; each stage doubles it up to the image size
 MAX_SAMPLES = 1_000_000  # `gan sample` and `gan eval` generate every image before writing or scoring
 AUGMENT_POLICIES = ("translation", "cutout")  # DiffAugment's transforms that suit any image (aigc.gan.augment)
@@ -63,6 +64,8 @@ class GanTrainConfig(RunOptions):
     lr: float = option(2e-4, "Adam learning rate (the generator's, and the discriminator's unless --lr-d)")
     lr_d: float | None = option(None, "the discriminator's Adam learning rate (default --lr; two time-scale "
                                 "updates, Heusel et al. 2017)")
+    lr_schedule: str = option("constant", "constant, or cosine: both learning rates decay to 0 over the run's steps "
+                              "or its --time-budget, whichever ends it", choices=LR_SCHEDULES)
     beta1: float = option(0.5, "Adam beta1")
     beta2: float = option(0.999, "Adam beta2")
     n_critic: int | None = option(None, "discriminator updates per generator update (default: 5 for wgan-gp, else 1)")

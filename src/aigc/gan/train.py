@@ -30,6 +30,7 @@ from aigc.gan.losses import LOSSES, GanLoss, gradient_penalty, r1_penalty
 from aigc.gan.models import GanModelConfig, build_discriminator, build_generator, judges_samples_independently
 from aigc.logging import plot_metrics, read_metrics
 from aigc.training import distributed, loop
+from aigc.training.schedule import CosineSchedule, set_lr
 from aigc.training.samplers import EpochBatches
 
 DEFAULT_STEPS = 2000
@@ -99,6 +100,9 @@ class GanTrainer:
         adam = dict(betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cpu", "cuda"))
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, **adam)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d or cfg.lr, **adam)
+        # A cosine decay to 0 of both rates (as a fraction of --lr) over the steps or the budget, whichever ends the run
+        self.decay = (CosineSchedule(1.0, 0.0, 0, _max_steps(cfg, len(data), self.n_critic), cfg.time_budget)
+                      if cfg.lr_schedule == "cosine" else None)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.sampler = EpochBatches(len(data), cfg.batch_size, cfg.seed, self.rank, self.world_size)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 2)
@@ -174,6 +178,10 @@ class GanTrainer:
         return (torch.sigmoid(logits) if self.loss.probabilities else logits).mean()
 
     def train_step(self, step: int, elapsed: float = 0.0) -> dict[str, float]:
+        if self.decay is not None:
+            fraction = self.decay(step, elapsed)
+            set_lr(self.opt_g, self.cfg.lr * fraction)
+            set_lr(self.opt_d, (self.cfg.lr_d or self.cfg.lr) * fraction)
         for critic_step in range(self.n_critic):
             z, fake_labels = self._sample_noise()
             last = critic_step == self.n_critic - 1
