@@ -40,6 +40,14 @@ def machine() -> dict:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+def machine_line(described: dict) -> str:
+    """One header line: the CPU, its flags that matter, PyTorch's kernel level and any ISA limits."""
+    flags = ", ".join(flag for flag, present in described["cpu_flags"].items() if present)
+    limits = f"; limited by {described['isa_limits']}" if described["isa_limits"] else ""
+    return (f"{described['cpu']} ({flags}; torch kernels {described['torch_cpu_capability']}{limits}), "
+            f"{described['cores']} cores, {described['torch_threads']} threads, torch {described['torch']}")
+
+
 def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     """Median GFLOP/s of an n x n x n matrix product: the machine's practical peak."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)

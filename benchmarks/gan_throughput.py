@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import machine, matmul_peak_gflops, time_windows, write_json
+from _common import machine, machine_line, matmul_peak_gflops, time_windows, write_json
 from aigc.data.images import load_images
 from aigc.devices import bf16_supported
 from aigc.gan.config import GanTrainConfig
@@ -101,11 +101,8 @@ def main() -> None:
     # n = 1024: a bf16 product runs at ~1 GFLOP/s on an AVX2-only CPU, 2,048 would take a minute
     peaks = {str(dtype).removeprefix("torch."): round(matmul_peak_gflops(dtype, n=1024), 1)
              for dtype in (torch.float32, torch.bfloat16)}
-    described = machine()
-    flags = ", ".join(flag for flag, present in described["cpu_flags"].items() if present)
-    print(f"machine: {described['cpu']} ({flags}; torch kernels {described['torch_cpu_capability']}), "
-          f"{described['torch_threads']} threads, torch {torch.__version__}; bf16 autocast "
-          f"{'on' if bf16_supported(torch.device('cpu')) else 'off'}; matmul peaks GFLOP/s {peaks}")
+    autocast = "on" if bf16_supported(torch.device("cpu")) else "off"
+    print(f"machine: {machine_line(machine())}; bf16 autocast {autocast}; matmul peaks GFLOP/s {peaks}")
     print("| model | reference fp32 img/s | aigc default img/s | speedup | ms/step ref -> aigc |")
     print("|---|---|---|---|---|")
     for model, r in results.items():

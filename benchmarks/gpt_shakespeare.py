@@ -35,6 +35,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _common import machine_line  # noqa: E402
 from _machine import describe, matmul_peak  # noqa: E402
 
 DATA = HERE.parents[1] / "shared" / "data" / "shakespeare" / "input.txt"
@@ -236,11 +237,8 @@ def main() -> None:
 
     machine = describe()
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    flags = ", ".join(flag for flag, present in machine["cpu_flags"].items() if present)
-    print(f"machine: {machine['cpu']} ({flags}; torch kernels {machine['torch_cpu_capability']}"
-          f"{'; limited by ' + str(machine['isa_limits']) if machine['isa_limits'] else ''}), {machine['cores']} cores, "
-          f"{machine['torch_threads']} threads, torch {machine['torch']}; matmul peaks "
-          f"fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    print(f"machine: {machine_line(machine)}; matmul peaks fp32 {peaks['fp32']:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
     default_path = f"aigc default ({'bf16 autocast' if bf16_supported(torch.device('cpu')) else 'fp32'})"
     reference = run_phase("reference", "--reference-iters", str(args.reference_iters))
     flops = flops_per_iter(reference["n_params"], RECIPE)
