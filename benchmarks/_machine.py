@@ -1,19 +1,11 @@
-"""Shared by the GPT benchmarks: a description of the machine and its measured matmul peaks."""
+"""Shared by the GPT benchmarks: the machine's measured matmul peaks and memory bandwidth
+(its description is ``_common.machine``)."""
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 
 import torch
-
-
-def describe() -> dict:
-    """The CPU, its flags that matter, PyTorch's kernel level and any ISA limits (_common.machine)."""
-    from _common import machine
-
-    return machine()
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 2.0) -> float:

@@ -38,7 +38,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _machine import describe, matmul_peak  # noqa: E402
+from _common import machine as describe  # noqa: E402
+from _machine import matmul_peak  # noqa: E402
 
 from aigc.gpt.config import GptFinetuneConfig, GptTrainConfig  # noqa: E402
 from aigc.gpt.finetune import finetune  # noqa: E402

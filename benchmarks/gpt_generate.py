@@ -23,7 +23,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _machine import describe, memory_bandwidth  # noqa: E402
+from _common import machine as describe, machine_line  # noqa: E402
+from _machine import memory_bandwidth  # noqa: E402
 
 from aigc.gpt.generation import Sampling, generate_tokens  # noqa: E402
 from aigc.gpt.loading import in_decode_dtype  # noqa: E402
@@ -116,8 +117,7 @@ def main() -> None:
     bandwidth = memory_bandwidth()
     small = shakespeare(args.run, args.shakespeare_tokens, args.repeats)
     big = gpt2_small(args.gpt2_tokens, args.repeats, bandwidth)
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; "
-          f"memory bandwidth {bandwidth:.1f} GB/s")
+    print(f"machine: {machine_line(machine)}; memory bandwidth {bandwidth:.1f} GB/s")
     print(f"(i) {small['model']}, {small['new_tokens']} tokens: KV cache {small['kv_cache_tokens_per_s']:.0f} "
           f"tokens/s, recompute {small['recompute_tokens_per_s']:.0f} tokens/s -> {small['speedup']:.2f}x "
           "(target >= 2x; nanoGPT sampling without cache: 589 tokens/s)")

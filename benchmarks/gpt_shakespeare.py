@@ -35,8 +35,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import machine_line  # noqa: E402
-from _machine import describe, matmul_peak  # noqa: E402
+from _common import machine as describe, machine_line  # noqa: E402
+from _machine import matmul_peak  # noqa: E402
 
 DATA = HERE.parents[1] / "shared" / "data" / "shakespeare" / "input.txt"
 RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, lr=1e-3, min_lr=1e-4,

@@ -172,7 +172,7 @@ def _dcgan_start_size(image_size: int) -> int:
 class NoiseProjection(nn.ConvTranspose2d):
     """DCGAN's first layer, a transposed convolution of the noise seen as a 1x1 image with a
     start x start kernel: (B, in, 1, 1) -> (B, out, start, start). That is one matrix product,
-    computed as one (oneDNN's transposed-convolution kernel took 4x as long on an AVX2 CPU);
+    computed as one (oneDNN's transposed-convolution kernel took 4x as long, Zen 4 held to AVX2 kernels);
     the weight keeps ConvTranspose2d's shape, so saved runs load unchanged."""
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -95,8 +95,8 @@ class GanTrainer:
         self.train_generator = distributed.wrap(self.generator)
         self.train_discriminator = distributed.wrap(self.discriminator)
         self.joint_pass = judges_samples_independently(self.discriminator)
-        # Fused Adam: one kernel for all parameters' updates. On a CPU it took the MLP GAN's step
-        # from 5.6 to 3.6 ms (docs/benchmarks.md); the multi-tensor default spends it in dispatch.
+        # Fused Adam: one kernel for all parameters' updates. It took the MLP GAN's step from 5.6 to
+        # 3.6 ms (AMD Zen 4 held to AVX2 kernels, docs/benchmarks.md); the multi-tensor default spends it in dispatch.
         adam = dict(betas=(cfg.beta1, cfg.beta2), fused=device.type in ("cpu", "cuda"))
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=cfg.lr, **adam)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr_d or cfg.lr, **adam)
@@ -163,7 +163,7 @@ class GanTrainer:
                fake_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """D's fp32 logits on the real and on the fake batch. Where D judges each sample on its own,
         in one pass over both: half the calls, and one weight-gradient product per layer instead of
-        two summed (the MLP GAN's step: 3.1 -> 2.9 ms on AVX2 kernels, docs/benchmarks.md)."""
+        two summed (the MLP GAN's step: 3.1 -> 2.9 ms, Zen 4 held to AVX2 kernels, docs/benchmarks.md)."""
         real, fake = self._augmented(real), self._augmented(fake)
         with autocast(self.device, self.cfg.amp):
             if self.joint_pass:
