@@ -10,6 +10,7 @@ from aigc.data.images import load_images
 from aigc.errors import TrainingDiverged
 from aigc.gan.config import GanTrainConfig
 from aigc.gan.loading import load_generator
+from aigc.gan.models import with_one_hot
 from aigc.gan.generation import generate_images
 from aigc.gan.train import GanTrainer, _model_config, train
 from aigc.training import loop
@@ -69,6 +70,24 @@ def test_resume_continues_the_same_trajectory_bit_for_bit(tmp_path, loss, extra)
         return [(m["step"], m["d_loss"], m["g_loss"]) for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     assert [step for step, *_ in losses(half)] == [5, 10, 12]  # no line twice after the resume
     assert losses(straight) == losses(half)
+
+
+def test_ema_generator_normalises_with_statistics_of_its_own_activations(tmp_path):
+    """The EMA generator's batch norm must describe the averaged weights' activations, not the
+    live generator's (whose running statistics follow the live weights)."""
+    out = small_train(tmp_path / "run", 30, conditional=True, ema_decay=0.999)
+    ema, model_cfg, _ = load_generator(out, ema=True)
+    live, _, _ = load_generator(out, ema=False)
+    z = torch.randn(8192, model_cfg.z_dim, generator=torch.Generator().manual_seed(5))
+    labels = torch.arange(8192) % model_cfg.num_classes
+    with torch.no_grad():
+        before_norm = ema.net[0](with_one_hot(z, labels, model_cfg.num_classes))  # (N, 2w, 7, 7)
+    mean = before_norm.mean((0, 2, 3))
+    spread = before_norm.transpose(0, 1).flatten(1).std(1)
+    norm = ema.net[1]
+    assert ((norm.running_mean - mean).abs() < 5 * spread / 2048 ** 0.5).all()
+    assert torch.allclose(norm.running_var, spread ** 2, rtol=0.1)
+    assert not torch.allclose(norm.running_mean, live.net[1].running_mean)
 
 
 def test_epochs_count_discriminator_batches(tmp_path):

@@ -41,11 +41,43 @@ RESUME_OVERRIDABLE = {"steps", "epochs", "time_budget", "log_every", "sample_eve
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model for weights; buffers (batch-norm stats) copied.
-    One multi-tensor call each, not a Python loop of small ones (the MLP GAN's step is ~4 ms)."""
+    """ema <- decay * ema + (1 - decay) * model for weights, in one multi-tensor call, not a Python
+    loop of small ones (the MLP GAN's step is ~4 ms). Batch-norm statistics are not copied: the
+    live generator's describe its own activations, not the averaged weights' (see
+    :func:`standing_statistics`)."""
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers()):
-        ema_buffer.copy_(buffer)
+
+
+STANDING_SAMPLES = 2048  # noise vectors whose activations set the EMA generator's batch-norm statistics
+
+
+@torch.no_grad()
+def standing_statistics(generator: nn.Module, cfg: GanModelConfig, batch_size: int, device: torch.device) -> None:
+    """Set ``generator``'s batch-norm running statistics to the mean and variance of its own
+    activations over ``STANDING_SAMPLES`` fixed noise vectors (classes in turn when conditional),
+    in batches of the training batch size: BigGAN's "standing statistics", SWA's ``update_bn``.
+
+    An EMA generator needs this: its weights are an average, and the live generator's running
+    statistics, which describe the live weights' activations, normalise the average's wrongly (a
+    conditional DCGAN's FID at 3,000 steps: 19.5 with copied statistics, 15.6 with its own)."""
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+    was_training = generator.training
+    generator.train()
+    noise = torch.Generator().manual_seed(0)
+    for start in range(0, STANDING_SAMPLES, batch_size):
+        count = min(batch_size, STANDING_SAMPLES - start)
+        z = torch.randn(count, cfg.z_dim, generator=noise).to(device)
+        labels = (torch.arange(start, start + count) % cfg.num_classes).to(device) if cfg.conditional else None
+        generator(z, labels)
+    generator.train(was_training)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
 
 
 def fixed_sample_inputs(cfg: GanModelConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -89,6 +121,7 @@ class GanTrainer:
         self.generator = build_generator(model_cfg).to(device)
         self.discriminator = build_discriminator(model_cfg).to(device)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False) if cfg.ema_decay > 0 else None
+        self.ema_statistics_stale = True
         # What the updates call: in DDP under torchrun (the same parameters as the plain modules,
         # which sampling, EMA and checkpoints use). G's update calls the plain D, whose weights
         # take no gradient there.
@@ -200,6 +233,7 @@ class GanTrainer:
         if self.ema is not None:
             done = step + 1
             update_ema(self.ema, self.generator, min(self.cfg.ema_decay, (1 + done) / (10 + done)))
+            self.ema_statistics_stale = True
         return {name: value.item() for name, value in {**stats, "g_loss": g_loss.detach()}.items()}
 
     def status(self) -> dict:
@@ -215,12 +249,18 @@ class GanTrainer:
 
     # --- checkpoints ---------------------------------------------------------------------
     def sampling_generator(self) -> nn.Module:
-        return self.ema if self.ema is not None else self.generator
+        """The EMA generator, with its batch-norm statistics brought up to date, or the live one."""
+        if self.ema is None:
+            return self.generator
+        if self.ema_statistics_stale:
+            standing_statistics(self.ema, self.model_cfg, self.cfg.batch_size, self.device)
+            self.ema_statistics_stale = False
+        return self.ema
 
     def _modules(self) -> dict[str, nn.Module]:
         modules = {"generator": self.generator, "discriminator": self.discriminator}
         if self.ema is not None:
-            modules["ema_generator"] = self.ema
+            modules["ema_generator"] = self.sampling_generator()
         return modules
 
     def weights(self) -> dict[str, dict[str, torch.Tensor]]:
