@@ -1,5 +1,6 @@
-"""GPT pretraining on Tiny Shakespeare, character level: nanoGPT's CPU recipe, timed against a
-plain fp32 eager reference loop of the same model measured in the same run.
+"""GPT pretraining on Tiny Shakespeare, character level: nanoGPT's CPU recipe, timed against
+nanoGPT itself (its model.py, vendored in _nanogpt.py, and its train.py step, fp32 eager as its CPU
+recipe runs) measured in the same run.
 
 Recipe: n_layer 4, n_head 4, n_embd 128, block 64, batch 12, dropout 0, AdamW (beta2 0.99,
 weight decay 0.1), lr 1e-3 -> 1e-4 cosine over 2000 iterations after 100 warm-up, clip 1.0;
@@ -13,8 +14,8 @@ Each training phase runs in a fresh subprocess so its peak memory is its own. Th
 to read is the interleaved one: the reference loop and aigc's own training step timed in turns
 in one process (``--rounds`` x ``--round-iters``), the median of the per-round ratios; the
 whole runs' ms/iteration, minutes apart, drift with a shared host.
-Targets: (a) fp32 validation loss <= 1.90 at 2000 iterations; (b) default path >= 1.5x the
-reference tokens/s; (c) --time-budget 90s with the best recipe found: validation loss <= 1.75.
+Targets: (a) fp32 validation loss <= 1.90 at 2000 iterations; (b) default path >= 1.5x
+nanoGPT's tokens/s; (c) --time-budget 90s with the best recipe found: validation loss <= 1.75.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import machine as describe, machine_line  # noqa: E402
 from _machine import matmul_peak  # noqa: E402
+import _nanogpt  # noqa: E402
 
 DATA = HERE.parents[1] / "shared" / "data" / "shakespeare" / "input.txt"
 RECIPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, lr=1e-3, min_lr=1e-4,
@@ -68,22 +70,25 @@ def char_data() -> tuple[np.ndarray, int]:
     return data[: int(0.9 * len(data))], len(chars)
 
 
-def recipe_model(vocab_size: int):
+def recipe_model(vocab_size: int, activation: str):
     """The recipe's GPT with the same initial weights every time."""
     from aigc.gpt.model import GPT, GPTConfig
 
     c = RECIPE
     torch.manual_seed(1337)
     return GPT(GPTConfig(vocab_size=vocab_size, block_size=c["block_size"], n_layer=c["n_layer"],
-                         n_head=c["n_head"], n_embd=c["n_embd"]))
+                         n_head=c["n_head"], n_embd=c["n_embd"], activation=activation))
 
 
 def reference_step(train: np.ndarray, vocab_size: int):
-    """nanoGPT's loop, fp32 eager: memmap batches, foreach AdamW, clip, no autocast, no compile.
-    Returns (one training step, the model)."""
+    """nanoGPT on CPU: its model (exact GELU, no biases: train.py's default ``bias = False``), its
+    AdamW groups (foreach, not fused, off CUDA), its batches and its step: fp32 eager, clip, the
+    loss read every step (``log_interval=1``). Returns (one training step, the model)."""
     c = RECIPE
-    model = recipe_model(vocab_size)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(c["weight_decay"]), lr=c["lr"], betas=(0.9, c["beta2"]))
+    torch.manual_seed(1337)
+    model = _nanogpt.GPT(_nanogpt.GPTConfig(block_size=c["block_size"], vocab_size=vocab_size, n_layer=c["n_layer"],
+                                            n_head=c["n_head"], n_embd=c["n_embd"], dropout=0.0, bias=False))
+    optimizer = model.configure_optimizers(c["weight_decay"], c["lr"], (0.9, c["beta2"]), "cpu")
     T, B = c["block_size"], c["batch_size"]
 
     def step() -> float:
@@ -108,24 +113,27 @@ def phase_reference(iters: int) -> dict:
     for _ in range(iters):
         step()
     seconds = (time.perf_counter() - start) / iters
-    return {"ms_per_iter": seconds * 1e3, "n_params": model.num_params() - model.transformer.wpe.weight.numel(),
+    return {"ms_per_iter": seconds * 1e3, "n_params": model.get_num_params(),
             "peak_rss_mb": peak_rss_mb()}
 
 
-def aigc_step(train: np.ndarray, vocab_size: int, amp: bool):
-    """``aigc gpt train``'s own step (GptTrainer.train_step: schedule, autocast, fused AdamW, clip)."""
+def aigc_step(train: np.ndarray, vocab_size: int, amp: bool, activation: str | None = None):
+    """``aigc gpt train``'s own step (GptTrainer.train_step: schedule, autocast, fused AdamW, clip),
+    with its default GELU unless ``activation`` is given."""
     from aigc.gpt.config import GptTrainConfig
     from aigc.gpt.train import GptTrainer
 
     config = GptTrainConfig(data=str(DATA), tokenizer="char", device="cpu", amp=amp, max_iters=2000, **RECIPE)
-    trainer = GptTrainer(config, recipe_model(vocab_size), train, train[:10_000], torch.device("cpu"))
+    model = recipe_model(vocab_size, activation or config.activation)
+    trainer = GptTrainer(config, model, train, train[:10_000], torch.device("cpu"))
     counter = iter(range(10**9))
     return lambda: trainer.train_step(next(counter), 0.0)
 
 
 def phase_interleaved(rounds: int, iters: int) -> dict:
-    """The step times of the reference loop and of aigc's default (bf16 autocast where the CPU has
-    it) and fp32 steps, measured in turns in one process: ``rounds`` x (``iters`` steps of each).
+    """The step times of nanoGPT's step and of aigc's default (bf16 autocast where the CPU has it),
+    fp32, and fp32 with GPT-2's tanh GELU (aigc's GELU before 2026-12-05) steps, measured in turns in
+    one process: ``rounds`` x (``iters`` steps of each).
     A shared host that slows down for a while slows every variant of that round alike, so the
     median of the per-round ratios is steadier than ratios of runs made minutes apart."""
     from aigc.devices import bf16_supported
@@ -133,7 +141,8 @@ def phase_interleaved(rounds: int, iters: int) -> dict:
     train, vocab_size = char_data()
     variants = {"reference": reference_step(train, vocab_size)[0],
                 "default": aigc_step(train, vocab_size, amp=bf16_supported(torch.device("cpu"))),
-                "fp32": aigc_step(train, vocab_size, amp=False)}
+                "fp32": aigc_step(train, vocab_size, amp=False),
+                "fp32-tanh": aigc_step(train, vocab_size, amp=False, activation="gelu_tanh")}
     for step in variants.values():  # warm-up
         for _ in range(20):
             step()
@@ -145,7 +154,7 @@ def phase_interleaved(rounds: int, iters: int) -> dict:
                 step()
             times[name].append((time.perf_counter() - start) / iters * 1e3)
     ratios = {name: float(np.median([r / t for r, t in zip(times["reference"], times[name])]))
-              for name in ("default", "fp32")}
+              for name in ("default", "fp32", "fp32-tanh")}
     return {"ms_per_iter": {name: float(np.median(t)) for name, t in times.items()}, "rounds_ms": times,
             "speedup_median": ratios, "rounds": rounds, "iters_per_round": iters}
 
@@ -245,7 +254,7 @@ def main() -> None:
     print("timing the reference and aigc's steps in turns", flush=True)
     interleaved = run_phase("interleaved", "--rounds", str(args.rounds), "--round-iters", str(args.round_iters))
 
-    runs = {"reference fp32 eager (nanoGPT loop)": reference}
+    runs = {"nanoGPT (its model and step, fp32)": reference}
     plans = [(default_path, dict(RECIPE, max_iters=args.iters))]
     if not args.skip_fp32:
         plans.append(("aigc fp32 (--no-amp)", dict(RECIPE, max_iters=args.iters, amp=False)))
@@ -284,10 +293,10 @@ def main() -> None:
         if "val_curve" in r:
             print(f"val loss every 250 ({name}): " + ", ".join(f"{s}:{v:.3f}" for s, v in r["val_curve"]))
     ms = interleaved["ms_per_iter"]
-    print(f"interleaved step times ({args.rounds} rounds x {args.round_iters} steps, medians): reference "
-          f"{ms['reference']:.1f} ms, aigc default {ms['default']:.1f} ms, aigc fp32 {ms['fp32']:.1f} ms; median "
-          f"per-round speed-up: default {interleaved['speedup_median']['default']:.2f}x, "
-          f"fp32 {interleaved['speedup_median']['fp32']:.2f}x")
+    print(f"interleaved step times ({args.rounds} rounds x {args.round_iters} steps, medians): nanoGPT "
+          f"{ms['reference']:.1f} ms, aigc default {ms['default']:.1f} ms, aigc fp32 {ms['fp32']:.1f} ms, aigc fp32 "
+          f"with tanh GELU {ms['fp32-tanh']:.1f} ms; median per-round speed-up: "
+          + ", ".join(f"{name} {x:.2f}x" for name, x in interleaved["speedup_median"].items()))
     print(f"flops per iteration (recipe): {flops / 1e9:.2f} GFLOP; nanoGPT reference on this machine kind: "
           f"{REFERENCE['ms_per_iter']} ms/it, val {REFERENCE['val_loss_2000']}")
 

@@ -16,10 +16,11 @@ from aigc.gpt.model import GPT, GPTConfig  # noqa: E402
 TEXT = "Some text for a tiny tokenizer: naïve café, 123 + 456 = 579.\n" * 30
 
 
-def make_run(path, kind: str):
+def make_run(path, kind: str, activation: str = "gelu_tanh"):
     tokenizer = train_tokenizer(kind, TEXT.encode(), 300)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=32,
+                          activation=activation))
     for p in model.parameters():  # not just the init: biases and LayerNorms nonzero too
         p.data.normal_(0, 0.2)
     path.mkdir()
@@ -27,9 +28,9 @@ def make_run(path, kind: str):
     return path
 
 
-@pytest.mark.parametrize("kind", ["char", "bpe"])
-def test_export_loads_in_transformers_with_the_same_logits_and_tokens(run_cli, tmp_path, kind):
-    run = make_run(tmp_path / "run", kind)
+@pytest.mark.parametrize("kind, activation", [("char", "gelu_tanh"), ("bpe", "gelu_tanh"), ("char", "gelu")])
+def test_export_loads_in_transformers_with_the_same_logits_and_tokens(run_cli, tmp_path, kind, activation):
+    run = make_run(tmp_path / "run", kind, activation)
     status, _, err = run_cli("gpt", "export-hf", "--run", run, "--out", tmp_path / "hf")
     assert status == 0, err
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
@@ -54,9 +55,11 @@ def test_bpe_export_loads_with_the_gpt2_tokenizer_class(run_cli, tmp_path):
     assert gpt2_tokenizer("café 123")["input_ids"] == tokenizer.encode("café 123")
 
 
-def test_import_matches_a_random_gpt2(run_cli, tmp_path):
+@pytest.mark.parametrize("activation", ["gelu_new", "gelu"])
+def test_import_matches_a_random_gpt2(run_cli, tmp_path, activation):
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=48, n_layer=2, n_head=3)
+    config = transformers.GPT2Config(vocab_size=300, n_positions=32, n_embd=48, n_layer=2, n_head=3,
+                                     activation_function=activation)
     hf_model = transformers.GPT2LMHeadModel(config).eval()
     for p in hf_model.parameters():
         p.data.normal_(0, 0.2)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from aigc.errors import UserError
 from aigc.gpt.generation import generate_tokens
 from aigc.gpt.model import GPT, GPTConfig, KVCache
 from aigc.gpt.sampling import Sampling
@@ -150,3 +151,18 @@ def test_attention_under_cpu_autocast_runs_in_float32():
     expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True).bfloat16()
     assert y.dtype == torch.bfloat16 and torch.equal(y, expected)
     assert torch.equal(_attention(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_gelu_forms_and_runs_saved_before_the_activation_field(tmp_path):
+    """New models may use the exact GELU; a config without the field (GPT-2's, or a run saved
+    before it existed) keeps GPT-2's tanh form; anything else is refused in one line."""
+    from aigc.gpt.loading import model_config_of
+
+    x = torch.linspace(-4, 4, 101)
+    exact = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=16, activation="gelu"))
+    assert torch.equal(exact.transformer.h[0].mlp.gelu(x), torch.nn.functional.gelu(x))
+    saved = {"vocab_size": 11, "block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16, "dropout": 0.0}
+    old = GPT(model_config_of({"model": saved}, tmp_path))
+    assert torch.equal(old.transformer.h[0].mlp.gelu(x), torch.nn.functional.gelu(x, approximate="tanh"))
+    with pytest.raises(UserError, match="activation must be one of gelu, gelu_tanh, got 'relu'"):
+        GPTConfig(vocab_size=11, activation="relu")

@@ -54,6 +54,7 @@ def test_loss_goes_down_and_run_files_are_written(corpus, tmp_path):
     assert any((run / "tb").iterdir())
     config = json.loads((run / "config.json").read_text())
     assert config["kind"] == "gpt" and config["model"]["n_layer"] == 1 and config["tokenizer"] == "char"
+    assert config["model"]["activation"] == "gelu"  # new models: the exact GELU, faster on CPU than GPT-2's tanh form
 
 
 def test_resume_continues_the_same_trajectory(corpus, tmp_path):

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from aigc.config import DEVICE_CHOICES, option, require
 from aigc.training.options import LmOptimizerOptions, RunOptions
 
+# The GPT MLP's GELU (GPTConfig.activation) -> nn.GELU's ``approximate``: exact, or GPT-2's tanh form
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
+
 TOKENIZERS = ("char", "bpe")
 CHECKPOINTS = ("best", "last")
 EVAL_METRICS = ("perplexity",)  # loss, perplexity and bits per byte from one pass over the data
@@ -42,6 +45,8 @@ class GptTrainConfig(LmOptimizerOptions, RunOptions):
     n_embd: int = option(128, "embedding width (a multiple of --n-head)")
     block_size: int = option(64, "context length in tokens")
     dropout: float = option(0.0, "dropout probability")
+    activation: str = option("gelu", "the MLP's GELU: gelu (exact, faster on CPU) or gelu_tanh (GPT-2's "
+                                     "approximation)", choices=tuple(ACTIVATIONS))
     batch_size: int = option(12, "sequences per micro-batch")
     lr: float = option(1e-3, "peak learning rate (AdamW)")
     min_lr: float = option(1e-4, "learning rate at the end of the cosine decay")

@@ -21,7 +21,8 @@ from aigc.outputs import output_dir
 from aigc.runs import create_run_dir, prepare_run_dir
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
+# Hugging Face activation_function names -> GPTConfig.activation
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
 
 def _converted(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -38,7 +39,9 @@ def to_hf(model: GPT):
         raise UserError(f"this GPT has {c.n_head} heads of {c.head_dim} channels in a width of {c.n_embd} (its heads "
                         "were pruned): GPT-2 has no such layout; export the run it was pruned from")
     hf_config = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-                           n_head=c.n_head, n_inner=c.mlp_dim, activation_function="gelu_new", resid_pdrop=c.dropout,
+                           n_head=c.n_head, n_inner=c.mlp_dim,
+                           activation_function="gelu_new" if c.activation == "gelu_tanh" else "gelu",
+                           resid_pdrop=c.dropout,
                            embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=1e-5,
                            tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
     hf_model = GPT2LMHeadModel(hf_config)
@@ -53,7 +56,7 @@ def from_hf(hf_model) -> GPT:
     """Our GPT with the weights of a ``transformers.GPT2LMHeadModel``."""
     c = hf_model.config
     unsupported = [what for what, ok in [
-        (f"activation {c.activation_function!r}", c.activation_function in GELU_TANH),
+        (f"activation {c.activation_function!r}", c.activation_function in HF_ACTIVATIONS),
         (f"layer-norm epsilon {c.layer_norm_epsilon}", abs(c.layer_norm_epsilon - 1e-5) < 1e-12),
         ("untied output layer", c.tie_word_embeddings),
         ("unscaled or reordered attention", c.scale_attn_weights and not c.scale_attn_by_inverse_layer_idx
@@ -62,7 +65,7 @@ def from_hf(hf_model) -> GPT:
     if unsupported:
         raise UserError(f"this GPT-2 variant is not supported: {', '.join(unsupported)}")
     model = GPT(GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer,
-                          n_head=c.n_head, n_embd=c.n_embd, dropout=0.0,
+                          n_head=c.n_head, n_embd=c.n_embd, dropout=0.0, activation=HF_ACTIVATIONS[c.activation_function],
                           mlp_width=None if c.n_inner in (None, 4 * c.n_embd) else c.n_inner))
     hf_weights = {k: v for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}
     model.load_weights(_converted(hf_weights))

@@ -30,7 +30,7 @@ from aigc.gpt.tasks import ClassificationHead, Task, TaskModel
 GPT_KIND = "gpt"
 FINETUNE_KIND = "gpt-finetune"
 ADAPTER_FILE = "adapter.safetensors"
-OPTIONAL_MODEL_FIELDS = ("head_size", "mlp_width")
+OPTIONAL_MODEL_FIELDS = ("head_size", "mlp_width", "activation")
 
 
 @dataclass
@@ -76,7 +76,8 @@ def save_inference_run(run_dir: Path, model: GPT, tokenizer: Tokenizer, extra_we
 def model_config_of(run_config: dict, run: Path) -> GPTConfig:
     try:
         values = run_config["model"]
-        # head_size and mlp_width came later (pruning): runs written before have neither.
+        # head_size and mlp_width came later (pruning), activation later still: runs written before
+        # lack them, and take GPTConfig's defaults (GPT-2's shapes and tanh GELU).
         return GPTConfig(**{f.name: values[f.name] for f in fields(GPTConfig)
                             if f.name in values or f.name not in OPTIONAL_MODEL_FIELDS})
     except (KeyError, TypeError, ValueError) as exc:

@@ -1,7 +1,7 @@
 """A GPT-2 language model: the architecture of Radford et al. 2019, with GPT-2's parameter names.
 
 Pre-LayerNorm Transformer blocks (Vaswani et al. 2017; GPT-2 moves LayerNorm to each block's
-input), causal self-attention through ``scaled_dot_product_attention``, a tanh-GELU MLP four
+input), causal self-attention through ``scaled_dot_product_attention``, a GELU MLP four
 times as wide, learned absolute positions, and an output layer tied to the token embedding
 (Press & Wolf 2017). Parameter names mirror Hugging Face's ``GPT2LMHeadModel``
 (``transformer.h.0.attn.c_attn.weight``...) so GPT-2 weights copy across key by key (the
@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from aigc.errors import UserError
+from aigc.gpt.config import ACTIVATIONS
 from aigc.hugepages import move_to_huge_pages
 
 
@@ -35,6 +36,10 @@ class GPTConfig:
     # fewer heads of the same size and fewer MLP channels; None: GPT-2's n_embd // n_head and 4 * n_embd.
     head_size: int | None = None
     mlp_width: int | None = None
+    # The MLP's GELU: GPT-2's tanh approximation ("gelu_new"), which its checkpoints and runs saved
+    # before this field need, or the exact erf form, which new `aigc gpt train` models use: the
+    # same function to 1e-3, computed 2-3x faster on CPU (docs/benchmarks-gpt.md).
+    activation: str = "gelu_tanh"
 
     def __post_init__(self) -> None:
         """Refuse a config no GPT can be built from (e.g. a run's config.json edited by hand), as a
@@ -51,6 +56,9 @@ class GPTConfig:
                 raise ConfigError(f"GPT model config: {name} must be a positive integer or null, got {value!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"GPT model config: dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"GPT model config: activation must be one of {', '.join(ACTIVATIONS)}, "
+                              f"got {self.activation!r}")
         if self.head_size is None and self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 
@@ -331,7 +339,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = Linear(config.n_embd, config.mlp_dim)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.gelu = nn.GELU(approximate=ACTIVATIONS[config.activation])
         self.c_proj = Linear(config.mlp_dim, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 

@@ -183,7 +183,7 @@ def _tokenizer_and_model_config(config: GptTrainConfig, data: bytes,
     tokenizer = train_tokenizer(config.tokenizer, data, config.vocab_size, source)
     model_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=config.block_size,
                              n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
-                             dropout=config.dropout)
+                             dropout=config.dropout, activation=config.activation)
     return tokenizer, model_config, None
 
 
