@@ -79,6 +79,7 @@ SETUPS = {  # name -> GanTrainConfig overrides
     "cond-class-norm": dict(conditional=True, class_norm=True),
     "cond-r1-g10-class-norm": dict(conditional=True, r1_gamma=10.0, class_norm=True),
     "cond-ema-0.99": dict(conditional=True, ema_decay=0.99),
+    "cond-r1-g10-ema-0.99": dict(conditional=True, r1_gamma=10.0, ema_decay=0.99),
 }
 
 
