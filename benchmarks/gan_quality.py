@@ -76,8 +76,6 @@ SETUPS = {  # name -> GanTrainConfig overrides
     "uncond-r1-hinge-sn": dict(r1_gamma=1.0, loss="hinge", spectral_norm=True),
     # Round three: both rates decayed to 0 by a cosine over the budget, on the best 10-minute recipe.
     "cond-r1-g10-cosine": dict(conditional=True, r1_gamma=10.0, lr_schedule="cosine"),
-    "cond-class-norm": dict(conditional=True, class_norm=True),
-    "cond-r1-g10-class-norm": dict(conditional=True, r1_gamma=10.0, class_norm=True),
     "cond-ema-0.99": dict(conditional=True, ema_decay=0.99),
     "cond-r1-g10-ema-0.99": dict(conditional=True, r1_gamma=10.0, ema_decay=0.99),
 }

@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from aigc.errors import UserError
-from aigc.gan.models import (ClassBatchNorm2d, GanModelConfig, NoiseProjection, build_discriminator,
-                             build_generator, judges_samples_independently)
+from aigc.gan.models import (GanModelConfig, NoiseProjection, build_discriminator, build_generator,
+                             judges_samples_independently)
 
 
 @pytest.mark.parametrize("model", ["mlp", "dcgan"])
@@ -28,36 +28,6 @@ def test_conditional_generator_depends_on_the_label():
     z = torch.randn(1, cfg.z_dim).expand(2, -1)
     images = generator(z, torch.tensor([3, 7]))
     assert not torch.allclose(images[0], images[1])
-
-
-def test_class_batch_norm_scales_and_shifts_each_sample_by_its_class():
-    """Batch norm without its own affine, then the class's scale and shift; a one-hot relaxed label
-    (what GAN inversion optimises) gives what the class number gives."""
-    norm = ClassBatchNorm2d(4, num_classes=3)
-    with torch.no_grad():
-        norm.scale.copy_(torch.arange(12.0).view(3, 4))
-        norm.shift.copy_(-torch.arange(12.0).view(3, 4))
-    x, labels = torch.randn(6, 4, 5, 5), torch.tensor([0, 1, 2, 2, 1, 0])
-    plain = nn.functional.batch_norm(x, None, None, training=True)
-    expected = plain * norm.scale[labels][:, :, None, None] + norm.shift[labels][:, :, None, None]
-    torch.testing.assert_close(norm(x, labels), expected)
-    torch.testing.assert_close(norm(x, nn.functional.one_hot(labels, 3).float()), expected)
-
-
-def test_class_norm_generator_follows_labels_and_keeps_its_config_rules():
-    cfg = GanModelConfig(model="dcgan", num_classes=10, width=8, class_norm=True)
-    generator = build_generator(cfg)
-    assert sum(isinstance(m, ClassBatchNorm2d) for m in generator.modules()) == 2
-    assert not any(isinstance(m, nn.BatchNorm2d) and m.affine for m in generator.modules())
-    generator.eval()
-    z = torch.randn(1, cfg.z_dim).expand(2, -1)
-    labels = torch.tensor([3, 7])
-    images = generator(z, labels)
-    assert not torch.allclose(images[0], images[1])
-    torch.testing.assert_close(generator(z, nn.functional.one_hot(labels, 10).float()), images)
-    for bad in (dict(num_classes=0), dict(model="mlp", num_classes=10)):
-        with pytest.raises(UserError, match="class_norm needs a conditional dcgan"):
-            GanModelConfig(**{**dict(model="dcgan", class_norm=True), **bad})
 
 
 def test_projection_discriminator_depends_on_the_label():

@@ -50,9 +50,6 @@ class GanTrainConfig(RunOptions):
     spectral_norm: bool = option(False, "spectral normalisation on the discriminator's layers")
     minibatch_std: bool = option(False, "the discriminator sees each batch's feature spread, so it can punish a "
                                  "collapsed generator (Karras et al. 2018)")
-    class_norm: bool = option(False, "conditional dcgan: the generator's batch norms take a scale and shift per "
-                                     "class (conditional batch norm), so the label steers every layer, not only "
-                                     "the input")
     pack: int = option(1, "PacGAN: the discriminator judges packs of N samples, real or fake, stacked as channels "
                        "(Lin et al. 2018), so it sees when a generator's samples look alike; unconditional "
                        "models; 1 turns it off")
@@ -95,8 +92,6 @@ class GanTrainConfig(RunOptions):
         require(self.lr_d is None or self.lr_d > 0, f"--lr-d must be positive, got {self.lr_d}")
         require(self.r1_gamma >= 0, f"--r1-gamma must be non-negative, got {self.r1_gamma}")
         require(self.pack > 0, f"--pack must be positive, got {self.pack}")
-        require(not self.class_norm or (self.conditional and self.model == "dcgan"),
-                "--class-norm needs a conditional dcgan (add --conditional, --model dcgan)")
         require(self.pack == 1 or not self.conditional,
                 "--pack needs an unconditional model: a pack of samples has no single label (drop --conditional)")
         require(self.batch_size % self.pack == 0,

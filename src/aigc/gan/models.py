@@ -30,12 +30,11 @@ class GanModelConfig:
     disc_norm: str = "batch"  # "batch" or "none" (wgan-gp critics and spectral norm use none)
     minibatch_std: bool = False  # D sees each batch's feature spread (Karras et al. 2018)
     pack: int = 1  # D judges packs of this many samples together (PacGAN, Lin et al. 2018)
-    class_norm: bool = False  # conditional DCGAN: G's batch norms scale and shift by class (ClassBatchNorm2d)
 
     def __post_init__(self) -> None:
         """Refuse a config no model can be built from (e.g. a run's config.json edited by hand)."""
         for name, kind in (("model", str), ("disc_norm", str), ("spectral_norm", bool),
-                           ("minibatch_std", bool), ("class_norm", bool), ("z_dim", int), ("pack", int),
+                           ("minibatch_std", bool), ("z_dim", int), ("pack", int),
                            ("image_size", int), ("channels", int), ("num_classes", int), ("width", int)):
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
@@ -54,8 +53,6 @@ class GanModelConfig:
             raise UserError(f"GAN model config: num_classes must be 0 (unconditional) or more, got {self.num_classes}")
         if self.pack < 1 or (self.pack > 1 and self.num_classes):
             raise UserError(f"GAN model config: pack must be 1, or more for an unconditional model, got {self.pack}")
-        if self.class_norm and not (self.conditional and self.model == "dcgan"):
-            raise UserError("GAN model config: class_norm needs a conditional dcgan")
         if self.model == "dcgan" and not dcgan_supports(self.image_size):
             raise UserError(f"GAN model config: dcgan needs an image size of 7 or 4 times a power of two ({dcgan_sizes_text()}), "
                             f"got {self.image_size}")
@@ -76,7 +73,9 @@ def with_one_hot(z: torch.Tensor, labels: torch.Tensor | None, num_classes: int)
     a softmax that GAN inversion optimises; a one-hot row gives the same image as its class number)."""
     if not num_classes:
         return z
-    return torch.cat([z, class_weights(labels, num_classes, z.dtype)], dim=1)
+    if labels.is_floating_point():
+        return torch.cat([z, labels.to(z.dtype)], dim=1)
+    return torch.cat([z, nn.functional.one_hot(labels, num_classes).to(z.dtype)], dim=1)
 
 
 def _sn(module: nn.Module, enabled: bool) -> nn.Module:
@@ -110,30 +109,6 @@ class MinibatchStd(nn.Module):
         spread = (grouped.float().var(dim=0, unbiased=False) + 1e-8).sqrt().flatten(1).mean(1)  # (B / g,)
         spread = spread.repeat(group).to(x.dtype).view(batch, *[1] * (x.dim() - 1))  # (B, 1, ...)
         return torch.cat([x, spread.expand(batch, 1, *x.shape[2:])], dim=1)
-
-
-def class_weights(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """(B,) class numbers or (B, num_classes) relaxed labels -> (B, num_classes) weights."""
-    if labels.is_floating_point():
-        return labels.to(dtype)
-    return nn.functional.one_hot(labels, num_classes).to(dtype)
-
-
-class ClassBatchNorm2d(nn.Module):
-    """Conditional batch norm (de Vries et al. 2017; the generator of Miyato & Koyama 2018): batch
-    norm without a scale and shift of its own, then the scale and shift of the sample's class, so
-    the label steers every layer of G, not only its input. (B, C, H, W) [+ labels] -> (B, C, H, W)."""
-
-    def __init__(self, channels: int, num_classes: int):
-        super().__init__()
-        self.norm = nn.BatchNorm2d(channels, affine=False)
-        self.scale = nn.Parameter(torch.ones(num_classes, channels))
-        self.shift = nn.Parameter(torch.zeros(num_classes, channels))
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        weights = class_weights(labels, self.scale.shape[0], x.dtype)  # (B, num_classes)
-        scale, shift = weights @ self.scale.to(x.dtype), weights @ self.shift.to(x.dtype)  # (B, C) each
-        return self.norm(x) * scale[:, :, None, None] + shift[:, :, None, None]
 
 
 class ProjectionHead(nn.Module):
@@ -208,8 +183,7 @@ class NoiseProjection(nn.ConvTranspose2d):
 class DCGANGenerator(nn.Module):
     """Radford et al. (2015): project z, then transposed convolutions with batch norm and ReLU.
 
-    For 28x28: z (B, 100) -> (B, 2w, 7, 7) -> (B, w, 14, 14) -> (B, C, 28, 28), Tanh. With
-    ``class_norm`` the batch norms are :class:`ClassBatchNorm2d`, which also read the labels.
+    For 28x28: z (B, 100) -> (B, 2w, 7, 7) -> (B, w, 14, 14) -> (B, C, 28, 28), Tanh.
     """
 
     def __init__(self, cfg: GanModelConfig):
@@ -219,24 +193,16 @@ class DCGANGenerator(nn.Module):
         stages = (cfg.image_size // start).bit_length() - 1
         channels = [cfg.width * 2 ** (stages - 1 - i) for i in range(stages)]  # 28x28: [2w, w]; 64x64: [8w, .., w]
         in_dim = cfg.z_dim + cfg.num_classes
-
-        def norm(c: int) -> nn.Module:
-            return ClassBatchNorm2d(c, cfg.num_classes) if cfg.class_norm else nn.BatchNorm2d(c)
-
         layers: list[nn.Module] = [NoiseProjection(in_dim, channels[0], start, 1, 0, bias=False),
-                                   norm(channels[0]), nn.ReLU(True)]
+                                   nn.BatchNorm2d(channels[0]), nn.ReLU(True)]
         for c_in, c_out in zip(channels, channels[1:]):
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), norm(c_out), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(channels[-1], cfg.channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        x = with_one_hot(z, labels, self.cfg.num_classes)
-        if not self.cfg.class_norm:
-            return self.net(x)  # (B, in_dim) -> (B, 2w, start, start) -> ... -> (B, C, H, W)
-        for layer in self.net:
-            x = layer(x, labels) if isinstance(layer, ClassBatchNorm2d) else layer(x)
-        return x
+        z = with_one_hot(z, labels, self.cfg.num_classes)
+        return self.net(z)  # (B, in_dim) -> (B, 2w, start, start) -> ... -> (B, C, H, W)
 
 
 class DCGANDiscriminator(nn.Module):
@@ -282,20 +248,16 @@ ARCHITECTURES = {
 
 
 def dcgan_init(module: nn.Module) -> None:
-    """N(0, 0.02) weights for convolutions and linear layers, N(1, 0.02) for batch-norm scales
-    (a class batch norm's too) and zero shifts."""
+    """N(0, 0.02) weights for convolutions and linear layers, N(1, 0.02) for batch-norm scales."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
             weight = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
             nn.init.normal_(weight, 0.0, 0.02)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+        elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, ClassBatchNorm2d):
-            nn.init.normal_(m.scale, 1.0, 0.02)
-            nn.init.zeros_(m.shift)
 
 
 def build_generator(cfg: GanModelConfig) -> nn.Module:

@@ -93,7 +93,7 @@ def _model_config(cfg: GanTrainConfig, data: ImageData) -> GanModelConfig:
         model=cfg.model, z_dim=cfg.z_dim, image_size=data.image_size, channels=data.channels,
         num_classes=data.num_classes if cfg.conditional else 0,
         width=cfg.width or (256 if cfg.model == "mlp" else 64),
-        spectral_norm=cfg.spectral_norm, minibatch_std=cfg.minibatch_std, pack=cfg.pack, class_norm=cfg.class_norm,
+        spectral_norm=cfg.spectral_norm, minibatch_std=cfg.minibatch_std, pack=cfg.pack,
         # Batch norm couples the samples of a batch, which a per-sample gradient penalty must
         # not see; spectral norm replaces it as the discriminator's regulariser.
         disc_norm="none" if cfg.spectral_norm or cfg.loss == "wgan-gp" or cfg.r1_gamma > 0 else "batch",
