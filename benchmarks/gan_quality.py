@@ -78,6 +78,7 @@ SETUPS = {  # name -> GanTrainConfig overrides
     "cond-r1-g10-cosine": dict(conditional=True, r1_gamma=10.0, lr_schedule="cosine"),
     "cond-ema-0.99": dict(conditional=True, ema_decay=0.99),
     "cond-r1-g10-ema-0.99": dict(conditional=True, r1_gamma=10.0, ema_decay=0.99),
+    "uncond-r1-g10-ema-0.99": dict(r1_gamma=10.0, ema_decay=0.99),
 }
 
 
