@@ -260,10 +260,11 @@ class GanTrainer:
     def _modules(self) -> dict[str, nn.Module]:
         modules = {"generator": self.generator, "discriminator": self.discriminator}
         if self.ema is not None:
-            modules["ema_generator"] = self.sampling_generator()
+            modules["ema_generator"] = self.ema
         return modules
 
     def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        self.sampling_generator()  # the EMA generator's statistics up to date before they are saved
         return {runs.WEIGHTS_FILE: {f"{prefix}.{name}": tensor for prefix, module in self._modules().items()
                                     for name, tensor in module.state_dict().items()}}
 
