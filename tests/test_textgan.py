@@ -73,6 +73,18 @@ def test_oracle_port_is_the_tensorflow_recurrence(tmp_path):
     torch.testing.assert_close(oracle(tokens)[0], torch.cat(expected), rtol=1e-5, atol=1e-5)
 
 
+def test_oracle_log_prob_is_a_distribution_over_sequences(tmp_path):
+    """Over every sequence of a tiny oracle, exp(log_prob) sums to 1 (in chunks as whole), and
+    nll is the negative mean per token of the same numbers."""
+    oracle = Oracle.load(write_oracle(tmp_path / "o.npz", vocab=4))
+    every = torch.tensor(list(itertools.product(range(4), repeat=3)))  # (64, 3)
+    log_p = oracle.log_prob(every, batch_size=5)
+    assert log_p.dtype == torch.float64 and log_p.shape == (64,)
+    assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(log_p, oracle.log_prob(every))
+    assert oracle.nll(every) == pytest.approx(-log_p.sum().item() / every.numel(), rel=1e-6)
+
+
 @pytest.mark.parametrize("override, message", [
     ({"Uc": None}, "missing array(s) Uc"),
     ({"Wi": np.zeros((5, 4), np.float32)}, "array 'Wi' has shape [5, 4], expected [4, 5]"),

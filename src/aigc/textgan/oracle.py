@@ -72,12 +72,16 @@ class Oracle(nn.Module):
     @torch.no_grad()
     def nll(self, tokens: torch.Tensor, batch_size: int = 1000) -> float:
         """Mean per-token negative log-likelihood (nats) of tokens (N, L) under the oracle."""
+        return -self.log_prob(tokens, batch_size).sum().item() / tokens.numel()
+
+    @torch.no_grad()
+    def log_prob(self, tokens: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """log p(x) (N,) of each whole sequence of tokens (N, L) under the oracle, in float64."""
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
             raise UserError(f"token ids must lie in [0, {self.vocab_size}) to be scored by the oracle")
-        total = 0.0
-        for chunk in tokens.split(batch_size):
-            total += F.cross_entropy(self(chunk).flatten(0, 1), chunk.flatten(), reduction="sum").item()
-        return total / tokens.numel()
+        chunks = [-F.cross_entropy(self(chunk).transpose(1, 2), chunk, reduction="none").double().sum(dim=1)
+                  for chunk in tokens.split(batch_size)]  # cross_entropy of (b, V, L) logits: (b, L)
+        return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64)
 
     @torch.no_grad()
     def sample(self, n: int, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
