@@ -32,6 +32,8 @@ SIR_SUBSETS = 1000  # Monte-Carlo sums behind each sampler density (guided.sir_l
 
 
 def label(variant: str) -> str:
+    if variant.startswith("perfect-"):
+        return label(variant.removeprefix("perfect-")).replace("discriminator", "true log-ratio")
     if variant.startswith("guided-"):
         return f"MLE + discriminator, importance resampling from K={variant.split('-')[1]}"
     if variant.startswith("rejection-"):

@@ -5,7 +5,10 @@ Per seed: MLE on ``oracle_train.txt`` (early-stopped on validation NLL); from it
 adversarial rounds (rollout rewards from a CNN discriminator), the same rounds with a constant
 reward (the control), and a residual run: a CNN discriminator trained on real vs the frozen MLE
 generator's samples, whose logits guide sampling (importance resampling from K candidates,
-rejection sampling; ``aigc.textgan.guided``). Each is sampled at several temperatures and scored by
+rejection sampling; ``aigc.textgan.guided``). With --perfect-discriminator, the same samplers
+also reweight the same candidates by the true log-ratio log p_oracle(x) / q_T(x), the optimum a
+discriminator's training aims at: what a perfect discriminator would give at each K. Each is
+sampled at several temperatures and scored by
   NLL-oracle: the oracle's per-token NLL of the generator's samples (quality; lower is better);
   NLL-test:   the tempered generator's per-token NLL of fresh oracle samples (coverage; lower is better);
               for a guided point, that of the sampler's own output density (guided.sir_log_prob).
@@ -21,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -31,6 +36,7 @@ from _textgan import (VARIANTS, benchmark_arguments, compare_with_curve, guided_
                       residual_settings, train_settings, train_variants, use_quick_setting)
 
 from aigc.textgan import generator as gen  # noqa: E402
+from aigc.textgan import guided  # noqa: E402
 from aigc.textgan.config import TextGanTrainConfig  # noqa: E402
 from aigc.textgan.oracle import Oracle  # noqa: E402
 
@@ -43,6 +49,9 @@ def parse_args() -> argparse.Namespace:
     p = benchmark_arguments(__doc__, "textgan_oracle")
     p.add_argument("--samples", type=int, default=10_000, help="generated sequences per NLL-oracle, and fresh "
                                                               "oracle sequences for NLL-test")
+    p.add_argument("--perfect-discriminator", action="store_true",
+                   help="also score the guided samplers on the MLE generator with the true log-ratio "
+                        "log p_oracle / q_T as the discriminator: what a perfect discriminator gives at each K")
     args = p.parse_args()
     if args.quick:
         use_quick_setting(args, seeds="0,1,2", temperatures="0.8,1.0,1.2", samples=1000, max_iters=200,
@@ -80,21 +89,46 @@ def measure_seed(args: argparse.Namespace, seed: int) -> tuple[dict, dict]:
             results[variant][temp] = {"nll_oracle": oracle.nll(samples), "nll_test": nll_test[i]}
         print(f"seed {seed} {variant}: T=1.0 " + json.dumps(results[variant].get("1.0")), flush=True)
     if "residual" in args.runs:
-        results.update(score_guided(args, seed, oracle, test))
+        model, disc, codec = load_residual(args.out, seed)
+        results.update(score_guided(args, seed, oracle, test, model, codec, lambda temperature: disc))
+    if args.perfect_discriminator:
+        model, codec = load_variant(args.out, seed, "mle")
+        results.update(score_guided(args, seed, oracle, test, model, codec,
+                                    partial(PerfectLogRatio, oracle, model, codec.bos), prefix="perfect-"))
     return seconds, results
 
 
-def score_guided(args: argparse.Namespace, seed: int, oracle: Oracle, test: torch.Tensor) -> dict[str, dict]:
-    """The guided points of one seed at every guided temperature: results[variant][temperature]."""
-    model, disc, codec = load_residual(args.out, seed)
+class PerfectLogRatio(torch.nn.Module):
+    """The optimum of the discriminator's training: s(x) = log p_oracle(x) - log q_T(x), the logit
+    of the best classifier between real sequences and the generator's samples at temperature T.
+    Importance resampling with its weights tends to the oracle itself as K grows, so its points show
+    what training the discriminator better could still buy at each K; not a method (it reads the
+    oracle)."""
+
+    def __init__(self, oracle: Oracle, model: torch.nn.Module, bos: int, temperature: float):
+        super().__init__()
+        self.oracle, self.model, self.bos, self.temperature = oracle, model, bos, temperature
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (N, L) -> (N,)
+        return self.oracle.log_prob(tokens) - guided.sequence_log_probs(self.model, tokens, self.bos, self.temperature)
+
+
+def score_guided(args: argparse.Namespace, seed: int, oracle: Oracle, test: torch.Tensor, model, codec,
+                 discriminator_at: Callable[[float], torch.nn.Module], prefix: str = "") -> dict[str, dict]:
+    """The guided points of one seed at every guided temperature, weighted by the discriminator
+    ``discriminator_at(temperature)``: results[prefix + variant][temperature]. The candidate pools
+    depend on the seed and temperature only, so every discriminator reweights the same candidates."""
     temperatures = args.guided_temperatures.split(",")
     test_log_q = -gen.sequence_nll_at_temperatures(model, test, codec.bos, [float(t) for t in temperatures])
     results: dict[str, dict] = {}
     for i, temp in enumerate(temperatures):
         g = torch.Generator().manual_seed(1000 * seed + 500 + i)
+        disc = discriminator_at(float(temp))
         for name, point in guided_points(model, disc, codec, float(temp), args, g, test, test_log_q[i]).items():
             tokens = point.pop("tokens")
-            results.setdefault(name, {})[temp] = {"nll_oracle": oracle.nll(tokens), **point}
+            if prefix:  # the ideal residual model of the true log-ratio is the oracle itself: its
+                point = {k: v for k, v in point.items() if not k.startswith("ebm_")}  # pool estimate says nothing
+            results.setdefault(prefix + name, {})[temp] = {"nll_oracle": oracle.nll(tokens), **point}
     for name in results:
         print(f"seed {seed} {name}: T=1.0 " + json.dumps(results[name].get("1.0")), flush=True)
     return results
@@ -124,7 +158,7 @@ def targets(summary: dict) -> dict:
     out = {}
     if "1.0" in summary["mle"]:
         out["mle_nll_oracle_at_T1"] = summary["mle"]["1.0"]["nll_oracle"]
-    for variant in [v for v in summary if v.startswith(("guided-", "rejection-")) and "1.0" in summary[v]]:
+    for variant in [v for v in summary if v.startswith(("guided-", "rejection-", "perfect-")) and "1.0" in summary[v]]:
         out[f"{variant}_at_T1_beats_seqgan_8.736"] = summary[variant]["1.0"]["nll_oracle"][0] < 8.736
     if t1:
         (mle, mle_sd), (adv, adv_sd), (const, _) = t1["mle"], t1["adversarial"], t1["constant"]
