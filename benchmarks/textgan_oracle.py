@@ -126,8 +126,8 @@ def score_guided(args: argparse.Namespace, seed: int, oracle: Oracle, test: torc
         disc = discriminator_at(float(temp))
         for name, point in guided_points(model, disc, codec, float(temp), args, g, test, test_log_q[i]).items():
             tokens = point.pop("tokens")
-            if prefix:  # the ideal residual model of the true log-ratio is the oracle itself: its
-                point = {k: v for k, v in point.items() if not k.startswith("ebm_")}  # pool estimate says nothing
+            if prefix:  # with the true log-ratio the ideal residual model is the oracle: no estimate of it
+                point = {k: v for k, v in point.items() if not k.startswith("ebm_")}
             results.setdefault(prefix + name, {})[temp] = {"nll_oracle": oracle.nll(tokens), **point}
     for name in results:
         print(f"seed {seed} {name}: T=1.0 " + json.dumps(results[name].get("1.0")), flush=True)
