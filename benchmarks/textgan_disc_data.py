@@ -38,6 +38,7 @@ import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, machine_line, write_json  # noqa: E402
+from textgan_oracle import PerfectLogRatio  # noqa: E402
 
 from aigc.textgan import generator as gen  # noqa: E402
 from aigc.textgan import guided  # noqa: E402
@@ -59,7 +60,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--guided-samples", type=int, default=1000, help="guided samples per point")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="textgan_disc_data", help="JSON name under benchmarks/out/")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.steps < 100:
+        p.error("--steps must be at least 100: the discriminators are checked, and the best kept, every 100 steps")
+    return args
 
 
 class LogLikelihoodRatio(nn.Module):
@@ -78,15 +82,6 @@ class LogLikelihoodRatio(nn.Module):
         with torch.no_grad():
             base = gen.token_log_probs(self._frozen[0], tokens, self.bos).sum(dim=1)
         return gen.token_log_probs(self.copy, tokens, self.bos).sum(dim=1) - base + self.bias
-
-
-class PerfectLogRatio(nn.Module):
-    def __init__(self, oracle: Oracle, model: nn.Module, bos: int):
-        super().__init__()
-        self.oracle, self.model, self.bos = oracle, model, bos
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, L) -> (B,)
-        return self.oracle.log_prob(tokens) - guided.sequence_log_probs(self.model, tokens, self.bos)
 
 
 def build(kind: str, model: nn.Module, bos: int) -> tuple[nn.Module, float]:
@@ -153,7 +148,7 @@ def main() -> None:
 
     plain = gen.sample(model, args.guided_samples, bos, generator=torch.Generator().manual_seed(1))
     results = {"mle": {"nll_oracle": oracle.nll(plain)}}
-    perfect = PerfectLogRatio(oracle, model, bos)
+    perfect = PerfectLogRatio(oracle, model, bos, temperature=1.0)
     results["perfect"] = dict(zip(("loss", "accuracy"), check(perfect, *held_out)))
     results["perfect"]["guided_nll_oracle"] = guided_nll_oracle(model, perfect, oracle, bos, ks, args.guided_samples)
     print(json.dumps(results), flush=True)
