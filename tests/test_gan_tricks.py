@@ -1,5 +1,5 @@
 """The tricks against collapse of issue 17: DiffAugment, minibatch standard deviation, R1, TTUR,
-PacGAN packing, and the Stacked MNIST data they are judged on."""
+PacGAN packing, self-conditioning on clusters, and the Stacked MNIST data they are judged on."""
 
 import json
 import math
@@ -10,6 +10,7 @@ import torch
 from aigc.data.images import load_images, stack_digits
 from aigc.errors import UserError
 from aigc.gan.augment import DiffAugment, cutout, translate
+from aigc.gan.clusters import cluster_of_noise, cluster_prior, kmeans
 from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import load_generator
 from aigc.gan.losses import gradient_penalty, r1_penalty
@@ -110,6 +111,36 @@ def test_a_packed_run_trains_and_samples(tmp_path):
     assert generator(torch.randn(3, model_cfg.z_dim)).shape == (3, 3, 28, 28)
 
 
+def test_kmeans_finds_separated_blobs_and_numbers_them_by_size():
+    noise = torch.Generator().manual_seed(0)
+    centres, sizes = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]), (20, 50, 30)
+    points = torch.cat([centre + 0.5 * torch.randn(size, 2, generator=noise) for centre, size in zip(centres, sizes)])
+    assert kmeans(points, 3, seed=0).tolist() == [2] * 20 + [0] * 50 + [1] * 30
+
+
+def test_the_cluster_of_a_noise_vector_comes_at_its_clusters_share_and_from_z_alone():
+    prior = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    z = torch.randn(200_000, 8, generator=torch.Generator().manual_seed(0))
+    clusters = cluster_of_noise(z, prior)
+    shares = torch.bincount(clusters, minlength=4) / len(z)
+    assert torch.allclose(shares, prior, atol=0.005)  # a share's standard deviation here is at most 0.0011
+    assert torch.equal(cluster_of_noise(z[:10].clone(), prior), clusters[:10])
+
+
+def test_a_self_conditioned_run_trains_on_clusters_and_samples_like_an_unconditional_one(tmp_path):
+    data = load_images("mnist5k")
+    cfg = GanTrainConfig(out=str(tmp_path / "run"), steps=2, width=8, log_every=1, self_condition=7, seed=3)
+    clusters = kmeans(data.images, 7, seed=3)
+    trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
+    assert torch.equal(trainer.labels, clusters)  # what D is told about each real image
+    generator, model_cfg, _ = load_generator(train(cfg))
+    assert model_cfg.clusters == 7 and not model_cfg.conditional
+    assert torch.equal(generator.cluster_prior, cluster_prior(clusters, 7))
+    z = torch.randn(5, model_cfg.z_dim)
+    with torch.no_grad():
+        assert torch.equal(generator(z), generator(z, cluster_of_noise(z, generator.cluster_prior)))
+
+
 def test_trainer_applies_lr_d_and_drops_batch_norm_under_r1():
     data = load_images("mnist5k")
     cfg = GanTrainConfig(out="unused", width=8, lr=1e-4, lr_d=4e-4, r1_gamma=1.0)
@@ -144,13 +175,14 @@ def test_the_constant_schedule_leaves_the_rates_alone():
     assert trainer.opt_g.param_groups[0]["lr"] == 1e-4 == trainer.opt_d.param_groups[0]["lr"]
 
 
-def test_a_run_saved_before_minibatch_std_existed_still_loads(tmp_path):
+def test_a_run_saved_before_minibatch_std_packing_and_clusters_existed_still_loads(tmp_path):
     out = train(GanTrainConfig(out=str(tmp_path / "run"), steps=2, width=8, log_every=1))
     config = json.loads((out / "config.json").read_text())
-    del config["model"]["minibatch_std"]
+    for later in ("minibatch_std", "pack", "clusters"):
+        del config["model"][later]
     (out / "config.json").write_text(json.dumps(config))
     _, model_cfg, _ = load_generator(out)
-    assert model_cfg.minibatch_std is False
+    assert (model_cfg.minibatch_std, model_cfg.pack, model_cfg.clusters) == (False, 1, 0)
 
 
 def test_stacked_digits_put_three_digits_in_the_colour_channels():
@@ -173,6 +205,10 @@ def test_stacked_digits_put_three_digits_in_the_colour_channels():
     (["--pack", "0"], "--pack must be positive"),
     (["--pack", "3"], "--batch-size (64) must be a multiple of --pack (3)"),
     (["--pack", "2", "--conditional"], "--pack needs an unconditional model"),
+    (["--self-condition", "-1"], "--self-condition must be non-negative"),
+    (["--self-condition", "4", "--conditional"], "--self-condition replaces class labels with clusters"),
+    (["--self-condition", "4", "--pack", "2"], "--pack needs a model without labels"),
+    (["--self-condition", "5001", "--steps", "1"], "--self-condition 5001: more clusters than the 5000 training images"),
 ])
 def test_bad_trick_flags_are_one_line(run_cli, tmp_path, argv, fragment):
     assert_one_line_error(*run_cli("gan", "train", "--out", tmp_path / "r", *argv)[::2], fragment)

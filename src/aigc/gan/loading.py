@@ -14,7 +14,7 @@ from aigc.gan.models import GanModelConfig, build_generator
 
 GAN_KIND = "gan"
 # Model settings added after runs were first saved: a config.json without them gets the default.
-LATER_MODEL_KEYS = {"minibatch_std", "pack"}
+LATER_MODEL_KEYS = {"minibatch_std", "pack", "clusters"}
 
 
 @dataclass

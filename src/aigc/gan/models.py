@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from aigc.errors import UserError
+from aigc.gan.clusters import cluster_of_noise
 from aigc.gan.config import MODELS, dcgan_sizes_text, dcgan_supports
 
 
@@ -30,12 +31,14 @@ class GanModelConfig:
     disc_norm: str = "batch"  # "batch" or "none" (wgan-gp critics and spectral norm use none)
     minibatch_std: bool = False  # D sees each batch's feature spread (Karras et al. 2018)
     pack: int = 1  # D judges packs of this many samples together (PacGAN, Lin et al. 2018)
+    clusters: int = 0  # self-conditioning on this many k-means clusters (aigc.gan.clusters); 0 = off
 
     def __post_init__(self) -> None:
         """Refuse a config no model can be built from (e.g. a run's config.json edited by hand)."""
         for name, kind in (("model", str), ("disc_norm", str), ("spectral_norm", bool),
                            ("minibatch_std", bool), ("z_dim", int), ("pack", int),
-                           ("image_size", int), ("channels", int), ("num_classes", int), ("width", int)):
+                           ("image_size", int), ("channels", int), ("num_classes", int), ("width", int),
+                           ("clusters", int)):
             value = getattr(self, name)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise UserError(f"GAN model config: {name} must be {'an' if kind is int else 'a'} {kind.__name__}, "
@@ -51,15 +54,24 @@ class GanModelConfig:
             raise UserError(f"GAN model config: channels must be 1 or 3, got {self.channels}")
         if self.num_classes < 0:
             raise UserError(f"GAN model config: num_classes must be 0 (unconditional) or more, got {self.num_classes}")
-        if self.pack < 1 or (self.pack > 1 and self.num_classes):
-            raise UserError(f"GAN model config: pack must be 1, or more for an unconditional model, got {self.pack}")
+        if self.clusters < 0 or (self.clusters and self.num_classes):
+            raise UserError(f"GAN model config: clusters must be 0, or more for an unconditional model, got {self.clusters}")
+        if self.pack < 1 or (self.pack > 1 and self.label_count):
+            raise UserError(f"GAN model config: pack must be 1, or more for an unconditional model without clusters, "
+                            f"got {self.pack}")
         if self.model == "dcgan" and not dcgan_supports(self.image_size):
             raise UserError(f"GAN model config: dcgan needs an image size of 7 or 4 times a power of two ({dcgan_sizes_text()}), "
                             f"got {self.image_size}")
 
     @property
     def conditional(self) -> bool:
+        """Whether the user asks for classes: a self-conditioned model is unconditional from outside."""
         return self.num_classes > 0
+
+    @property
+    def label_count(self) -> int:
+        """The labels G and D take inside: the classes, or the clusters of a self-conditioned model."""
+        return self.num_classes or self.clusters
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,21 +138,37 @@ class ProjectionHead(nn.Module):
         return logits
 
 
-class MLPGenerator(nn.Module):
-    """The textbook generator z -> 256 -> 784 (LeakyReLU, Tanh), made correct."""
+class _Generator(nn.Module):
+    """What every generator shares: the labels it is conditioned on. A self-conditioned one keeps its
+    clusters' share of the training data (``cluster_prior``, saved with its weights) and, when no
+    labels are given, takes each sample's cluster from its noise."""
 
     def __init__(self, cfg: GanModelConfig):
         super().__init__()
         self.cfg = cfg
-        in_dim = cfg.z_dim + cfg.num_classes
+        if cfg.clusters:
+            self.register_buffer("cluster_prior", torch.full((cfg.clusters,), 1 / cfg.clusters))
+
+    def conditioned(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """(B, z_dim) -> (B, z_dim + label_count): the noise with its one-hot label."""
+        if self.cfg.clusters and labels is None:
+            labels = cluster_of_noise(z, self.cluster_prior)
+        return with_one_hot(z, labels, self.cfg.label_count)
+
+
+class MLPGenerator(_Generator):
+    """The textbook generator z -> 256 -> 784 (LeakyReLU, Tanh), made correct."""
+
+    def __init__(self, cfg: GanModelConfig):
+        super().__init__(cfg)
+        in_dim = cfg.z_dim + cfg.label_count
         out_dim = cfg.channels * cfg.image_size**2
         self.net = nn.Sequential(nn.Linear(in_dim, cfg.width), nn.LeakyReLU(0.2),
                                  nn.Linear(cfg.width, out_dim), nn.Tanh())
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        z = with_one_hot(z, labels, self.cfg.num_classes)
         c, s = self.cfg.channels, self.cfg.image_size
-        return self.net(z).view(-1, c, s, s)
+        return self.net(self.conditioned(z, labels)).view(-1, c, s, s)
 
 
 class MLPDiscriminator(nn.Module):
@@ -154,7 +182,7 @@ class MLPDiscriminator(nn.Module):
         if cfg.minibatch_std:
             layers.append(MinibatchStd())
         self.features = nn.Sequential(*layers)
-        self.head = ProjectionHead(cfg.width + int(cfg.minibatch_std), cfg.num_classes, cfg.spectral_norm)
+        self.head = ProjectionHead(cfg.width + int(cfg.minibatch_std), cfg.label_count, cfg.spectral_norm)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.features(packed(x, self.pack).flatten(1)), labels)
@@ -180,19 +208,18 @@ class NoiseProjection(nn.ConvTranspose2d):
         return (z.flatten(1) @ self.weight.view(in_dim, -1)).view(-1, out_channels, height, width)
 
 
-class DCGANGenerator(nn.Module):
+class DCGANGenerator(_Generator):
     """Radford et al. (2015): project z, then transposed convolutions with batch norm and ReLU.
 
     For 28x28: z (B, 100) -> (B, 2w, 7, 7) -> (B, w, 14, 14) -> (B, C, 28, 28), Tanh.
     """
 
     def __init__(self, cfg: GanModelConfig):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         start = _dcgan_start_size(cfg.image_size)
         stages = (cfg.image_size // start).bit_length() - 1
         channels = [cfg.width * 2 ** (stages - 1 - i) for i in range(stages)]  # 28x28: [2w, w]; 64x64: [8w, .., w]
-        in_dim = cfg.z_dim + cfg.num_classes
+        in_dim = cfg.z_dim + cfg.label_count
         layers: list[nn.Module] = [NoiseProjection(in_dim, channels[0], start, 1, 0, bias=False),
                                    nn.BatchNorm2d(channels[0]), nn.ReLU(True)]
         for c_in, c_out in zip(channels, channels[1:]):
@@ -201,8 +228,7 @@ class DCGANGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        z = with_one_hot(z, labels, self.cfg.num_classes)
-        return self.net(z)  # (B, in_dim) -> (B, 2w, start, start) -> ... -> (B, C, H, W)
+        return self.net(self.conditioned(z, labels))  # (B, in_dim) -> (B, 2w, start, start) -> ... -> (B, C, H, W)
 
 
 class DCGANDiscriminator(nn.Module):
@@ -228,7 +254,7 @@ class DCGANDiscriminator(nn.Module):
         if cfg.minibatch_std:
             layers.append(MinibatchStd())
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = ProjectionHead((channels[-1] + int(cfg.minibatch_std)) * start * start, cfg.num_classes,
+        self.head = ProjectionHead((channels[-1] + int(cfg.minibatch_std)) * start * start, cfg.label_count,
                                    cfg.spectral_norm)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

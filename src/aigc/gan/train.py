@@ -24,6 +24,7 @@ from aigc.data.images import ImageData, load_images, save_grid
 from aigc.devices import autocast
 from aigc.errors import UserError
 from aigc.gan.augment import DiffAugment
+from aigc.gan.clusters import cluster_of_noise, cluster_prior, kmeans
 from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import GAN_KIND, load_prefixed, model_config_of
 from aigc.gan.losses import LOSSES, GanLoss, gradient_penalty, r1_penalty
@@ -89,11 +90,13 @@ def fixed_sample_inputs(cfg: GanModelConfig, seed: int) -> tuple[torch.Tensor, t
 
 
 def _model_config(cfg: GanTrainConfig, data: ImageData) -> GanModelConfig:
+    if cfg.self_condition > len(data):
+        raise UserError(f"--self-condition {cfg.self_condition}: more clusters than the {len(data)} training images")
     return GanModelConfig(
         model=cfg.model, z_dim=cfg.z_dim, image_size=data.image_size, channels=data.channels,
         num_classes=data.num_classes if cfg.conditional else 0,
         width=cfg.width or (256 if cfg.model == "mlp" else 64),
-        spectral_norm=cfg.spectral_norm, minibatch_std=cfg.minibatch_std, pack=cfg.pack,
+        spectral_norm=cfg.spectral_norm, minibatch_std=cfg.minibatch_std, pack=cfg.pack, clusters=cfg.self_condition,
         # Batch norm couples the samples of a batch, which a per-sample gradient penalty must
         # not see; spectral norm replaces it as the discriminator's regulariser.
         disc_norm="none" if cfg.spectral_norm or cfg.loss == "wgan-gp" or cfg.r1_gamma > 0 else "batch",
@@ -117,8 +120,14 @@ class GanTrainer:
         self.cfg, self.model_cfg, self.data, self.device, self.out = cfg, model_cfg, data, device, out
         self.loss: GanLoss = LOSSES[cfg.loss]
         self.n_critic = cfg.n_critic or self.loss.default_n_critic
+        # The labels D sees with each real image: its class, or with --self-condition its cluster
+        self.labels = data.labels.to(device)
+        if model_cfg.clusters:
+            self.labels = kmeans(data.images, model_cfg.clusters, cfg.seed).to(device)
         torch.manual_seed(cfg.seed)
         self.generator = build_generator(model_cfg).to(device)
+        if model_cfg.clusters:
+            self.generator.cluster_prior.copy_(cluster_prior(self.labels, model_cfg.clusters))
         self.discriminator = build_discriminator(model_cfg).to(device)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False) if cfg.ema_decay > 0 else None
         self.ema_statistics_stale = True
@@ -141,9 +150,8 @@ class GanTrainer:
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 2)
         self.augment = DiffAugment(parse_augment(cfg.augment), model_cfg.image_size)
         self.images = data.images.to(device)
-        self.labels = data.labels.to(device)
         self.fixed_z, self.fixed_labels = fixed_sample_inputs(model_cfg, cfg.seed)
-        conditional = "+cond" if model_cfg.conditional else ""
+        conditional = "+cond" if model_cfg.conditional else f"+{model_cfg.clusters} clusters" if model_cfg.clusters else ""
         self.name = f"gan {cfg.model}{conditional} {cfg.loss}"
         self.throughput = ("images_per_s", cfg.batch_size * self.n_critic * self.world_size)
 
@@ -161,6 +169,8 @@ class GanTrainer:
         if self.model_cfg.conditional:
             labels = self._my_slice(lambda n: torch.randint(0, self.model_cfg.num_classes, (n,),
                                                             generator=self.noise, device=self.device))
+        elif self.model_cfg.clusters:  # the cluster G would read from z, made explicit for D
+            labels = cluster_of_noise(z, self.generator.cluster_prior)
         return z, labels
 
     def _augmented(self, images: torch.Tensor) -> torch.Tensor:
@@ -174,7 +184,7 @@ class GanTrainer:
                               update: int) -> dict[str, torch.Tensor]:
         indices = self.sampler.next().to(self.device)
         real = self.images[indices]
-        real_labels = self.labels[indices] if self.model_cfg.conditional else None
+        real_labels = self.labels[indices] if self.model_cfg.label_count else None
         r1_due = self.cfg.r1_gamma > 0 and update % self.cfg.r1_every == 0
         real.requires_grad_(r1_due)
         real_logits, fake_logits = self._judge(real, real_labels, fake.detach(), fake_labels)
@@ -274,7 +284,7 @@ class GanTrainer:
     def state_dict(self) -> dict:
         return {"optimizers": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
                 "samplers": {"images": self.sampler.state_dict()}, "rng": {"noise": self.noise.get_state()},
-                "trainer": {}}
+                "trainer": {"cluster_labels": self.labels.cpu()} if self.model_cfg.clusters else {}}
 
     def load_state(self, folder: Path, state: dict) -> None:
         tensors, _ = runs.load_weights(folder / runs.WEIGHTS_FILE)
@@ -284,6 +294,8 @@ class GanTrainer:
         self.opt_d.load_state_dict(state["optimizers"]["discriminator"])
         self.sampler.load_state_dict(state["samplers"]["images"])
         self.noise.set_state(state["rng"]["noise"])
+        if self.model_cfg.clusters:  # the clusters found at the start, not a new k-means on this machine
+            self.labels = state["trainer"]["cluster_labels"].to(self.device)
 
 
 def train(cfg: GanTrainConfig) -> Path:

@@ -1,0 +1,78 @@
+"""Self-conditioning: k-means clusters of the training images stand in for class labels.
+
+Liu et al. (2020), "Diverse Image Generation via Self-Conditioned GANs": a conditional GAN
+trained on cluster labels it found itself, no annotation needed, must cover every cluster,
+so it cannot drop a mode the clustering found. Here the clusters are found once, before
+training, by k-means on the pixels (the paper clusters D's features and re-clusters as D
+learns). The generator keeps the clusters' share of the data (``cluster_prior``) and reads
+the cluster of each sample from its own noise (:func:`cluster_of_noise`), so from outside it
+is an unconditional generator: an image is a function of its noise vector alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+KMEANS_ITERATIONS = 100  # Lloyd iterations at most; stops earlier once no assignment changes
+
+
+def _squared_distances(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(N, D), (K, D) -> (N, K) squared Euclidean distances."""
+    return (points.square().sum(1, keepdim=True) - 2 * points @ centroids.T + centroids.square().sum(1)).clamp_min(0)
+
+
+def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Arthur & Vassilvitskii (2007): each next centroid drawn with probability proportional
+    to its squared distance from the nearest centroid so far. (K, D)."""
+    first = torch.randint(len(points), (1,), generator=generator)
+    centroids = points[first]
+    nearest = _squared_distances(points, centroids).squeeze(1)
+    for _ in range(1, k):
+        chosen = torch.multinomial(nearest / nearest.sum(), 1, generator=generator)
+        centroids = torch.cat([centroids, points[chosen]])
+        nearest = torch.minimum(nearest, _squared_distances(points, points[chosen]).squeeze(1))
+    return centroids
+
+
+def kmeans(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Cluster numbers (N,) of ``points`` (N, D): k-means++ seeding, then Lloyd's iterations,
+    in float64 so that every process of a torchrun group finds the same clusters. Clusters
+    are numbered by size, largest first; an empty one is re-seeded with a point far from every centroid."""
+    if not 1 <= k <= len(points):
+        raise ValueError(f"k-means needs 1 <= k <= {len(points)} points, got k = {k}")
+    points = points.flatten(1).double()
+    generator = torch.Generator().manual_seed(seed)
+    centroids = _kmeans_plus_plus(points, k, generator)
+    assignment = torch.full((len(points),), -1, dtype=torch.long)
+    for _ in range(KMEANS_ITERATIONS):
+        distances = _squared_distances(points, centroids)
+        new_assignment = distances.argmin(1)
+        if torch.equal(new_assignment, assignment):
+            break
+        assignment = new_assignment
+        counts = torch.bincount(assignment, minlength=k)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
+        centroids = sums / counts.clamp_min(1).unsqueeze(1).to(points.dtype)
+        empty = (counts == 0).nonzero().flatten()
+        if len(empty):
+            farthest = distances.min(1).values.topk(len(empty)).indices
+            centroids[empty] = points[farthest]
+    by_size = torch.bincount(assignment, minlength=k).argsort(descending=True, stable=True)
+    return by_size.argsort()[assignment]
+
+
+def cluster_prior(assignment: torch.Tensor, k: int) -> torch.Tensor:
+    """Each cluster's share of the data, (K,) float32 summing to 1."""
+    counts = torch.bincount(assignment, minlength=k).float()
+    return counts / counts.sum()
+
+
+def cluster_of_noise(z: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """The cluster of each noise vector z (B, z_dim) -> (B,): z[:, 0] ~ N(0, 1) mapped to a uniform
+    u = Phi(z_0), then through the inverse of the clusters' cumulative distribution, so cluster c
+    comes with probability prior[c] and the same z always gives the same cluster."""
+    uniform = 0.5 * (1 + torch.erf(z[:, 0].float() / math.sqrt(2)))
+    edges = prior.float().cumsum(0)
+    return torch.searchsorted(edges, uniform, right=True).clamp_max(len(prior) - 1)
