@@ -103,10 +103,11 @@ def test_gpt_two_processes_match_one_with_twice_the_batch(gpt_runs):
     assert done.stdout.count("gpt: ") == 1 and "2 processes" in done.stdout  # and printed
 
 
-@pytest.mark.parametrize("loss", ["bce", "wgan-gp"])  # wgan-gp: the penalty's interpolation weights too
-def test_gan_two_processes_match_one_with_twice_the_batch(root, loss):
+# wgan-gp: the penalty's interpolation weights too; --self-condition: rank 0's clusters on every rank
+@pytest.mark.parametrize("loss, labels", [("bce", ["--conditional"]), ("wgan-gp", ["--self-condition", "4"])])
+def test_gan_two_processes_match_one_with_twice_the_batch(root, loss, labels):
     args = ["gan", "train", "--model", "mlp", "--width", "32", "--z-dim", "8", "--steps", "6", "--log-every", "1",
-            "--sample-every", "3", "--save-every", "3", "--no-amp", "--device", "cpu", "--conditional",
+            "--sample-every", "3", "--save-every", "3", "--no-amp", "--device", "cpu", *labels,
             "--loss", loss, "--n-critic", "2"]
     assert aigc(root, *args, "--batch-size", "16", "--out", root / f"gan-{loss}-1").returncode == 0
     torchrun(root, *args, "--batch-size", "8", "--out", root / f"gan-{loss}-2")

@@ -18,36 +18,39 @@ import torch
 KMEANS_ITERATIONS = 100  # Lloyd iterations at most; stops earlier once no assignment changes
 
 
-def _squared_distances(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """(N, D), (K, D) -> (N, K) squared Euclidean distances."""
-    return (points.square().sum(1, keepdim=True) - 2 * points @ centroids.T + centroids.square().sum(1)).clamp_min(0)
+def _squared_distances(points: torch.Tensor, point_norms: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(N, D), their squared norms (N, 1), (K, D) -> (N, K) squared Euclidean distances. The
+    caller computes the norms once: k-means++ calls this K times with one centroid each."""
+    return (point_norms - 2 * points @ centroids.T + centroids.square().sum(1)).clamp_min(0)
 
 
-def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def _kmeans_plus_plus(points: torch.Tensor, point_norms: torch.Tensor, k: int,
+                      generator: torch.Generator) -> torch.Tensor:
     """Arthur & Vassilvitskii (2007): each next centroid drawn with probability proportional
     to its squared distance from the nearest centroid so far. (K, D)."""
     first = torch.randint(len(points), (1,), generator=generator)
     centroids = points[first]
-    nearest = _squared_distances(points, centroids).squeeze(1)
+    nearest = _squared_distances(points, point_norms, centroids).squeeze(1)
     for _ in range(1, k):
         chosen = torch.multinomial(nearest / nearest.sum(), 1, generator=generator)
         centroids = torch.cat([centroids, points[chosen]])
-        nearest = torch.minimum(nearest, _squared_distances(points, points[chosen]).squeeze(1))
+        nearest = torch.minimum(nearest, _squared_distances(points, point_norms, points[chosen]).squeeze(1))
     return centroids
 
 
 def kmeans(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """Cluster numbers (N,) of ``points`` (N, D): k-means++ seeding, then Lloyd's iterations,
-    in float64 so that every process of a torchrun group finds the same clusters. Clusters
-    are numbered by size, largest first; an empty one is re-seeded with a point far from every centroid."""
+    """Cluster numbers (N,) of ``points`` (N, D): k-means++ seeding, then Lloyd's iterations, in
+    float64 (the expanded squared distances lose digits in float32). Clusters are numbered by
+    size, largest first; an empty one is re-seeded with a point far from every centroid."""
     if not 1 <= k <= len(points):
         raise ValueError(f"k-means needs 1 <= k <= {len(points)} points, got k = {k}")
     points = points.flatten(1).double()
+    point_norms = points.square().sum(1, keepdim=True)  # (N, 1)
     generator = torch.Generator().manual_seed(seed)
-    centroids = _kmeans_plus_plus(points, k, generator)
+    centroids = _kmeans_plus_plus(points, point_norms, k, generator)
     assignment = torch.full((len(points),), -1, dtype=torch.long)
     for _ in range(KMEANS_ITERATIONS):
-        distances = _squared_distances(points, centroids)
+        distances = _squared_distances(points, point_norms, centroids)
         new_assignment = distances.argmin(1)
         if torch.equal(new_assignment, assignment):
             break

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -121,9 +122,14 @@ class GanTrainer:
         self.loss: GanLoss = LOSSES[cfg.loss]
         self.n_critic = cfg.n_critic or self.loss.default_n_critic
         # The labels D sees with each real image: its class, or with --self-condition its cluster
+        # (found by rank 0, so that every process of a torchrun group holds the same clusters)
         self.labels = data.labels.to(device)
+        self.clustering_seconds = 0.0
         if model_cfg.clusters:
-            self.labels = kmeans(data.images, model_cfg.clusters, cfg.seed).to(device)
+            started = time.perf_counter()
+            clusters = kmeans(data.images, model_cfg.clusters, cfg.seed) if distributed.is_main() else None
+            self.labels = distributed.from_main(clusters).to(device)
+            self.clustering_seconds = time.perf_counter() - started
         torch.manual_seed(cfg.seed)
         self.generator = build_generator(model_cfg).to(device)
         if model_cfg.clusters:
@@ -321,7 +327,9 @@ def train(cfg: GanTrainConfig) -> Path:
             "train": dataclasses.asdict(cfg), "class_names": data.class_names, "data_source": data.source})
         (out / runs.SAMPLES_DIR).mkdir(exist_ok=True)
         processes = f" x {described}" if (described := distributed.describe()) else ""
-        print(f"training {out}: {len(data)} images of {data.source}, {plan.max_steps or cfg.time_budget} "
+        clusters = (f", {model_cfg.clusters} k-means clusters found in {trainer.clustering_seconds:.1f} s"
+                    if model_cfg.clusters else "")
+        print(f"training {out}: {len(data)} images of {data.source}{clusters}, {plan.max_steps or cfg.time_budget} "
               f"{'steps' if plan.max_steps else 'seconds'}, batch {cfg.batch_size}{processes}, device {device}",
               flush=True)
     loop.run(trainer, plan, out, start)
