@@ -55,6 +55,7 @@ SETUPS = {  # name -> GanTrainConfig overrides (unconditional DCGAN on stacked-m
     "dcgan-pac2": dict(pack=2),  # PacGAN (Lin et al. 2018): D judges two samples at once
     "dcgan-pac4": dict(pack=4),
     "dcgan-pac2-r1-g10": dict(pack=2, r1_gamma=10.0),
+    "dcgan-selfcond-100": dict(self_condition=100),  # self-conditioned on 100 k-means clusters (Liu et al. 2020)
 }
 
 
@@ -89,13 +90,16 @@ def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - start
-    steps = [m for m in read_metrics(out / runs.METRICS_FILE) if "d_loss" in m][-1]["step"]
+    last = [m for m in read_metrics(out / runs.METRICS_FILE) if "d_loss" in m][-1]
+    steps = last["step"]
     generator, model_cfg, _ = load_generator(out)
     samples = quantize(generate_images(generator, model_cfg, args.n, None, seed=seed))  # (n, 3, 28, 28), 8-bit
-    result = {"steps": steps, "seconds": seconds, "images_per_s": steps * cfg.batch_size / seconds,
+    # images/s over the training clock: a --self-condition run's k-means comes before it starts
+    result = {"steps": steps, "seconds": seconds, "images_per_s": steps * cfg.batch_size / last["elapsed"],
               **count_modes(samples, digit_evaluator())}
     if seed == args.seeds[0]:
-        result["grid"] = str(IMAGES / f"gan-modes-{name}.png")
+        prefix = "gan-modes" if args.section == "modes" else f"gan-{args.section}"  # never another section's grid
+        result["grid"] = str(IMAGES / f"{prefix}-{name}.png")
         save_grid(samples[:100], result["grid"], nrow=10)
     print(f"{name} seed {seed}: {steps} steps, {result['modes']} modes, KL {result['kl']:.3f}", flush=True)
     return result
@@ -133,6 +137,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process")
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--section", default="modes", help="the doc section (and JSON name) to write: modes "
+                        "(default) or any other name, appended to the doc on first use")
     args = parser.parse_args()
     if not (MNIST_TEST / "t10k-images-idx3-ubyte.gz").is_file():
         raise SystemExit(f"the benchmark needs the MNIST test set at {MNIST_TEST}")
@@ -145,13 +151,14 @@ def main() -> None:
                "real_floor": real_floor(args.n, digit_evaluator()), "results": {name: {} for name in args.setups}}
     print(f"real floor: {payload['real_floor']}", flush=True)
     jobs = [(name, seed) for name in args.setups for seed in args.seeds]
+    json_name = "gan_modes" if args.section == "modes" else f"gan_modes_{args.section}"
     for (name, seed), result in each_in_workers(partial(measure, args=args), jobs, args.jobs):
         payload["results"][name][seed] = result
-        write_json("gan_modes", payload)
+        write_json(json_name, payload)
     for name in args.setups:
         payload["results"][name] = dict(sorted(payload["results"][name].items()))
-    write_json("gan_modes", payload)
-    write_doc(markdown(payload), "modes")
+    write_json(json_name, payload)
+    write_doc(markdown(payload), args.section)
     print(f"wrote {DOC}")
 
 

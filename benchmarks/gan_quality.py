@@ -79,6 +79,10 @@ SETUPS = {  # name -> GanTrainConfig overrides
     "cond-ema-0.99": dict(conditional=True, ema_decay=0.99),
     "cond-r1-g10-ema-0.99": dict(conditional=True, r1_gamma=10.0, ema_decay=0.99),
     "uncond-r1-g10-ema-0.99": dict(r1_gamma=10.0, ema_decay=0.99),
+    # Self-conditioning (Liu et al. 2020): the unconditional DCGAN conditioned on k-means clusters of the pixels.
+    "uncond-selfcond-10": dict(self_condition=10),
+    "uncond-selfcond-50": dict(self_condition=50),
+    "uncond-selfcond-100": dict(self_condition=100),
 }
 
 
