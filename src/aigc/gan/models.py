@@ -1,4 +1,5 @@
-"""GAN generators and discriminators: the classic MLP and DCGAN, each optionally conditional.
+"""GAN generators and discriminators: the classic MLP and DCGAN, each optionally conditional on
+classes, or self-conditioned on k-means clusters of the training images (:mod:`aigc.gan.clusters`).
 
 Generators map noise ``z`` (B, z_dim) [and labels y (B,)] to images (B, C, H, W) in [-1, 1].
 Discriminators map images [and labels] to one logit per image (B,), or per pack of ``pack``
