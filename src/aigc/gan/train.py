@@ -122,17 +122,19 @@ class GanTrainer:
         self.loss: GanLoss = LOSSES[cfg.loss]
         self.n_critic = cfg.n_critic or self.loss.default_n_critic
         # The labels D sees with each real image: its class, or with --self-condition its cluster
-        # (found by rank 0, so that every process of a torchrun group holds the same clusters)
+        # (found by rank 0, so that every process of a torchrun group holds the same clusters; a
+        # resumed run takes the clusters it started with from its state, in load_state)
         self.labels = data.labels.to(device)
         self.clustering_seconds = 0.0
-        if model_cfg.clusters:
+        clustering = model_cfg.clusters and not cfg.resume
+        if clustering:
             started = time.perf_counter()
             clusters = kmeans(data.images, model_cfg.clusters, cfg.seed) if distributed.is_main() else None
             self.labels = distributed.from_main(clusters).to(device)
             self.clustering_seconds = time.perf_counter() - started
         torch.manual_seed(cfg.seed)
         self.generator = build_generator(model_cfg).to(device)
-        if model_cfg.clusters:
+        if clustering:
             self.generator.cluster_prior.copy_(cluster_prior(self.labels, model_cfg.clusters))
         self.discriminator = build_discriminator(model_cfg).to(device)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False) if cfg.ema_decay > 0 else None
