@@ -83,6 +83,9 @@ SETUPS = {  # name -> GanTrainConfig overrides
     "uncond-selfcond-10": dict(self_condition=10),
     "uncond-selfcond-50": dict(self_condition=50),
     "uncond-selfcond-100": dict(self_condition=100),
+    # Round two of self-conditioning: does R1 (recall up, measured without clusters) or a shorter EMA lift its recall?
+    "uncond-selfcond-100-ema-0.99": dict(self_condition=100, ema_decay=0.99),
+    "uncond-selfcond-100-r1-g10-ema-0.99": dict(self_condition=100, r1_gamma=10.0, ema_decay=0.99),
 }
 
 
