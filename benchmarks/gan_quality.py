@@ -86,6 +86,9 @@ SETUPS = {  # name -> GanTrainConfig overrides
     # Round two of self-conditioning: does R1 (recall up, measured without clusters) or a shorter EMA lift its recall?
     "uncond-selfcond-100-ema-0.99": dict(self_condition=100, ema_decay=0.99),
     "uncond-selfcond-100-r1-g10-ema-0.99": dict(self_condition=100, r1_gamma=10.0, ema_decay=0.99),
+    # Class splitting (Grinblat et al. 2017): the conditional DCGAN on k-means clusters within each class.
+    "cond-selfcond-5": dict(conditional=True, self_condition=5),
+    "cond-selfcond-10": dict(conditional=True, self_condition=10),
 }
 
 

@@ -57,7 +57,8 @@ def test_run_directory_contents(tmp_path):
                                          ("hinge", {"spectral_norm": True, "model": "mlp"}),
                                          ("bce", {"augment": "translation,cutout", "r1_gamma": 1.0, "r1_every": 2,
                                                   "minibatch_std": True, "lr_d": 4e-4, "pack": 2}),
-                                         ("bce", {"self_condition": 5})])
+                                         ("bce", {"self_condition": 5}),
+                                         ("bce", {"self_condition": 2, "conditional": True})])
 def test_resume_continues_the_same_trajectory_bit_for_bit(tmp_path, loss, extra):
     straight = small_train(tmp_path / "straight", 12, loss=loss, **extra)
     half = small_train(tmp_path / "resumed", 6, loss=loss, **extra)

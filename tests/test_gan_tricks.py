@@ -10,7 +10,7 @@ import torch
 from aigc.data.images import load_images, stack_digits
 from aigc.errors import UserError
 from aigc.gan.augment import DiffAugment, cutout, translate
-from aigc.gan.clusters import cluster_of_noise, cluster_prior, kmeans
+from aigc.gan.clusters import cluster_of_noise, cluster_prior, kmeans, kmeans_within_classes
 from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import load_generator
 from aigc.gan.losses import gradient_penalty, r1_penalty
@@ -141,6 +141,46 @@ def test_a_self_conditioned_run_trains_on_clusters_and_samples_like_an_unconditi
         assert torch.equal(generator(z), generator(z, cluster_of_noise(z, generator.cluster_prior)))
 
 
+def test_the_cluster_within_each_class_is_the_one_that_class_alone_would_give():
+    priors = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    z = torch.randn(1000, 4, generator=torch.Generator().manual_seed(0))
+    within = cluster_of_noise(z, priors)
+    assert within.shape == (1000, 2)
+    for label, prior in enumerate(priors):
+        assert torch.equal(within[:, label], cluster_of_noise(z, prior))
+    assert (within[:, 0] != 2).all()  # an empty cluster never comes
+
+
+def test_kmeans_within_classes_splits_each_class_on_its_own():
+    noise = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    points = torch.cat([centre + 0.5 * torch.randn(25, 2, generator=noise) for centre in centres])
+    classes = torch.tensor([0] * 50 + [1] * 50)  # class 0 holds the first two blobs, class 1 the last two
+    labels = kmeans_within_classes(points, classes, 2, 2, seed=0)
+    assert torch.equal(labels // 2, classes)
+    for blob in labels.view(4, 25):  # one cluster per blob
+        assert (blob == blob[0]).all()
+    assert len(labels.unique()) == 4
+    assert torch.equal(cluster_prior(labels, 2, 2), torch.full((2, 2), 0.5))
+
+
+def test_a_conditional_run_self_conditioned_within_classes_draws_the_requested_class(tmp_path):
+    data = load_images("mnist5k")
+    cfg = GanTrainConfig(out=str(tmp_path / "run"), steps=2, width=8, log_every=1, conditional=True,
+                         self_condition=3, seed=3)
+    trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
+    assert torch.equal(trainer.labels, kmeans_within_classes(data.images, data.labels, 10, 3, seed=3))
+    generator, model_cfg, _ = load_generator(train(cfg))
+    assert model_cfg.conditional and model_cfg.clusters == 3 and model_cfg.label_count == 30
+    assert torch.equal(generator.cluster_prior, cluster_prior(trainer.labels, 3, 10))
+    z, classes = torch.randn(6, model_cfg.z_dim), torch.tensor([0, 1, 2, 7, 8, 9])
+    inside = generator.internal_labels(z, classes)
+    assert torch.equal(inside // 3, classes)  # the cluster is one of the requested class's own
+    with torch.no_grad():  # class weights (restore's relaxed label): a one-hot row is its class number
+        one_hot = torch.nn.functional.one_hot(classes, 10).float()
+        assert torch.allclose(generator(z, one_hot), generator(z, classes))
+
+
 def test_trainer_applies_lr_d_and_drops_batch_norm_under_r1():
     data = load_images("mnist5k")
     cfg = GanTrainConfig(out="unused", width=8, lr=1e-4, lr_d=4e-4, r1_gamma=1.0)
@@ -206,7 +246,8 @@ def test_stacked_digits_put_three_digits_in_the_colour_channels():
     (["--pack", "3"], "--batch-size (64) must be a multiple of --pack (3)"),
     (["--pack", "2", "--conditional"], "--pack needs an unconditional model"),
     (["--self-condition", "-1"], "--self-condition must be non-negative"),
-    (["--self-condition", "4", "--conditional"], "--self-condition replaces class labels with clusters"),
+    (["--self-condition", "501", "--conditional", "--steps", "1"],
+     "--self-condition 501 --conditional: class 0 has only 500 training images"),
     (["--self-condition", "4", "--pack", "2"], "--pack needs a model without labels"),
     (["--self-condition", "5001", "--steps", "1"], "--self-condition 5001: more clusters than the 5000 training images"),
 ])

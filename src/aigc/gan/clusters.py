@@ -7,6 +7,10 @@ training, by k-means on the pixels (the paper clusters D's features and re-clust
 learns). The generator keeps the clusters' share of the data (``cluster_prior``) and reads
 the cluster of each sample from its own noise (:func:`cluster_of_noise`), so from outside it
 is an unconditional generator: an image is a function of its noise vector alone.
+
+A class-conditional model can be self-conditioned too: then k-means splits each class into
+clusters of its own (the class splitting of Grinblat et al. 2017), G and D see (class, cluster),
+and the generator reads the cluster within the requested class from its noise.
 """
 
 from __future__ import annotations
@@ -66,16 +70,34 @@ def kmeans(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return by_size.argsort()[assignment]
 
 
-def cluster_prior(assignment: torch.Tensor, k: int) -> torch.Tensor:
-    """Each cluster's share of the data, (K,) float32 summing to 1."""
-    counts = torch.bincount(assignment, minlength=k).float()
-    return counts / counts.sum()
+def kmeans_within_classes(points: torch.Tensor, classes: torch.Tensor, num_classes: int, k: int,
+                          seed: int) -> torch.Tensor:
+    """k clusters within each class, found by :func:`kmeans` on that class's points alone:
+    (N,) labels ``class * k + cluster``, the clusters of a class numbered by size."""
+    labels = torch.empty(len(points), dtype=torch.long)
+    for label in range(num_classes):
+        members = (classes == label).nonzero().squeeze(1)
+        labels[members] = label * k + kmeans(points[members], k, seed + label)
+    return labels
+
+
+def cluster_prior(assignment: torch.Tensor, k: int, num_classes: int = 0) -> torch.Tensor:
+    """Each cluster's share of the data, (K,) float32 summing to 1; with classes, each cluster's
+    share of its class, (num_classes, K) with rows summing to 1 (``assignment`` as
+    :func:`kmeans_within_classes` numbers it)."""
+    counts = torch.bincount(assignment, minlength=max(num_classes, 1) * k).float()
+    if num_classes:
+        counts = counts.view(num_classes, k)
+    return counts / counts.sum(-1, keepdim=True)
 
 
 def cluster_of_noise(z: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """The cluster of each noise vector z (B, z_dim) -> (B,): z[:, 0] ~ N(0, 1) mapped to a uniform
+    """The cluster of each noise vector z (B, z_dim): z[:, 0] ~ N(0, 1) mapped to a uniform
     u = Phi(z_0), then through the inverse of the clusters' cumulative distribution, so cluster c
-    comes with probability prior[c] and the same z always gives the same cluster."""
-    uniform = 0.5 * (1 + torch.erf(z[:, 0].float() / math.sqrt(2)))
-    edges = prior.float().cumsum(0)
-    return torch.searchsorted(edges, uniform, right=True).clamp_max(len(prior) - 1)
+    comes with probability prior[c] and the same z always gives the same cluster. A prior (K,)
+    gives (B,); one row per class (C, K) gives the cluster within every class, (B, C)."""
+    uniform = 0.5 * (1 + torch.erf(z[:, 0].float() / math.sqrt(2)))  # (B,)
+    edges = prior.float().cumsum(-1)  # (K,) or (C, K)
+    # how many edges lie at or below u: the inverse CDF, as comparisons (exportable, unlike searchsorted)
+    below = edges <= uniform.view(-1, *[1] * edges.dim())  # (B, K) or (B, C, K)
+    return below.sum(-1).clamp_max(prior.shape[-1] - 1)

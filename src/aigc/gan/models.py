@@ -32,7 +32,7 @@ class GanModelConfig:
     disc_norm: str = "batch"  # "batch" or "none" (wgan-gp critics and spectral norm use none)
     minibatch_std: bool = False  # D sees each batch's feature spread (Karras et al. 2018)
     pack: int = 1  # D judges packs of this many samples together (PacGAN, Lin et al. 2018)
-    clusters: int = 0  # self-conditioning on this many k-means clusters (aigc.gan.clusters); 0 = off
+    clusters: int = 0  # self-conditioning on this many k-means clusters (within each class if any; aigc.gan.clusters)
 
     def __post_init__(self) -> None:
         """Refuse a config no model can be built from (e.g. a run's config.json edited by hand)."""
@@ -55,8 +55,8 @@ class GanModelConfig:
             raise UserError(f"GAN model config: channels must be 1 or 3, got {self.channels}")
         if self.num_classes < 0:
             raise UserError(f"GAN model config: num_classes must be 0 (unconditional) or more, got {self.num_classes}")
-        if self.clusters < 0 or (self.clusters and self.num_classes):
-            raise UserError(f"GAN model config: clusters must be 0, or more for an unconditional model, got {self.clusters}")
+        if self.clusters < 0:
+            raise UserError(f"GAN model config: clusters must be 0 (off) or more, got {self.clusters}")
         if self.pack < 1 or (self.pack > 1 and self.label_count):
             raise UserError(f"GAN model config: pack must be 1, or more for an unconditional model without clusters, "
                             f"got {self.pack}")
@@ -71,8 +71,11 @@ class GanModelConfig:
 
     @property
     def label_count(self) -> int:
-        """The labels G and D take inside: the classes, or the clusters of a self-conditioned model."""
-        return self.num_classes or self.clusters
+        """The labels G and D take inside: the classes, the clusters of a self-conditioned model, or
+        (class, cluster) pairs when a conditional model's classes are split into clusters."""
+        if self.clusters:
+            return max(self.num_classes, 1) * self.clusters
+        return self.num_classes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,20 +144,37 @@ class ProjectionHead(nn.Module):
 
 class _Generator(nn.Module):
     """What every generator shares: the labels it is conditioned on. A self-conditioned one keeps its
-    clusters' share of the training data (``cluster_prior``, saved with its weights) and, when no
-    labels are given, takes each sample's cluster from its noise."""
+    clusters' share of the training data (``cluster_prior``, saved with its weights: (K,), or (C, K)
+    shares within each class) and takes each sample's cluster from its noise."""
 
     def __init__(self, cfg: GanModelConfig):
         super().__init__()
         self.cfg = cfg
         if cfg.clusters:
-            self.register_buffer("cluster_prior", torch.full((cfg.clusters,), 1 / cfg.clusters))
+            shape = (cfg.num_classes, cfg.clusters) if cfg.conditional else (cfg.clusters,)
+            self.register_buffer("cluster_prior", torch.full(shape, 1 / cfg.clusters))
 
     def conditioned(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """(B, z_dim) -> (B, z_dim + label_count): the noise with its one-hot label."""
-        if self.cfg.clusters and labels is None:
-            labels = cluster_of_noise(z, self.cluster_prior)
-        return with_one_hot(z, labels, self.cfg.label_count)
+        return with_one_hot(z, self.internal_labels(z, labels), self.cfg.label_count)
+
+    def internal_labels(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The labels G (and D, in training) take inside for noise z and the caller's ``labels``.
+
+        Without clusters, the caller's classes. Self-conditioned and unconditional: the cluster read
+        from z, unless the caller names one. Classes split into clusters: ``class * K + cluster``,
+        the cluster read from z within the requested class; class weights (B, C) become weights
+        (B, C * K), each class's weight on its cluster of z."""
+        if not self.cfg.clusters:
+            return labels
+        if not self.cfg.conditional:
+            return cluster_of_noise(z, self.cluster_prior) if labels is None else labels
+        k = self.cfg.clusters
+        within = cluster_of_noise(z, self.cluster_prior)  # (B, C): z's cluster in every class
+        if labels.is_floating_point():
+            pairs = torch.arange(self.cfg.num_classes, device=z.device) * k + within  # (B, C)
+            return labels.new_zeros(len(labels), self.cfg.label_count).scatter_(1, pairs, labels)
+        return labels * k + within.gather(1, labels.unsqueeze(1)).squeeze(1)
 
 
 class MLPGenerator(_Generator):

@@ -25,7 +25,7 @@ from aigc.data.images import ImageData, load_images, save_grid
 from aigc.devices import autocast
 from aigc.errors import UserError
 from aigc.gan.augment import DiffAugment
-from aigc.gan.clusters import cluster_of_noise, cluster_prior, kmeans
+from aigc.gan.clusters import cluster_prior, kmeans, kmeans_within_classes
 from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import GAN_KIND, load_prefixed, model_config_of
 from aigc.gan.losses import LOSSES, GanLoss, gradient_penalty, r1_penalty
@@ -93,6 +93,11 @@ def fixed_sample_inputs(cfg: GanModelConfig, seed: int) -> tuple[torch.Tensor, t
 def _model_config(cfg: GanTrainConfig, data: ImageData) -> GanModelConfig:
     if cfg.self_condition > len(data):
         raise UserError(f"--self-condition {cfg.self_condition}: more clusters than the {len(data)} training images")
+    if cfg.self_condition and cfg.conditional:  # clusters within each class
+        sizes = torch.bincount(data.labels, minlength=data.num_classes)
+        if cfg.self_condition > sizes.min():
+            raise UserError(f"--self-condition {cfg.self_condition} --conditional: class {int(sizes.argmin())} has "
+                            f"only {int(sizes.min())} training images, fewer than the clusters to split it into")
     return GanModelConfig(
         model=cfg.model, z_dim=cfg.z_dim, image_size=data.image_size, channels=data.channels,
         num_classes=data.num_classes if cfg.conditional else 0,
@@ -129,13 +134,13 @@ class GanTrainer:
         clustering = model_cfg.clusters and not cfg.resume
         if clustering:
             started = time.perf_counter()
-            clusters = kmeans(data.images, model_cfg.clusters, cfg.seed) if distributed.is_main() else None
+            clusters = self._clusters() if distributed.is_main() else None
             self.labels = distributed.from_main(clusters).to(device)
             self.clustering_seconds = time.perf_counter() - started
         torch.manual_seed(cfg.seed)
         self.generator = build_generator(model_cfg).to(device)
         if clustering:
-            self.generator.cluster_prior.copy_(cluster_prior(self.labels, model_cfg.clusters))
+            self.generator.cluster_prior.copy_(cluster_prior(self.labels, model_cfg.clusters, model_cfg.num_classes))
         self.discriminator = build_discriminator(model_cfg).to(device)
         self.ema = copy.deepcopy(self.generator).requires_grad_(False) if cfg.ema_decay > 0 else None
         self.ema_statistics_stale = True
@@ -159,9 +164,19 @@ class GanTrainer:
         self.augment = DiffAugment(parse_augment(cfg.augment), model_cfg.image_size)
         self.images = data.images.to(device)
         self.fixed_z, self.fixed_labels = fixed_sample_inputs(model_cfg, cfg.seed)
-        conditional = "+cond" if model_cfg.conditional else f"+{model_cfg.clusters} clusters" if model_cfg.clusters else ""
+        conditional = "+cond" if model_cfg.conditional else ""
+        if model_cfg.clusters:
+            conditional += f"+{model_cfg.clusters} clusters" + (" per class" if model_cfg.conditional else "")
         self.name = f"gan {cfg.model}{conditional} {cfg.loss}"
         self.throughput = ("images_per_s", cfg.batch_size * self.n_critic * self.world_size)
+
+    def _clusters(self) -> torch.Tensor:
+        """k-means labels of the training images (N,): clusters of all, or within each class."""
+        data, model_cfg = self.data, self.model_cfg
+        if model_cfg.conditional:
+            return kmeans_within_classes(data.images, data.labels, model_cfg.num_classes, model_cfg.clusters,
+                                         self.cfg.seed)
+        return kmeans(data.images, model_cfg.clusters, self.cfg.seed)
 
     # --- one training step -------------------------------------------------------------
     def _my_slice(self, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
@@ -177,8 +192,6 @@ class GanTrainer:
         if self.model_cfg.conditional:
             labels = self._my_slice(lambda n: torch.randint(0, self.model_cfg.num_classes, (n,),
                                                             generator=self.noise, device=self.device))
-        elif self.model_cfg.clusters:  # the cluster G would read from z, made explicit for D
-            labels = cluster_of_noise(z, self.generator.cluster_prior)
         return z, labels
 
     def _augmented(self, images: torch.Tensor) -> torch.Tensor:
@@ -235,11 +248,12 @@ class GanTrainer:
             set_lr(self.opt_g, self.cfg.lr * fraction)
             set_lr(self.opt_d, (self.cfg.lr_d or self.cfg.lr) * fraction)
         for critic_step in range(self.n_critic):
-            z, fake_labels = self._sample_noise()
+            z, labels = self._sample_noise()
+            fake_labels = self.generator.internal_labels(z, labels)  # with clusters: the one G reads from z
             last = critic_step == self.n_critic - 1
             # The generator's graph is kept only for the fake batch the generator update reuses.
             with torch.set_grad_enabled(last), autocast(self.device, self.cfg.amp):
-                fake = self.train_generator(z, fake_labels)
+                fake = self.train_generator(z, labels)
             stats = self._discriminator_update(fake, fake_labels, step * self.n_critic + critic_step)
         self.discriminator.requires_grad_(False)  # no weight gradients for D in G's update
         with autocast(self.device, self.cfg.amp):
