@@ -72,7 +72,9 @@ def reference_step_fn(trainer: GanTrainer, batch_size: int):
 
 def measure(model: str, batch_size: int, windows: int, steps_per_window: int, warmup: int) -> dict:
     data = load_images("mnist5k")
-    cfg = GanTrainConfig(model=model, batch_size=batch_size)
+    # no clusters: the textbook networks have no label input (self-conditioning, DCGAN's default since issue 17,
+    # adds a one-hot to G's input and a projection to D's head, the same networks the conditional model has)
+    cfg = GanTrainConfig(model=model, batch_size=batch_size, self_condition=0)
     trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
     paths = {"reference fp32": reference_step_fn(trainer, batch_size), "aigc default": lambda: trainer.train_step(0)}
     for step in paths.values():

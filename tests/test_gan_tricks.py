@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from aigc.data.images import load_images, stack_digits
+from aigc.data.images import ImageData, load_images, stack_digits
 from aigc.errors import UserError
 from aigc.gan.augment import DiffAugment, cutout, translate
 from aigc.gan.clusters import cluster_of_noise, cluster_prior, kmeans, kmeans_within_classes
@@ -15,7 +15,7 @@ from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import load_generator
 from aigc.gan.losses import gradient_penalty, r1_penalty
 from aigc.gan.models import GanModelConfig, MinibatchStd, build_discriminator, packed
-from aigc.gan.train import GanTrainer, _model_config, train
+from aigc.gan.train import GanTrainer, _cluster_count, _model_config, train
 
 from conftest import assert_one_line_error
 
@@ -118,6 +118,14 @@ def test_kmeans_finds_separated_blobs_and_numbers_them_by_size():
     assert kmeans(points, 3, seed=0).tolist() == [2] * 20 + [0] * 50 + [1] * 30
 
 
+def test_kmeans_of_many_points_fits_a_sample_and_assigns_the_rest_to_their_nearest_centroid(monkeypatch):
+    monkeypatch.setattr("aigc.gan.clusters.KMEANS_FIT_POINTS", 40)
+    noise = torch.Generator().manual_seed(0)
+    centres, sizes = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]), (200, 500, 300)
+    points = torch.cat([centre + 0.5 * torch.randn(size, 2, generator=noise) for centre, size in zip(centres, sizes)])
+    assert kmeans(points, 3, seed=0).tolist() == [2] * 200 + [0] * 500 + [1] * 300
+
+
 def test_the_cluster_of_a_noise_vector_comes_at_its_clusters_share_and_from_z_alone():
     prior = torch.tensor([0.5, 0.3, 0.15, 0.05])
     z = torch.randn(200_000, 8, generator=torch.Generator().manual_seed(0))
@@ -181,6 +189,26 @@ def test_a_conditional_run_self_conditioned_within_classes_draws_the_requested_c
         assert torch.allclose(generator(z, one_hot), generator(z, classes))
 
 
+def _digits(per_class: int, classes: int = 10) -> ImageData:
+    return ImageData(torch.zeros(per_class * classes, 1, 28, 28), torch.arange(classes).repeat(per_class),
+                     [str(c) for c in range(classes)], "test")
+
+
+@pytest.mark.parametrize("overrides, per_class, clusters", [
+    ({}, 500, 100),  # mnist5k's size: the measured default
+    ({"conditional": True}, 500, 10),  # 10 within each of 10 classes
+    ({}, 30, 6),  # 300 images: 50 each on average
+    ({"conditional": True}, 120, 2),
+    ({"conditional": True}, 99, 0),  # a class of 99 would split into one cluster: off
+    ({"model": "mlp"}, 500, 0),  # the textbook MLP GAN stays textbook
+    ({"pack": 2}, 500, 0),  # a pack has no single cluster
+    ({"self_condition": 7}, 500, 7),
+    ({"self_condition": 0}, 500, 0),
+])
+def test_self_conditioning_defaults_to_100_clusters_in_all_where_the_data_has_room(overrides, per_class, clusters):
+    assert _cluster_count(GanTrainConfig(out="unused", **overrides), _digits(per_class)) == clusters
+
+
 def test_trainer_applies_lr_d_and_drops_batch_norm_under_r1():
     data = load_images("mnist5k")
     cfg = GanTrainConfig(out="unused", width=8, lr=1e-4, lr_d=4e-4, r1_gamma=1.0)
@@ -215,14 +243,18 @@ def test_the_constant_schedule_leaves_the_rates_alone():
     assert trainer.opt_g.param_groups[0]["lr"] == 1e-4 == trainer.opt_d.param_groups[0]["lr"]
 
 
-def test_a_run_saved_before_minibatch_std_packing_and_clusters_existed_still_loads(tmp_path):
-    out = train(GanTrainConfig(out=str(tmp_path / "run"), steps=2, width=8, log_every=1))
+def test_a_run_saved_before_minibatch_std_packing_and_clusters_existed_still_loads_and_resumes(tmp_path):
+    out = train(GanTrainConfig(out=str(tmp_path / "run"), steps=2, width=8, log_every=1, self_condition=0))
     config = json.loads((out / "config.json").read_text())
     for later in ("minibatch_std", "pack", "clusters"):
         del config["model"][later]
+    for later in ("minibatch_std", "pack", "self_condition"):
+        del config["train"][later]
     (out / "config.json").write_text(json.dumps(config))
     _, model_cfg, _ = load_generator(out)
     assert (model_cfg.minibatch_std, model_cfg.pack, model_cfg.clusters) == (False, 1, 0)
+    train(GanTrainConfig(out=str(out), steps=3, resume=True))  # not the 100 clusters of today's default
+    assert load_generator(out)[1].clusters == 0
 
 
 def test_stacked_digits_put_three_digits_in_the_colour_channels():

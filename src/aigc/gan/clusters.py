@@ -20,6 +20,9 @@ import math
 import torch
 
 KMEANS_ITERATIONS = 100  # Lloyd iterations at most; stops earlier once no assignment changes
+# Larger data: the centroids are fitted on a seeded sample of this many points, then every point
+# joins its nearest (100 clusters of 50,000 Stacked MNIST images took minutes on one AVX2 core).
+KMEANS_FIT_POINTS = 10_000
 
 
 def _squared_distances(points: torch.Tensor, point_norms: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -44,13 +47,29 @@ def _kmeans_plus_plus(points: torch.Tensor, point_norms: torch.Tensor, k: int,
 
 def kmeans(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """Cluster numbers (N,) of ``points`` (N, D): k-means++ seeding, then Lloyd's iterations, in
-    float64 (the expanded squared distances lose digits in float32). Clusters are numbered by
-    size, largest first; an empty one is re-seeded with a point far from every centroid."""
+    float64 (the expanded squared distances lose digits in float32), on at most KMEANS_FIT_POINTS
+    of them (the rest join their nearest centroid). Clusters are numbered by size, largest first."""
     if not 1 <= k <= len(points):
         raise ValueError(f"k-means needs 1 <= k <= {len(points)} points, got k = {k}")
     points = points.flatten(1).double()
     point_norms = points.square().sum(1, keepdim=True)  # (N, 1)
     generator = torch.Generator().manual_seed(seed)
+    fit_count = max(KMEANS_FIT_POINTS, k)
+    if len(points) <= fit_count:
+        assignment = _lloyd(points, point_norms, k, generator)[1]
+    else:
+        sample = torch.randperm(len(points), generator=generator)[:fit_count]
+        centroids = _lloyd(points[sample], point_norms[sample], k, generator)[0]
+        assignment = torch.cat([_squared_distances(chunk, chunk_norms, centroids).argmin(1) for chunk, chunk_norms
+                                in zip(points.split(KMEANS_FIT_POINTS), point_norms.split(KMEANS_FIT_POINTS))])
+    by_size = torch.bincount(assignment, minlength=k).argsort(descending=True, stable=True)
+    return by_size.argsort()[assignment]
+
+
+def _lloyd(points: torch.Tensor, point_norms: torch.Tensor, k: int,
+           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's iterations from k-means++ centroids: (centroids (K, D), assignment (N,)). An empty
+    cluster is re-seeded with a point far from every centroid."""
     centroids = _kmeans_plus_plus(points, point_norms, k, generator)
     assignment = torch.full((len(points),), -1, dtype=torch.long)
     for _ in range(KMEANS_ITERATIONS):
@@ -66,8 +85,7 @@ def kmeans(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
         if len(empty):
             farthest = distances.min(1).values.topk(len(empty)).indices
             centroids[empty] = points[farthest]
-    by_size = torch.bincount(assignment, minlength=k).argsort(descending=True, stable=True)
-    return by_size.argsort()[assignment]
+    return centroids, assignment
 
 
 def kmeans_within_classes(points: torch.Tensor, classes: torch.Tensor, num_classes: int, k: int,

@@ -53,10 +53,12 @@ class GanTrainConfig(RunOptions):
     pack: int = option(1, "PacGAN: the discriminator judges packs of N samples, real or fake, stacked as channels "
                        "(Lin et al. 2018), so it sees when a generator's samples look alike; unconditional "
                        "models; 1 turns it off")
-    self_condition: int = option(0, "self-conditioned GAN (Liu et al. 2020): condition G and D on N k-means "
-                                 "clusters of the training images, so the generator must cover every cluster; "
-                                 "with --conditional, N clusters within each class (class splitting, Grinblat et "
-                                 "al. 2017); 0 turns it off")
+    self_condition: int | None = option(None, "self-conditioned GAN (Liu et al. 2020): condition G and D on N "
+                                        "k-means clusters of the training images, so the generator must cover every "
+                                        "cluster; with --conditional, N clusters within each class (class splitting, "
+                                        "Grinblat et al. 2017); default: 100 clusters in all for dcgan without "
+                                        "--pack (10 per class of 10), fewer where a cluster would average under 50 "
+                                        "images; 0 turns it off")
     augment: str = option("none", "DiffAugment policy for every image D sees, real and fake (Zhao et al. 2020): "
                           "none, translation, cutout or translation,cutout")
     r1_gamma: float = option(0.0, "R1 penalty gamma/2 E||grad D(x)||^2 on real images (Mescheder et al. 2018); "
@@ -98,7 +100,8 @@ class GanTrainConfig(RunOptions):
         require(self.pack > 0, f"--pack must be positive, got {self.pack}")
         require(self.pack == 1 or not self.conditional,
                 "--pack needs an unconditional model: a pack of samples has no single label (drop --conditional)")
-        require(self.self_condition >= 0, f"--self-condition must be non-negative, got {self.self_condition}")
+        require(self.self_condition is None or self.self_condition >= 0,
+                f"--self-condition must be non-negative, got {self.self_condition}")
         require(not (self.self_condition and self.pack > 1),
                 "--pack needs a model without labels: a pack of samples has no single cluster (drop --self-condition)")
         require(self.batch_size % self.pack == 0,

@@ -50,6 +50,10 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
 
+# Self-conditioning's default (issue 17, docs/benchmarks-gan-quality.md): on the 5,000 mnist5k digits,
+# 100 clusters (50 images each on average) beat 50 and 10, and the DCGAN without clusters by far.
+DEFAULT_CLUSTERS = 100
+MIN_CLUSTER_IMAGES = 50
 STANDING_SAMPLES = 2048  # noise vectors whose activations set the EMA generator's batch-norm statistics
 
 
@@ -90,19 +94,35 @@ def fixed_sample_inputs(cfg: GanModelConfig, seed: int) -> tuple[torch.Tensor, t
     return z, labels
 
 
-def _model_config(cfg: GanTrainConfig, data: ImageData) -> GanModelConfig:
-    if cfg.self_condition > len(data):
-        raise UserError(f"--self-condition {cfg.self_condition}: more clusters than the {len(data)} training images")
-    if cfg.self_condition and cfg.conditional:  # clusters within each class
+def _cluster_count(cfg: GanTrainConfig, data: ImageData) -> int:
+    """The clusters to self-condition on (per class when conditional): --self-condition, or by
+    default, for DCGAN without --pack, DEFAULT_CLUSTERS in all, fewer where a cluster would
+    average under MIN_CLUSTER_IMAGES images, none where that leaves fewer than two."""
+    if cfg.self_condition is not None:
+        return cfg.self_condition
+    if cfg.model != "dcgan" or cfg.pack > 1:
+        return 0
+    groups = data.num_classes if cfg.conditional else 1
+    smallest = int(torch.bincount(data.labels, minlength=groups).min()) if cfg.conditional else len(data)
+    count = min(DEFAULT_CLUSTERS // groups, smallest // MIN_CLUSTER_IMAGES)
+    return count if count >= 2 else 0
+
+
+def _model_config(cfg: GanTrainConfig, data: ImageData, clusters: int | None = None) -> GanModelConfig:
+    """The model ``cfg`` trains on ``data``; ``clusters`` (default: :func:`_cluster_count`) fixes them."""
+    clusters = _cluster_count(cfg, data) if clusters is None else clusters
+    if clusters > len(data):
+        raise UserError(f"--self-condition {clusters}: more clusters than the {len(data)} training images")
+    if clusters and cfg.conditional:  # clusters within each class
         sizes = torch.bincount(data.labels, minlength=data.num_classes)
-        if cfg.self_condition > sizes.min():
-            raise UserError(f"--self-condition {cfg.self_condition} --conditional: class {int(sizes.argmin())} has "
+        if clusters > sizes.min():
+            raise UserError(f"--self-condition {clusters} --conditional: class {int(sizes.argmin())} has "
                             f"only {int(sizes.min())} training images, fewer than the clusters to split it into")
     return GanModelConfig(
         model=cfg.model, z_dim=cfg.z_dim, image_size=data.image_size, channels=data.channels,
         num_classes=data.num_classes if cfg.conditional else 0,
         width=cfg.width or (256 if cfg.model == "mlp" else 64),
-        spectral_norm=cfg.spectral_norm, minibatch_std=cfg.minibatch_std, pack=cfg.pack, clusters=cfg.self_condition,
+        spectral_norm=cfg.spectral_norm, minibatch_std=cfg.minibatch_std, pack=cfg.pack, clusters=clusters,
         # Batch norm couples the samples of a batch, which a per-sample gradient penalty must
         # not see; spectral norm replaces it as the discriminator's regulariser.
         disc_norm="none" if cfg.spectral_norm or cfg.loss == "wgan-gp" or cfg.r1_gamma > 0 else "batch",
@@ -328,7 +348,8 @@ def train(cfg: GanTrainConfig) -> Path:
     device = distributed.device(cfg)
     data = load_images(cfg.data, saved_model.image_size if saved_model else cfg.image_size,
                        saved_model.channels if saved_model else cfg.channels)
-    model_cfg = _model_config(cfg, data)
+    # a resumed run keeps its clusters (one saved before the default existed may have none)
+    model_cfg = _model_config(cfg, data, saved_model.clusters if saved_model else None)
     if saved_model is not None and model_cfg != saved_model:
         raise UserError(f"the data in --data {cfg.data} no longer fits the saved model of {out}")
     trainer = GanTrainer(cfg, model_cfg, data, device, out)
@@ -343,7 +364,8 @@ def train(cfg: GanTrainConfig) -> Path:
             "train": dataclasses.asdict(cfg), "class_names": data.class_names, "data_source": data.source})
         (out / runs.SAMPLES_DIR).mkdir(exist_ok=True)
         processes = f" x {described}" if (described := distributed.describe()) else ""
-        clusters = (f", {model_cfg.clusters} k-means clusters found in {trainer.clustering_seconds:.1f} s"
+        per_class = " per class" if model_cfg.conditional else ""
+        clusters = (f", {model_cfg.clusters} k-means clusters{per_class} found in {trainer.clustering_seconds:.1f} s"
                     if model_cfg.clusters else "")
         print(f"training {out}: {len(data)} images of {data.source}{clusters}, {plan.max_steps or cfg.time_budget} "
               f"{'steps' if plan.max_steps else 'seconds'}, batch {cfg.batch_size}{processes}, device {device}",
