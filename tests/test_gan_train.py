@@ -10,7 +10,6 @@ from aigc.data.images import load_images
 from aigc.errors import TrainingDiverged
 from aigc.gan.config import GanTrainConfig
 from aigc.gan.loading import load_generator
-from aigc.gan.models import with_one_hot
 from aigc.gan.generation import generate_images
 from aigc.gan.train import GanTrainer, _model_config, train
 from aigc.training import loop
@@ -83,7 +82,7 @@ def test_ema_generator_normalises_with_statistics_of_its_own_activations(tmp_pat
     z = torch.randn(8192, model_cfg.z_dim, generator=torch.Generator().manual_seed(5))
     labels = torch.arange(8192) % model_cfg.num_classes
     with torch.no_grad():
-        before_norm = ema.net[0](with_one_hot(z, labels, model_cfg.num_classes))  # (N, 2w, 7, 7)
+        before_norm = ema.net[0](ema.conditioned(z, labels))  # (N, 2w, 7, 7)
     mean = before_norm.mean((0, 2, 3))
     spread = before_norm.transpose(0, 1).flatten(1).std(1)
     norm = ema.net[1]
