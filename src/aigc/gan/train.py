@@ -94,6 +94,12 @@ def fixed_sample_inputs(cfg: GanModelConfig, seed: int) -> tuple[torch.Tensor, t
     return z, labels
 
 
+def _smallest_class(data: ImageData) -> tuple[int, int]:
+    """(class, its number of training images) of the class with the fewest."""
+    sizes = torch.bincount(data.labels, minlength=data.num_classes)
+    return int(sizes.argmin()), int(sizes.min())
+
+
 def _cluster_count(cfg: GanTrainConfig, data: ImageData) -> int:
     """The clusters to self-condition on (per class when conditional): --self-condition, or by
     default, for DCGAN without --pack, DEFAULT_CLUSTERS in all, fewer where a cluster would
@@ -102,8 +108,7 @@ def _cluster_count(cfg: GanTrainConfig, data: ImageData) -> int:
         return cfg.self_condition
     if cfg.model != "dcgan" or cfg.pack > 1:
         return 0
-    groups = data.num_classes if cfg.conditional else 1
-    smallest = int(torch.bincount(data.labels, minlength=groups).min()) if cfg.conditional else len(data)
+    groups, smallest = (data.num_classes, _smallest_class(data)[1]) if cfg.conditional else (1, len(data))
     count = min(DEFAULT_CLUSTERS // groups, smallest // MIN_CLUSTER_IMAGES)
     return count if count >= 2 else 0
 
@@ -114,10 +119,10 @@ def _model_config(cfg: GanTrainConfig, data: ImageData, clusters: int | None = N
     if clusters > len(data):
         raise UserError(f"--self-condition {clusters}: more clusters than the {len(data)} training images")
     if clusters and cfg.conditional:  # clusters within each class
-        sizes = torch.bincount(data.labels, minlength=data.num_classes)
-        if clusters > sizes.min():
-            raise UserError(f"--self-condition {clusters} --conditional: class {int(sizes.argmin())} has "
-                            f"only {int(sizes.min())} training images, fewer than the clusters to split it into")
+        label, size = _smallest_class(data)
+        if clusters > size:
+            raise UserError(f"--self-condition {clusters} --conditional: class {label} has only {size} training "
+                            "images, fewer than the clusters to split it into")
     return GanModelConfig(
         model=cfg.model, z_dim=cfg.z_dim, image_size=data.image_size, channels=data.channels,
         num_classes=data.num_classes if cfg.conditional else 0,
