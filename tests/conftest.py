@@ -14,6 +14,17 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``-n auto`` in pyproject.toml: one worker per core) each worker, and
+    the processes it starts, take their share of the cores: an OpenMP thread that has to share its
+    core with another busy process ran up to 40x slower (docs/benchmarks-gan-quality.md). Set before any
+    test module imports torch."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 0))
+    if workers:
+        cores = len(os.sched_getaffinity(0))
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // workers)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """Caches (encoded corpora, trained evaluators) go to a temporary folder, never the user's ~/.cache/aigc."""
