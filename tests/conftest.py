@@ -15,7 +15,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (``-n auto`` in pyproject.toml: one worker per core) each worker, and
+    """Under pytest-xdist (pyproject.toml: one worker per core, at most 4) each worker, and
     the processes it starts, take their share of the cores: an OpenMP thread that has to share its
     core with another busy process ran up to 40x slower (docs/benchmarks-gan-quality.md). Set before any
     test module imports torch."""
