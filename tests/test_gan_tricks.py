@@ -15,7 +15,7 @@ from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import load_generator
 from aigc.gan.losses import gradient_penalty, r1_penalty
 from aigc.gan.models import GanModelConfig, MinibatchStd, build_discriminator, packed
-from aigc.gan.train import GanTrainer, _cluster_count, _model_config, train
+from aigc.gan.train import GanTrainer, _cluster_count, _model_config, learning_rates, train
 
 from conftest import assert_one_line_error
 
@@ -215,6 +215,20 @@ def test_trainer_applies_lr_d_and_drops_batch_norm_under_r1():
     trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
     assert trainer.opt_g.param_groups[0]["lr"] == 1e-4 and trainer.opt_d.param_groups[0]["lr"] == 4e-4
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in trainer.discriminator.modules())
+
+
+@pytest.mark.parametrize("overrides, rates", [
+    ({}, (1.6e-3, 1.6e-3)),  # the self-conditioned DCGAN (the default model)
+    ({"conditional": True}, (1.6e-3, 1.6e-3)),  # split into clusters within each class
+    ({"self_condition": 0}, (2e-4, 2e-4)),  # DCGAN without clusters: the DCGAN paper's rate
+    ({"model": "mlp"}, (2e-4, 2e-4)),  # the textbook MLP GAN stays textbook
+    ({"model": "mlp", "self_condition": 10}, (2e-4, 2e-4)),  # measured on the DCGAN only
+    ({"lr": 1e-4}, (1e-4, 1e-4)),
+    ({"lr_d": 4e-4}, (1.6e-3, 4e-4)),
+])
+def test_default_learning_rates_are_eight_times_higher_for_a_self_conditioned_dcgan(overrides, rates):
+    cfg = GanTrainConfig(out="unused", **overrides)
+    assert learning_rates(cfg, _model_config(cfg, _digits(500))) == rates
 
 
 @pytest.mark.parametrize("steps, budget, elapsed, progress", [

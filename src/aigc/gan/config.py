@@ -67,7 +67,8 @@ class GanTrainConfig(RunOptions):
     steps: int | None = option(None, "generator updates to train for (default 2000 unless --epochs is given)")
     epochs: int | None = option(None, "passes over the data instead of --steps")
     batch_size: int = option(64, "images per batch")
-    lr: float = option(2e-4, "Adam learning rate (the generator's, and the discriminator's unless --lr-d)")
+    lr: float | None = option(None, "Adam learning rate (the generator's, and the discriminator's unless --lr-d); "
+                              "default 1.6e-3 for a self-conditioned dcgan (the dcgan default), else 2e-4")
     lr_d: float | None = option(None, "the discriminator's Adam learning rate (default --lr; two time-scale "
                                 "updates, Heusel et al. 2017)")
     lr_schedule: str = option("constant", "constant, or cosine: both learning rates decay to 0 over the run's steps "
@@ -94,7 +95,7 @@ class GanTrainConfig(RunOptions):
             require(value is None or value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
         for name in ("batch_size", "z_dim", "log_every", "sample_every", "save_every", "r1_every"):
             require(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        require(self.lr is None or self.lr > 0, f"--lr must be positive, got {self.lr}")
         require(self.lr_d is None or self.lr_d > 0, f"--lr-d must be positive, got {self.lr_d}")
         require(self.r1_gamma >= 0, f"--r1-gamma must be non-negative, got {self.r1_gamma}")
         require(self.pack > 0, f"--pack must be positive, got {self.pack}")
