@@ -101,6 +101,7 @@ SETUPS = {
     "cond-selfcond-10-lr4e-4": dict(conditional=True, self_condition=10, lr=4e-4),
     "cond-selfcond-10-lr8e-4": dict(conditional=True, self_condition=10, lr=8e-4),
     "cond-selfcond-10-lr1.6e-3": dict(conditional=True, self_condition=10, lr=1.6e-3),
+    "cond-selfcond-10-lr3.2e-3": dict(conditional=True, self_condition=10, lr=3.2e-3),
     "cond-selfcond-10-w32-lr8e-4": dict(conditional=True, self_condition=10, width=32, lr=8e-4),
     "uncond-selfcond-100-lr1.6e-3": dict(self_condition=100, lr=1.6e-3),
 }
