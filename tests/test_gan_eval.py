@@ -73,19 +73,20 @@ def test_eval_is_deterministic(run, tmp_path):
     assert evaluate.evaluate_run(config)["model"] == first["model"]
 
 
-def test_large_n_is_generated_in_batches(run, tmp_path, monkeypatch):
+def test_large_n_is_generated_in_batches_at_the_temperature_asked(run, tmp_path, monkeypatch):
     asked = []
     original = evaluate.generate_images
 
-    def spy(generator, model_cfg, n, labels, seed, batch_size):
-        asked.append(n)
-        return original(generator, model_cfg, n, labels, seed, batch_size)
+    def spy(generator, model_cfg, n, labels, seed, batch_size, temperature):
+        asked.append((n, temperature))
+        return original(generator, model_cfg, n, labels, seed, batch_size, temperature)
 
     monkeypatch.setattr(evaluate, "generate_images", spy)
-    result = evaluate.evaluate_run(GanEvalConfig(run=str(run), n=300, batch_size=128,
+    result = evaluate.evaluate_run(GanEvalConfig(run=str(run), n=300, batch_size=128, temperature=1.3,
                                                  json=str(tmp_path / "e.json"), device="cpu"))
-    assert max(asked) == 128 and sum(asked) == 300
-    assert result["n_samples"] == 300
+    assert max(n for n, _ in asked) == 128 and sum(n for n, _ in asked) == 300
+    assert {temperature for _, temperature in asked} == {1.3}
+    assert result["n_samples"] == 300 and result["temperature"] == 1.3
 
 
 def test_cli_runs_and_writes_json(tmp_path, capsys):

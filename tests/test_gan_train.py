@@ -10,7 +10,8 @@ from aigc.data.images import load_images
 from aigc.errors import TrainingDiverged
 from aigc.gan.config import GanTrainConfig
 from aigc.gan.loading import load_generator
-from aigc.gan.generation import generate_images
+from aigc.gan.models import GanModelConfig
+from aigc.gan.generation import generate_images, scale_noise
 from aigc.gan.train import GanTrainer, _model_config, train
 from aigc.training import loop
 
@@ -144,6 +145,26 @@ def test_sampling_is_seeded(conditional_run):
     first = generate_images(generator, model_cfg, 4, labels, seed=3)
     assert torch.equal(first, generate_images(generator, model_cfg, 4, labels, seed=3))
     assert not torch.equal(first, generate_images(generator, model_cfg, 4, labels, seed=4))
+
+
+def test_noise_temperature_scales_the_noise_but_not_the_coordinate_that_names_the_cluster():
+    z = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+    plain, self_conditioned = GanModelConfig(z_dim=5), GanModelConfig(z_dim=5, clusters=4)
+    assert scale_noise(z, plain, 1.0) is z
+    assert torch.equal(scale_noise(z, plain, 2.0), 2 * z)
+    hotter = scale_noise(z, self_conditioned, 2.0)
+    assert torch.equal(hotter[:, 0], z[:, 0]) and torch.equal(hotter[:, 1:], 2 * z[:, 1:])
+
+
+def test_sampling_at_a_temperature(run_cli, conditional_run, tmp_path):
+    generator, model_cfg, _ = load_generator(conditional_run)
+    labels = torch.arange(4)
+    plain = generate_images(generator, model_cfg, 4, labels, seed=3)
+    assert torch.equal(generate_images(generator, model_cfg, 4, labels, seed=3, temperature=1.0), plain)
+    assert not torch.equal(generate_images(generator, model_cfg, 4, labels, seed=3, temperature=1.5), plain)
+    status, out, _ = run_cli("gan", "sample", "--run", conditional_run, "--n", 4, "--temperature", 1.2,
+                             "--out", tmp_path / "warm.png")
+    assert status == 0 and "wrote 4" in out
 
 
 # --- bad input ---------------------------------------------------------------------------

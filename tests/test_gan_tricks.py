@@ -15,7 +15,7 @@ from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import load_generator
 from aigc.gan.losses import gradient_penalty, r1_penalty
 from aigc.gan.models import GanModelConfig, MinibatchStd, build_discriminator, packed
-from aigc.gan.train import GanTrainer, _cluster_count, _model_config, learning_rates, train
+from aigc.gan.train import GanTrainer, _cluster_count, _model_config, ema_decay, learning_rates, train
 
 from conftest import assert_one_line_error
 
@@ -229,6 +229,23 @@ def test_trainer_applies_lr_d_and_drops_batch_norm_under_r1():
 def test_default_learning_rates_are_eight_times_higher_for_a_self_conditioned_dcgan(overrides, rates):
     cfg = GanTrainConfig(out="unused", **overrides)
     assert learning_rates(cfg, _model_config(cfg, _digits(500))) == rates
+
+
+@pytest.mark.parametrize("overrides, decay", [
+    ({}, 0.99),  # the self-conditioned DCGAN, at its faster rate
+    ({"conditional": True}, 0.99),
+    ({"self_condition": 0}, 0.999),
+    ({"model": "mlp"}, 0.999),
+    ({"ema_decay": 0.9}, 0.9),
+    ({"ema_decay": 0.0}, 0.0),  # no EMA generator
+])
+def test_a_self_conditioned_dcgan_averages_its_generator_over_fewer_steps(overrides, decay):
+    cfg = GanTrainConfig(out="unused", width=8, **overrides)
+    digits = load_images("mnist5k")
+    data = ImageData(digits.images[::4], digits.labels[::4], digits.class_names, digits.source)  # 25 clusters, 2 a class
+    trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
+    assert ema_decay(cfg, trainer.model_cfg) == trainer.ema_decay == decay
+    assert (trainer.ema is None) == (decay == 0.0)
 
 
 @pytest.mark.parametrize("steps, budget, elapsed, progress", [

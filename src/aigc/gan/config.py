@@ -81,7 +81,8 @@ class GanTrainConfig(RunOptions):
     width: int | None = option(None, "hidden units (mlp, default 256) or base channels (dcgan, default 64)")
     image_size: int | None = option(None, "resize images to this size (default: the data's own size)")
     channels: int | None = option(None, "1 (grey) or 3 (RGB) (default: the data's own)")
-    ema_decay: float = option(0.999, "EMA decay of generator weights used for sampling (0 turns EMA off)")
+    ema_decay: float | None = option(None, "EMA decay of the generator weights used for sampling; default 0.99 for a "
+                                     "self-conditioned dcgan (the dcgan default), else 0.999; 0 turns EMA off")
     amp: bool = option(True, "bf16 autocast where the hardware supports it")
     log_every: int = option(50, "steps between metric lines")
     sample_every: int = option(500, "steps between sample grids in samples/")
@@ -108,7 +109,7 @@ class GanTrainConfig(RunOptions):
         require(self.batch_size % self.pack == 0,
                 f"--batch-size ({self.batch_size}) must be a multiple of --pack ({self.pack})")
         parse_augment(self.augment)
-        require(0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        require(self.ema_decay is None or 0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         require(self.channels in (None, 1, 3), f"--channels must be 1 or 3, got {self.channels}")
         require(self.gp_weight >= 0, f"--gp-weight must be non-negative, got {self.gp_weight}")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
@@ -118,6 +119,10 @@ class GanTrainConfig(RunOptions):
                 "two); use one of these or --model mlp")
 
 
+TEMPERATURE_HELP = ("scale of the noise, z ~ N(0, T^2): above 1 more varied samples, below 1 more typical ones "
+                    "(a self-conditioned model's clusters keep their shares)")
+
+
 @dataclass
 class GanSampleConfig:
     run: str | None = option(None, "run directory written by `aigc gan train` (required)")
@@ -125,6 +130,7 @@ class GanSampleConfig:
     out: str = option("grid.png", "output file (.png grid, or .npz with --format npz)")
     label: int | None = option(None, "class to draw (conditional models; default: all classes in turn)")
     seed: int = option(0, "random seed for the noise")
+    temperature: float = option(1.0, TEMPERATURE_HELP)
     format: str = option("png", "png grid or npz array (uint8, N x H x W x C, with labels)", choices=("png", "npz"))
     ema: bool = option(True, "use the EMA generator when the run has one")
     device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
@@ -133,6 +139,7 @@ class GanSampleConfig:
         require(self.run is not None, "--run RUN is required")
         require(0 < self.n <= MAX_SAMPLES, f"--n must be in [1, {MAX_SAMPLES}], got {self.n}")
         require(self.label is None or self.label >= 0, f"--label must be a class number (0, 1, ...), got {self.label}")
+        require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
 
 
 @dataclass
@@ -145,6 +152,7 @@ class GanEvalConfig:
                               "judge.png goes beside it")
     batch_size: int = option(1000, "images generated and scored at a time")
     seed: int = option(0, "random seed for the noise, the reference split and the judge")
+    temperature: float = option(1.0, TEMPERATURE_HELP)
     ema: bool = option(True, "use the EMA generator when the run has one")
     device: str = option("auto", "where to run the generator", choices=DEVICE_CHOICES)
 
@@ -156,6 +164,7 @@ class GanEvalConfig:
                 f"--n must be in [{MIN_EVAL_SAMPLES}, {MAX_SAMPLES}], got {self.n}: precision/recall (k=3) compare "
                 "each sample with its 3 nearest neighbours")
         require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
+        require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
 
 
 MAX_RESTARTS = 4096  # starts per image, optimised together: memory grows with them

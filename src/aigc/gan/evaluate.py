@@ -96,7 +96,8 @@ def generate_and_score(generator: torch.nn.Module, model_cfg: GanModelConfig, ev
         count = min(cfg.batch_size, n - start)
         batch_labels = None if labels is None else labels[start:start + count]
         images = quantize(generate_images(generator, model_cfg, count, batch_labels,
-                                          seed=cfg.seed * 1_000_003 + index, batch_size=cfg.batch_size))
+                                          seed=cfg.seed * 1_000_003 + index, batch_size=cfg.batch_size,
+                                          temperature=cfg.temperature))
         batch_features, logits = evaluator.features_and_logits(images)
         features.append(batch_features)
         predicted.append(logits.argmax(1))
@@ -178,7 +179,7 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
 
     result = {
         "run": str(cfg.run), "ref": cfg.ref, "ref_source": reference.source, "seed": cfg.seed, "ema": cfg.ema,
-        "n_samples": cfg.n, "n_compared": m, "conditional": model_cfg.conditional,
+        "temperature": cfg.temperature, "n_samples": cfg.n, "n_compared": m, "conditional": model_cfg.conditional,
         "evaluator": {"key": evaluator.key, "trained_on": training.source}, "judge_steps": judge_steps,
         "model": model, "real_floor": floor,
     }
@@ -237,7 +238,8 @@ def format_table(result: dict) -> str:
     if model["intra_fid"] is not None and floor["intra_fid"] is not None:
         rows.append(("intra-class FID", f"{model['intra_fid']:.3f}", f"{floor['intra_fid']:.3f}"))
     header = (f"{result['run']}: {result['n_samples']} samples ({result['n_compared']} per set-level metric) "
-              f"vs {result['ref']}, evaluator {result['evaluator']['key']}")
+              f"vs {result['ref']}, evaluator {result['evaluator']['key']}"
+              + (f", noise temperature {result['temperature']:g}" if result['temperature'] != 1.0 else ""))
     lines = [header, f"{'metric':<26}{'model':>24}{'real floor':>24}"]
     lines += [f"{name:<26}{a:>24}{b:>24}" for name, a, b in rows]
     return "\n".join(lines)

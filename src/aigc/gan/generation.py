@@ -34,16 +34,28 @@ def samples_per_class(model_cfg: GanModelConfig, n: int) -> int:
     return math.ceil(n / model_cfg.num_classes)
 
 
+def scale_noise(z: torch.Tensor, model_cfg: GanModelConfig, temperature: float) -> torch.Tensor:
+    """Noise z (B, z_dim) ~ N(0, 1) -> N(0, temperature^2): above 1, more varied samples; below 1, more
+    typical ones (the direction of BigGAN's truncation trick). A self-conditioned generator reads its
+    cluster from z[:, 0] (:func:`aigc.gan.clusters.cluster_of_noise`), which stays as drawn so that every
+    cluster keeps its share of the samples."""
+    if temperature == 1.0:
+        return z
+    first = 1 if model_cfg.clusters else 0
+    return torch.cat([z[:, :first], z[:, first:] * temperature], dim=1)
+
+
 @torch.no_grad()
 def generate_images(generator: nn.Module, model_cfg: GanModelConfig, n: int, labels: torch.Tensor | None,
-                    seed: int, batch_size: int = 1000) -> torch.Tensor:
-    """``n`` images (n, C, H, W) in [-1, 1], generated in batches so any ``n`` fits in memory."""
+                    seed: int, batch_size: int = 1000, temperature: float = 1.0) -> torch.Tensor:
+    """``n`` images (n, C, H, W) in [-1, 1], generated in batches so any ``n`` fits in memory, from
+    noise scaled by ``temperature`` (:func:`scale_noise`)."""
     device = next(itertools.chain(generator.parameters(), generator.buffers()), torch.empty(0)).device
     noise = torch.Generator().manual_seed(seed)
     chunks = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)
-        z = torch.randn(count, model_cfg.z_dim, generator=noise).to(device)
+        z = scale_noise(torch.randn(count, model_cfg.z_dim, generator=noise), model_cfg, temperature).to(device)
         chunk_labels = None if labels is None else labels[start:start + count].to(device)
         chunks.append(generator(z, chunk_labels).float().cpu())
     return torch.cat(chunks)

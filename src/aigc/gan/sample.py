@@ -21,7 +21,7 @@ def sample(cfg: GanSampleConfig) -> Path:
     device = resolve_device(cfg.device)
     generator, model_cfg, run_config = load_generator(cfg.run, cfg.ema, device)
     labels = sample_labels(model_cfg, cfg.n, cfg.label)
-    images = generate_images(generator, model_cfg, cfg.n, labels, cfg.seed)
+    images = generate_images(generator, model_cfg, cfg.n, labels, cfg.seed, temperature=cfg.temperature)
     if cfg.format == "npz":
         arrays = {"images": to_uint8(images)}
         if labels is not None:
