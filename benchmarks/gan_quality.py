@@ -174,7 +174,7 @@ def time_evaluator() -> dict:
 def training_data_scores(seeds: list[int], n: int) -> dict:
     """The training images themselves (mnist5k) judged as if a model had drawn them, per seed: what a generator
     that reproduced its 5,000 training digits exactly would score against the held-out half B."""
-    from aigc.gan.evaluate import compare, split_reference
+    from aigc.gan.evaluate import compare, scored_reference, split_reference
     from aigc.metrics.evaluator import load_or_train_evaluator
 
     train, test = load_images("mnist5k"), load_images(str(MNIST_TEST))
@@ -182,12 +182,9 @@ def training_data_scores(seeds: list[int], n: int) -> dict:
     features, logits = evaluator.features_and_logits(train.images)
     scores = {}
     for seed in seeds:
-        _, half_b = split_reference(test, seed)
-        features_b, logits_b = evaluator.features_and_logits(half_b.images)
-        reference = {"images": half_b.images, "features": features_b, "predicted": logits_b.argmax(1),
-                     "labels": half_b.labels, "num_classes": evaluator.num_classes}
+        reference = scored_reference(split_reference(test, seed)[1], evaluator, by_class=True)
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))  # compare keeps the first m
-        m = min(n, len(train), len(half_b))
+        m = min(n, len(train), len(reference["images"]))
         scores[seed], _ = compare(train.images[order], features[order], logits.argmax(1)[order], train.labels[order],
                                   reference, m, seed, JUDGE_STEPS)
         print(f"training data, seed {seed}: FID {scores[seed]['fid']:.2f}, C2ST {scores[seed]['c2st_accuracy']:.3f}, "

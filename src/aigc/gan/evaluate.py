@@ -85,6 +85,14 @@ def split_reference(reference: ImageData, seed: int) -> tuple[ImageData, ImageDa
                  for i in halves)
 
 
+def scored_reference(half: ImageData, evaluator: Evaluator, by_class: bool) -> dict:
+    """The reference half that :func:`compare` takes: its images, evaluator features and predicted classes,
+    and its labels when intra-class FID is to be computed (``by_class``)."""
+    features, logits = evaluator.features_and_logits(half.images)
+    return {"images": half.images, "features": features, "predicted": logits.argmax(1),
+            "labels": half.labels if by_class else None, "num_classes": evaluator.num_classes}
+
+
 def generate_and_score(generator: torch.nn.Module, model_cfg: GanModelConfig, evaluator: Evaluator, n: int,
                        keep: int, cfg: GanEvalConfig) -> dict[str, torch.Tensor | None]:
     """Generate ``n`` samples batch by batch, keeping their features (n, F), predicted classes (n,),
@@ -162,11 +170,9 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
     half_a, half_b = split_reference(reference, cfg.seed)
     m = min(cfg.n, len(half_a), len(half_b))
     features_a, logits_a = evaluator.features_and_logits(half_a.images)
-    features_b, logits_b = evaluator.features_and_logits(half_b.images)
     same_classes = reference.num_classes == evaluator.num_classes
     by_class = model_cfg.conditional and same_classes  # intra-class FID: labels on both sides mean the same
-    ref_b = {"images": half_b.images, "features": features_b, "predicted": logits_b.argmax(1),
-             "labels": half_b.labels if by_class else None, "num_classes": evaluator.num_classes}
+    ref_b = scored_reference(half_b, evaluator, by_class)
 
     samples = generate_and_score(generator, model_cfg, evaluator, cfg.n, m, cfg)
     model, judged = compare(samples["images"], samples["features"], samples["predicted"], samples["labels"],
