@@ -15,7 +15,7 @@ from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import load_generator
 from aigc.gan.losses import gradient_penalty, r1_penalty
 from aigc.gan.models import GanModelConfig, MinibatchStd, build_discriminator, packed
-from aigc.gan.train import GanTrainer, _cluster_count, _model_config, ema_decay, learning_rates, train
+from aigc.gan.train import GanTrainer, _cluster_count, _model_config, ema_decay, learning_rates, train, uses_autocast
 
 from conftest import assert_one_line_error
 
@@ -246,6 +246,19 @@ def test_a_self_conditioned_dcgan_averages_its_generator_over_fewer_steps(overri
     trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
     assert ema_decay(cfg, trainer.model_cfg) == trainer.ema_decay == decay
     assert (trainer.ema is None) == (decay == 0.0)
+
+
+@pytest.mark.parametrize("model, amp, autocast", [
+    ("mlp", None, False),  # its small products run faster in fp32
+    ("dcgan", None, True),
+    ("mlp", True, True),  # --amp and --no-amp win
+    ("dcgan", False, False),
+])
+def test_only_the_convolutional_gans_autocast_by_default(model, amp, autocast):
+    cfg = GanTrainConfig(out="unused", model=model, amp=amp, width=8, self_condition=0)
+    data = load_images("mnist5k")
+    trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
+    assert uses_autocast(cfg, trainer.model_cfg) == trainer.amp == autocast
 
 
 @pytest.mark.parametrize("steps, budget, elapsed, progress", [

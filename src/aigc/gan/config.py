@@ -83,7 +83,8 @@ class GanTrainConfig(RunOptions):
     channels: int | None = option(None, "1 (grey) or 3 (RGB) (default: the data's own)")
     ema_decay: float | None = option(None, "EMA decay of the generator weights used for sampling; default 0.99 for a "
                                      "self-conditioned dcgan (the dcgan default), else 0.999; 0 turns EMA off")
-    amp: bool = option(True, "bf16 autocast where the hardware supports it")
+    amp: bool | None = option(None, "bf16 autocast where the hardware computes bf16 natively; default on, except for "
+                              "the mlp model, whose small products run faster in fp32")
     log_every: int = option(50, "steps between metric lines")
     sample_every: int = option(500, "steps between sample grids in samples/")
     save_every: int = option(500, "steps between checkpoints")
