@@ -59,6 +59,8 @@ SETUPS = {
     "dcgan-pac4": dict(pack=4),
     "dcgan-pac2-r1-g10": dict(pack=2, r1_gamma=10.0),
     "dcgan-selfcond-100": dict(self_condition=100),  # self-conditioned on 100 k-means clusters (Liu et al. 2020)
+    # the default of an unconditional DCGAN since 2026-12-06: self-conditioned, Adam 1.6e-3, EMA 0.99
+    "dcgan-selfcond-100-lr1.6e-3-ema0.99": dict(self_condition=100, lr=1.6e-3, ema_decay=0.99),
 }
 
 
