@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from _common import each_in_workers, machine, matmul_peak_gflops, write_json
-from gan_quality import cpu_kind, spread, write_doc
+from gan_quality import MEASURED_WITH, cpu_kind, spread, write_doc
 from aigc import runs
 from aigc.data.images import load_images, save_grid, stack_digits
 from aigc.gan.config import GanTrainConfig
@@ -48,9 +48,8 @@ IMAGES = ROOT / "docs" / "img"
 MODES = 1000
 ANCHORS = [("DCGAN (Lin et al. 2018)", 99, 3.40), ("PacDCGAN2 (Lin et al. 2018)", 1000, 0.06)]
 
-# name -> GanTrainConfig overrides (unconditional DCGAN on stacked-mnist5k); a setup without self_condition has no
-# clusters, and every setup trains at 2e-4 with EMA 0.999, as when it was measured (before self-conditioning, then
-# 1.6e-3 and EMA 0.99 for self-conditioned runs, became defaults of DCGAN runs)
+# name -> GanTrainConfig overrides (unconditional DCGAN on stacked-mnist5k) of gan_quality.MEASURED_WITH: what a
+# setup that does not name them was measured with (no clusters, Adam 2e-4, EMA 0.999)
 SETUPS = {
     "dcgan-bce": dict(),
     "dcgan-r1-g10": dict(r1_gamma=10.0),
@@ -91,7 +90,7 @@ def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
     out = OUT / f"{name}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = GanTrainConfig(data="stacked-mnist5k", out=str(out), device="cpu", seed=seed, time_budget=args.budget,
-                         **{"self_condition": 0, "lr": 2e-4, "ema_decay": 0.999, **SETUPS[name]})
+                         **{**MEASURED_WITH, **SETUPS[name]})
     start = time.perf_counter()
     train(cfg)
     seconds = time.perf_counter() - start
