@@ -113,6 +113,11 @@ SETUPS = {
     # A CPU that makes 6x the steps in 10 minutes (an AMX Xeon, ~17,500): the rate decayed to 0 over the budget.
     "cond-selfcond-10-lr1.6e-3-ema0.99-cosine": dict(conditional=True, self_condition=10, lr=1.6e-3, ema_decay=0.99,
                                                      lr_schedule="cosine"),
+    # D memorises the 5,000 images over ~220 passes there (its loss 0.07-0.16 at the end): adaptive augmentation
+    # (ADA, Karras et al. 2020) with DiffAugment's translation, on the default and on the paper's rate.
+    "cond-selfcond-10-lr1.6e-3-ema0.99-ada": dict(conditional=True, self_condition=10, lr=1.6e-3, ema_decay=0.99,
+                                                  augment="translation", ada_target=0.6),
+    "cond-selfcond-10-ada": dict(conditional=True, self_condition=10, augment="translation", ada_target=0.6),
 }
 
 

@@ -9,13 +9,15 @@ import torch
 
 from aigc.data.images import ImageData, load_images, stack_digits
 from aigc.errors import UserError
-from aigc.gan.augment import DiffAugment, cutout, translate
+from aigc.gan import augment as augment_module
+from aigc.gan.augment import ADA_INTERVAL, AdaptiveProbability, DiffAugment, cutout, translate
 from aigc.gan.clusters import cluster_of_noise, cluster_prior, kmeans, kmeans_within_classes
 from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import load_generator
 from aigc.gan.losses import gradient_penalty, r1_penalty
 from aigc.gan.models import GanModelConfig, MinibatchStd, build_discriminator, packed
 from aigc.gan.train import GanTrainer, _cluster_count, _model_config, ema_decay, learning_rates, train, uses_autocast
+from aigc.logging import read_metrics
 
 from conftest import assert_one_line_error
 
@@ -44,6 +46,56 @@ def test_diffaugment_is_differentiable_and_drawn_from_the_given_generator():
     images = torch.randn(5, 1, 28, 28, requires_grad=True)
     augment.apply(images, params).sum().backward()
     assert images.grad.abs().sum() > 0 and not DiffAugment((), 28)
+
+
+def test_each_image_is_augmented_with_the_given_probability_and_the_others_are_left_alone():
+    augment = DiffAugment(parse_augment("translation,cutout"), image_size=28)
+    draw = lambda p: augment.draw(4000, torch.Generator().manual_seed(5), torch.device("cpu"), p)  # noqa: E731
+    spared = lambda params: (params[:, :2] == 0).all(1) & (params[:, 2:] == -28).all(1)  # noqa: E731
+    assert torch.equal(draw(1.0), augment.draw(4000, torch.Generator().manual_seed(5), torch.device("cpu")))
+    assert not spared(draw(1.0)).any() and spared(draw(0.0)).all()
+    share = 1 - spared(draw(0.3)).float().mean().item()
+    assert share == pytest.approx(0.3, abs=0.03)  # 4000 draws: the standard error is 0.007
+    images = torch.randn(4000, 1, 28, 28)
+    params = draw(0.3)
+    changed = (augment.apply(images, params) != images).flatten(1).any(1)
+    assert torch.equal(changed, ~spared(params))
+
+
+def test_ada_raises_p_while_d_is_sure_of_the_real_images_and_lowers_it_otherwise():
+    ada = AdaptiveProbability(target=0.6, images_per_update=64)
+    step = 64 * ADA_INTERVAL / augment_module.ADA_SPEED_IMAGES
+    sure, unsure = torch.tensor([3.0, 1.0, 2.0, 0.5, 1.0]), torch.tensor([3.0, -1.0, 2.0, -0.5, 1.0])  # r = 1, 0.2
+    for _ in range(ADA_INTERVAL - 1):
+        ada.observe(sure)
+    assert ada.probability == 0  # moves only at the end of an interval
+    ada.observe(sure)
+    assert ada.probability == pytest.approx(step)
+    for _ in range(3 * ADA_INTERVAL):
+        ada.observe(unsure)
+    assert ada.probability == 0  # clamped at 0
+    at_target = AdaptiveProbability(target=0.5, images_per_update=64, probability=0.5)
+    for _ in range(ADA_INTERVAL):
+        at_target.observe(torch.tensor([1.0, 1.0, 2.0, -1.0]))  # r = 0.5 exactly
+    assert at_target.probability == 0.5
+    ranks = AdaptiveProbability(target=0.6, images_per_update=64, probability=1.0)
+    for _ in range(ADA_INTERVAL):  # sure here, but the group's mean r (as if other ranks were unsure) is below
+        ranks.observe(sure, mean_over_ranks=lambda values: {"r": values["r"] - 0.5})
+    assert ranks.probability == pytest.approx(1 - step)
+
+
+def test_an_ada_run_logs_p_and_resumes_it_mid_interval_bit_for_bit(tmp_path, monkeypatch):
+    monkeypatch.setattr(augment_module, "ADA_SPEED_IMAGES", 4 * 64 * 4)  # steps of 0.25 per interval of 4 updates
+    settings = dict(width=8, log_every=1, sample_every=1000, save_every=1000, augment="translation,cutout",
+                    ada_target=0.0, augment_p=0.5, self_condition=0)
+    straight = train(GanTrainConfig(out=str(tmp_path / "straight"), steps=10, **settings))
+    half = train(GanTrainConfig(out=str(tmp_path / "half"), steps=6, **settings))  # 2 updates into an interval
+    train(GanTrainConfig(out=str(half), steps=10, resume=True, **settings))
+    def curve(run):
+        return [(m["step"], m["augment_p"], m["d_loss"]) for m in read_metrics(run / "metrics.jsonl")]
+    assert curve(straight) == curve(half)
+    probabilities = {p for _, p, _ in curve(straight)}
+    assert probabilities - {0.5} and probabilities <= {0, 0.25, 0.5, 0.75, 1}
 
 
 def test_minibatch_std_appends_each_groups_spread():
@@ -316,6 +368,9 @@ def test_stacked_digits_put_three_digits_in_the_colour_channels():
     (["--augment", "flip"], "--augment 'flip': give none or a comma-separated subset of translation, cutout"),
     (["--augment", "cutout,cutout"], "--augment"),
     (["--lr-d", "0"], "--lr-d must be positive"),
+    (["--ada-target", "0.6"], "--augment-p and --ada-target need an --augment policy (e.g. --augment translation)"),
+    (["--augment", "translation", "--augment-p", "1.5"], "--augment-p must be in [0, 1], got 1.5"),
+    (["--augment", "translation", "--ada-target", "1"], "--ada-target must be in (-1, 1)"),
     (["--r1-gamma", "-1"], "--r1-gamma must be non-negative"),
     (["--r1-every", "0"], "--r1-every must be positive"),
     (["--pack", "0"], "--pack must be positive"),

@@ -61,6 +61,11 @@ class GanTrainConfig(RunOptions):
                                         "images; 0 turns it off")
     augment: str = option("none", "DiffAugment policy for every image D sees, real and fake (Zhao et al. 2020): "
                           "none, translation, cutout or translation,cutout")
+    augment_p: float | None = option(None, "probability that --augment transforms an image D sees; default 1 "
+                                     "(every image, as DiffAugment), or 0 at the start of --ada-target")
+    ada_target: float | None = option(None, "adaptive augmentation (ADA, Karras et al. 2020): every 4 D updates, "
+                                      "raise --augment-p while E[sign D(real)] is above this target (D too sure "
+                                      "of the real images), lower it while below; the paper's target is 0.6")
     r1_gamma: float = option(0.0, "R1 penalty gamma/2 E||grad D(x)||^2 on real images (Mescheder et al. 2018); "
                              "0 turns it off")
     r1_every: int = option(16, "lazy R1: apply it every N discriminator updates, scaled by N (Karras et al. 2020)")
@@ -109,7 +114,13 @@ class GanTrainConfig(RunOptions):
                 "--pack needs a model without labels: a pack of samples has no single cluster (drop --self-condition)")
         require(self.batch_size % self.pack == 0,
                 f"--batch-size ({self.batch_size}) must be a multiple of --pack ({self.pack})")
-        parse_augment(self.augment)
+        policy = parse_augment(self.augment)
+        require(self.augment_p is None or 0 <= self.augment_p <= 1,
+                f"--augment-p must be in [0, 1], got {self.augment_p}")
+        require(self.ada_target is None or -1 < self.ada_target < 1,
+                f"--ada-target must be in (-1, 1), the range of E[sign D(real)], got {self.ada_target}")
+        require(bool(policy) or (self.augment_p is None and self.ada_target is None),
+                "--augment-p and --ada-target need an --augment policy (e.g. --augment translation)")
         require(self.ema_decay is None or 0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         require(self.channels in (None, 1, 3), f"--channels must be 1 or 3, got {self.channels}")
         require(self.gp_weight >= 0, f"--gp-weight must be non-negative, got {self.gp_weight}")

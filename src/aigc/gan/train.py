@@ -24,7 +24,7 @@ from aigc import __version__, runs
 from aigc.data.images import ImageData, load_images, save_grid
 from aigc.devices import autocast
 from aigc.errors import UserError
-from aigc.gan.augment import DiffAugment
+from aigc.gan.augment import AdaptiveProbability, DiffAugment
 from aigc.gan.clusters import cluster_prior, kmeans, kmeans_within_classes
 from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import GAN_KIND, load_prefixed, model_config_of
@@ -225,6 +225,10 @@ class GanTrainer:
         self.sampler = EpochBatches(len(data), cfg.batch_size, cfg.seed, self.rank, self.world_size)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 2)
         self.augment = DiffAugment(parse_augment(cfg.augment), model_cfg.image_size)
+        # the share of D's images that are augmented: fixed, or adapted by ADA from D's verdicts on real images
+        self.ada = (AdaptiveProbability(cfg.ada_target, cfg.batch_size * self.world_size, cfg.augment_p or 0.0)
+                    if cfg.ada_target is not None else None)
+        self.fixed_augment_p = 1.0 if cfg.augment_p is None else cfg.augment_p
         self.images = data.images.to(device)
         self.fixed_z, self.fixed_labels = fixed_sample_inputs(model_cfg, cfg.seed)
         conditional = "+cond" if model_cfg.conditional else ""
@@ -259,10 +263,15 @@ class GanTrainer:
 
     def _augmented(self, images: torch.Tensor) -> torch.Tensor:
         """What D sees of ``images``: DiffAugment's transforms, with parameters drawn like noise."""
-        if not self.augment:
+        probability = self.augment_p
+        if not self.augment or probability == 0:
             return images
-        params = self._my_slice(lambda n: self.augment.draw(n, self.noise, self.device))
+        params = self._my_slice(lambda n: self.augment.draw(n, self.noise, self.device, probability))
         return self.augment.apply(images, params)
+
+    @property
+    def augment_p(self) -> float:
+        return self.ada.probability if self.ada is not None else self.fixed_augment_p
 
     def _discriminator_update(self, fake: torch.Tensor, fake_labels: torch.Tensor | None,
                               update: int) -> dict[str, torch.Tensor]:
@@ -283,8 +292,12 @@ class GanTrainer:
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_d.step()
-        return {"d_loss": loss.detach(), "d_real": self._mean_output(real_logits),
-                "d_fake": self._mean_output(fake_logits)}
+        stats = {"d_loss": loss.detach(), "d_real": self._mean_output(real_logits),
+                 "d_fake": self._mean_output(fake_logits)}
+        if self.ada is not None:
+            self.ada.observe(real_logits, distributed.mean_over_ranks)
+            stats["augment_p"] = torch.tensor(self.ada.probability, dtype=torch.float64)
+        return stats
 
     def _judge(self, real: torch.Tensor, real_labels: torch.Tensor | None, fake: torch.Tensor,
                fake_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -369,7 +382,8 @@ class GanTrainer:
     def state_dict(self) -> dict:
         return {"optimizers": {"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
                 "samplers": {"images": self.sampler.state_dict()}, "rng": {"noise": self.noise.get_state()},
-                "trainer": {"cluster_labels": self.labels.cpu()} if self.model_cfg.clusters else {}}
+                "trainer": {**({"cluster_labels": self.labels.cpu()} if self.model_cfg.clusters else {}),
+                            **({"ada": self.ada.state_dict()} if self.ada is not None else {})}}
 
     def load_state(self, folder: Path, state: dict) -> None:
         tensors, _ = runs.load_weights(folder / runs.WEIGHTS_FILE)
@@ -381,6 +395,8 @@ class GanTrainer:
         self.noise.set_state(state["rng"]["noise"])
         if self.model_cfg.clusters:  # the clusters found at the start, not a new k-means on this machine
             self.labels = state["trainer"]["cluster_labels"].to(self.device)
+        if self.ada is not None:
+            self.ada.load_state_dict(state["trainer"]["ada"])
 
 
 def train(cfg: GanTrainConfig) -> Path:
