@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from _common import OUT_DIR
+from gan_quality import MNIST_TEST
 from aigc.data.images import load_images, to_uint8
 from aigc.gan import evaluate
 from aigc.gan.config import GanEvalConfig
 from aigc.gan.generation import generate_images
 from aigc.gan.loading import load_generator
 
-MNIST_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 BANDS = [(0, 0), (1, 20), (21, 234), (235, 254), (255, 255)]  # 8-bit pixel values, inclusive
 
 
