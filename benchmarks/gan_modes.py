@@ -32,8 +32,8 @@ from gan_quality import MEASURED_WITH, cpu_kind, spread, write_doc
 from aigc import runs
 from aigc.data.images import load_images, save_grid, stack_digits
 from aigc.gan.config import GanTrainConfig
-from aigc.gan.evaluate import DEFAULT_RECIPE, quantize
-from aigc.gan.generation import generate_images
+from aigc.gan.evaluate import DEFAULT_RECIPE
+from aigc.gan.generation import generate_images, quantize
 from aigc.gan.loading import load_generator
 from aigc.gan.train import train
 from aigc.logging import read_metrics

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "aigc"
 RECIPES = {"aigc.demo", "aigc.gan.train", "aigc.gan.sample", "aigc.gan.evaluate", "aigc.gan.restore_command",
-           "aigc.gpt.train",
+           "aigc.gan.guide_command", "aigc.gpt.train",
            "aigc.gpt.finetune", "aigc.gpt.evaluate", "aigc.gpt.task_eval", "aigc.gpt.merge", "aigc.gpt.hf",
            "aigc.textgan.train", "aigc.compress.command"}
 

@@ -203,6 +203,7 @@ def base_flags(w: World) -> dict[str, dict[str, str | None]]:
                       "device": "cpu", "out": str(s / "gan")},
         "gan sample": {"run": w["gan"], "n": "4", "out": str(s / "grid.png"), "device": "cpu"},
         "gan eval": {"run": w["gan"], "ref": w["idx"], "n": "8", "json": str(s / "eval.json"), "device": "cpu"},
+        "gan guide": {"run": w["gan"], "steps": "1", "samples-per-real": "1", "device": "cpu"},
         "gan restore": {"run": w["gan"], "image": w["digit_png"], "box": "8,8,8,8", "steps": "1", "restarts": "1",
                         "out": str(s / "repaired.png"), "device": "cpu"},
         "gpt train": {"data": w["text"], "max-iters": "1", "eval-interval": "1", "eval-iters": "1",

@@ -19,7 +19,7 @@ from aigc.compress.config import CompressConfig, GptExportOnnxConfig
 from aigc.config import add_config_arguments, build_config, flag_name
 from aigc.demo_config import DemoConfig
 from aigc.errors import UserError
-from aigc.gan.config import GanEvalConfig, GanRestoreConfig, GanSampleConfig, GanTrainConfig
+from aigc.gan.config import GanEvalConfig, GanGuideConfig, GanRestoreConfig, GanSampleConfig, GanTrainConfig
 from aigc.gpt.config import (GptEvalConfig, GptExportHfConfig, GptFinetuneConfig, GptGenerateConfig, GptImportHfConfig,
                              GptMergeConfig, GptTrainConfig)
 from aigc.serve.config import ServeConfig
@@ -36,7 +36,7 @@ class Command:
 
 
 AREAS = {
-    "gan": "image GANs: train, sample, eval, restore",
+    "gan": "image GANs: train, sample, eval, guide, restore",
     "gpt": "GPT language models: train, generate, eval, finetune, merge, export-hf, import-hf, export-onnx",
     "textgan": "adversarial training of a GPT text generator (SeqGAN) and guided sampling: train, sample",
 }
@@ -50,6 +50,9 @@ COMMANDS = [
             GanSampleConfig, "aigc.gan.sample:sample"),
     Command("gan", "eval", "judge a GAN run's samples: FID, C2ST, precision/recall, mode coverage vs real data",
             GanEvalConfig, "aigc.gan.evaluate:evaluate_run"),
+    Command("gan", "guide", "fit a guide for --guided sampling: a classifier of the run's training images against "
+                            "its samples, whose logit corrects the generator's density", GanGuideConfig,
+            "aigc.gan.guide_command:guide_command"),
     Command("gan", "restore", "repair damaged images with a GAN run: inpaint (--mask, --box), super-resolve "
                               "(--upscale) or --denoise, by GAN inversion",
             GanRestoreConfig, "aigc.gan.restore_command:restore_command"),

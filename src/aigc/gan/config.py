@@ -131,6 +131,10 @@ class GanTrainConfig(RunOptions):
                 "two); use one of these or --model mlp")
 
 
+GUIDED_HELP = ("draw each image as the pick of K candidates by importance resampling with the run's guide "
+               "(fit it first with `aigc gan guide`); K generator passes per image; 1 = plain sampling")
+MAX_GUIDED = 1024
+
 TEMPERATURE_HELP = ("scale of the noise, z ~ N(0, T^2): above 1 more varied samples, below 1 more typical ones "
                     "(a self-conditioned model's clusters keep their shares)")
 
@@ -144,6 +148,7 @@ class GanSampleConfig:
     seed: int = option(0, "random seed for the noise")
     temperature: float = option(1.0, TEMPERATURE_HELP)
     format: str = option("png", "png grid or npz array (uint8, N x H x W x C, with labels)", choices=("png", "npz"))
+    guided: int = option(1, GUIDED_HELP, minimum=1, maximum=MAX_GUIDED)
     ema: bool = option(True, "use the EMA generator when the run has one")
     device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
 
@@ -165,6 +170,7 @@ class GanEvalConfig:
     batch_size: int = option(1000, "images generated and scored at a time")
     seed: int = option(0, "random seed for the noise, the reference split and the judge")
     temperature: float = option(1.0, TEMPERATURE_HELP)
+    guided: int = option(1, GUIDED_HELP, minimum=1, maximum=MAX_GUIDED)
     ema: bool = option(True, "use the EMA generator when the run has one")
     device: str = option("auto", "where to run the generator", choices=DEVICE_CHOICES)
 
@@ -239,3 +245,21 @@ class GanRestoreConfig:
         require(self.label is None or self.label >= 0, f"--label must be a class number (0, 1, ...), got {self.label}")
         if self.box is not None:
             parse_box(self.box)
+
+
+@dataclass
+class GanGuideConfig:
+    run: str | None = option(None, "run directory written by `aigc gan train` (required); the guide is saved in it "
+                             "as guide.safetensors, replacing an older one")
+    steps: int = option(3000, "Adam steps of the guide, on batches of 64 real and 64 generated images; the guide of "
+                        "the lowest held-out loss is kept", minimum=1, maximum=MAX_STEPS)
+    samples_per_real: int = option(4, "generated images to learn from per training image", minimum=1, maximum=64)
+    temperature: float = option(1.0, "the noise temperature of the samples the guide learns from; --guided "
+                                "sampling must use the same one")
+    seed: int = option(0, "random seed of the samples, the held-out split and the guide's weights")
+    ema: bool = option(True, "fit the guide to the EMA generator when the run has one (as sampling uses)")
+    device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
+
+    def validate(self) -> None:
+        require(self.run is not None, "--run RUN is required")
+        require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")

@@ -25,13 +25,14 @@ import torch
 
 from aigc import runs
 from aigc.config import checked
-from aigc.data.images import BUNDLED, ImageData, load_images, save_grid, to_uint8, to_unit_range
+from aigc.data.images import BUNDLED, ImageData, load_images, save_grid
 from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gan.config import GanEvalConfig
 from aigc.gan.models import GanModelConfig
-from aigc.gan.generation import generate_images
-from aigc.gan.loading import load_generator
+from aigc.gan.generation import generate_images, quantize
+from aigc.gan.guide import guided
+from aigc.gan.loading import load_gan, load_training_data
 from aigc.metrics.evaluator import Evaluator, EvaluatorRecipe, load_or_train_evaluator
 from aigc.metrics.image import (C2STResult, c2st, density_coverage, frechet_distance, intra_class_fid,
                                 kernel_distance, label_accuracy, mode_coverage, precision_recall)
@@ -41,11 +42,6 @@ DEFAULT_RECIPE = EvaluatorRecipe()
 JUDGE_STEPS = 1500  # Adam steps of the C2ST judge on batches of 64 (about 19 passes over 2 x 2,500 images)
 JUDGE_TILES = 36  # judge.png: this many most-fake samples beside as many most-real ones
 DENSITY_K = 5  # density/coverage balls reach the 5th nearest real point, so they need m > 5 (--n may be 4)
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Round (N, C, H, W) images in [-1, 1] to the 256 grey levels a PNG would store."""
-    return to_unit_range(to_uint8(images)).permute(0, 3, 1, 2).contiguous()
 
 
 def _check_matches_model(data: ImageData, model_cfg: GanModelConfig, what: str) -> None:
@@ -63,18 +59,6 @@ def load_reference(spec: str, model_cfg: GanModelConfig) -> ImageData:
     if len(reference) < 8:
         raise UserError(f"--ref {spec} holds {len(reference)} images; at least 8 are needed to split it in two")
     return reference
-
-
-def load_training_data(run_config: dict, model_cfg: GanModelConfig, run: str) -> ImageData:
-    """The data the run was trained on, converted as training converted it: the evaluator learns from it."""
-    spec = run_config.get("train", {}).get("data", "mnist5k")
-    if spec not in BUNDLED and not Path(spec).expanduser().exists():
-        raise UserError(f"the evaluator is trained on the run's training data, {spec}, which is missing here "
-                        f"(see {run}/config.json)")
-    data = load_images(spec, model_cfg.image_size, model_cfg.channels)
-    if model_cfg.conditional and data.num_classes != model_cfg.num_classes:
-        raise UserError(f"{spec} has {data.num_classes} classes but the model of {run} has {model_cfg.num_classes}")
-    return data
 
 
 def split_reference(reference: ImageData, seed: int) -> tuple[ImageData, ImageData]:
@@ -162,7 +146,9 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
     recipe, judge_steps = recipe or DEFAULT_RECIPE, judge_steps or JUDGE_STEPS
     json_path, judge_path = output_paths(cfg)
     device = resolve_device(cfg.device)
-    generator, model_cfg, run_config = load_generator(cfg.run, cfg.ema, device)
+    loaded = load_gan(cfg.run, cfg.ema, device)
+    model_cfg, run_config = loaded.model_config, loaded.run_config
+    generator = guided(loaded, cfg.guided, cfg.ema, cfg.temperature, cfg.seed)
     reference = load_reference(cfg.ref, model_cfg)
     training = load_training_data(run_config, model_cfg, cfg.run)
 
@@ -185,7 +171,8 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
 
     result = {
         "run": str(cfg.run), "ref": cfg.ref, "ref_source": reference.source, "seed": cfg.seed, "ema": cfg.ema,
-        "temperature": cfg.temperature, "n_samples": cfg.n, "n_compared": m, "conditional": model_cfg.conditional,
+        "temperature": cfg.temperature, "guided": cfg.guided, "n_samples": cfg.n, "n_compared": m,
+        "conditional": model_cfg.conditional,
         "evaluator": {"key": evaluator.key, "trained_on": training.source}, "judge_steps": judge_steps,
         "model": model, "real_floor": floor,
     }
@@ -245,7 +232,8 @@ def format_table(result: dict) -> str:
         rows.append(("intra-class FID", f"{model['intra_fid']:.3f}", f"{floor['intra_fid']:.3f}"))
     header = (f"{result['run']}: {result['n_samples']} samples ({result['n_compared']} per set-level metric) "
               f"vs {result['ref']}, evaluator {result['evaluator']['key']}"
-              + (f", noise temperature {result['temperature']:g}" if result['temperature'] != 1.0 else ""))
+              + (f", noise temperature {result['temperature']:g}" if result['temperature'] != 1.0 else "")
+              + (f", guided from {result['guided']} candidates" if result.get("guided", 1) > 1 else ""))
     lines = [header, f"{'metric':<26}{'model':>24}{'real floor':>24}"]
     lines += [f"{name:<26}{a:>24}{b:>24}" for name, a, b in rows]
     return "\n".join(lines)

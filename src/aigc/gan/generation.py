@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from aigc.data.images import to_uint8, to_unit_range
 from aigc.errors import UserError
 from aigc.gan.models import GanModelConfig
 
@@ -59,3 +60,8 @@ def generate_images(generator: nn.Module, model_cfg: GanModelConfig, n: int, lab
         chunk_labels = None if labels is None else labels[start:start + count].to(device)
         chunks.append(generator(z, chunk_labels).float().cpu())
     return torch.cat(chunks)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """Round (N, C, H, W) images in [-1, 1] to the 256 grey levels a PNG would store."""
+    return to_unit_range(to_uint8(images)).permute(0, 3, 1, 2).contiguous()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from aigc import runs
+from aigc.data.images import BUNDLED, ImageData, load_images
 from aigc.errors import UserError
 from aigc.gan.models import GanModelConfig, build_generator
 
@@ -87,3 +88,16 @@ def load_generator(run: str | Path, ema: bool = True, device: torch.device | str
     """(generator, model config, config.json) of a GAN run: :func:`load_gan` as a tuple."""
     loaded = load_gan(run, ema, device)
     return loaded.generator, loaded.model_config, loaded.run_config
+
+
+def load_training_data(run_config: dict, model_cfg: GanModelConfig, run: str) -> ImageData:
+    """The data the run was trained on, converted as training converted it: the evaluator of ``aigc gan eval``
+    and the guide of ``aigc gan guide`` learn from it."""
+    spec = run_config.get("train", {}).get("data", "mnist5k")
+    if spec not in BUNDLED and not Path(spec).expanduser().exists():
+        raise UserError(f"the run's training data, {spec}, is missing here (see {run}/config.json); the evaluator "
+                        "and the guide learn from it")
+    data = load_images(spec, model_cfg.image_size, model_cfg.channels)
+    if model_cfg.conditional and data.num_classes != model_cfg.num_classes:
+        raise UserError(f"{spec} has {data.num_classes} classes but the model of {run} has {model_cfg.num_classes}")
+    return data

@@ -12,14 +12,16 @@ from aigc.data.images import save_grid, to_uint8
 from aigc.devices import resolve_device
 from aigc.gan.config import GanSampleConfig
 from aigc.gan.generation import generate_images, sample_labels, samples_per_class
-from aigc.gan.loading import load_generator
+from aigc.gan.guide import guided
+from aigc.gan.loading import load_gan
 from aigc.outputs import output_file
 
 
 def sample(cfg: GanSampleConfig) -> Path:
     out = output_file(cfg.out, "--out")  # before any work, and never over a file of a run
     device = resolve_device(cfg.device)
-    generator, model_cfg, run_config = load_generator(cfg.run, cfg.ema, device)
+    loaded = load_gan(cfg.run, cfg.ema, device)
+    generator, model_cfg = guided(loaded, cfg.guided, cfg.ema, cfg.temperature, cfg.seed), loaded.model_config
     labels = sample_labels(model_cfg, cfg.n, cfg.label)
     images = generate_images(generator, model_cfg, cfg.n, labels, cfg.seed, temperature=cfg.temperature)
     if cfg.format == "npz":

@@ -1,0 +1,167 @@
+"""Guided sampling for image GANs (``aigc.gan.guide``): the guided generator draws importance
+resampling's exact distribution on a tiny discrete problem; the guide learns a density ratio and
+keeps its held-out minimum; ``aigc gan guide`` then ``--guided K`` on sample and eval, and the
+one-line refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from aigc import runs
+from aigc.cli import main
+from aigc.gan import evaluate, guide
+from aigc.gan.config import GanEvalConfig, GanTrainConfig
+from aigc.gan.loading import load_gan
+from aigc.gan.models import GanModelConfig
+from aigc.gan.train import train
+from conftest import assert_one_line_error
+from test_gan_eval import TINY_RECIPE
+from test_textgan_guided import Q, S, assert_matches, exact_sir, frequencies
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Four 14x14 grey images, one per outcome, at grey levels a PNG stores exactly.
+LEVELS = torch.tensor([-1.0, -1 + 2 * 85 / 255, -1 + 2 * 170 / 255, 1.0])
+TOY = GanModelConfig(model="mlp", z_dim=2, image_size=14, channels=1)
+
+
+class FourImages(nn.Module):
+    """A generator q over four outcomes with probabilities Q: outcome i where z[:, 0] falls in
+    the i-th interval of N(0, 1) of mass Q[i]; the image is grey at LEVELS[i]."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives the module a device
+        normal = torch.distributions.Normal(0.0, 1.0)
+        self.register_buffer("edges", normal.icdf(Q.cumsum(0)[:-1].float()))
+
+    def forward(self, z, labels=None):
+        outcome = torch.bucketize(z[:, 0].contiguous(), self.edges)
+        return LEVELS[outcome].view(-1, 1, 1, 1).expand(-1, 1, 14, 14) + 0 * self.anchor
+
+
+class LevelScores(nn.Module):
+    """A guide whose logit for each of the four images is S."""
+
+    def forward(self, images):
+        outcome = (images.mean((1, 2, 3))[:, None] - LEVELS).abs().argmin(1)
+        return S.float()[outcome]
+
+
+def outcomes_of(images: torch.Tensor) -> torch.Tensor:
+    return (images.mean((1, 2, 3))[:, None] - LEVELS).abs().argmin(1)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_the_guided_generator_draws_importance_resamplings_exact_distribution(k):
+    generator = guide.GuidedGenerator(FourImages(), LevelScores(), TOY, k, temperature=1.0, seed=0)
+    rows = 60_000
+    z = torch.randn(rows, 2, generator=torch.Generator().manual_seed(1))
+    kept = outcomes_of(generator(z))
+    assert_matches(frequencies(kept), exact_sir(k), rows)
+    plain = outcomes_of(FourImages()(z))
+    assert_matches(frequencies(plain), Q, rows)  # K = 1: q itself
+
+
+def test_one_candidate_is_the_runs_own_generator(tmp_path):
+    run = _tiny_run(tmp_path / "run")
+    loaded = load_gan(run)
+    assert guide.guided(loaded, 1, ema=True, temperature=1.0, seed=0) is loaded.generator  # no guide needed
+
+
+class BrightOrDark(nn.Module):
+    """A generator of noisy 14x14 images that are bright (mean +0.5) or dark (mean -0.5), half and half."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, z, labels=None):
+        mean = torch.where(z[:, :1] > 0, 0.5, -0.5)[:, :, None, None]
+        texture = z[:, 1:2, None, None] * 0.05
+        return (mean + texture).expand(-1, 1, 14, 14) + 0 * self.anchor
+
+
+def test_the_guide_learns_the_density_ratio_and_keeps_its_held_out_minimum():
+    real = (0.5 + 0.05 * torch.randn(400, 1, 1, 1, generator=torch.Generator().manual_seed(2))).expand(-1, 1, 14, 14)
+    recipe = guide.GuideRecipe(samples_per_real=2, steps=120, eval_every=20)
+    classifier, info = guide.fit_guide(BrightOrDark(), TOY, real.contiguous(), None, 1.0, recipe, seed=0)
+    losses = [entry["held_out_loss"] for entry in info["history"]]
+    assert [entry["step"] for entry in info["history"]] == list(range(20, 121, 20))
+    assert info["held_out_loss"] == min(losses) and info["best_step"] == 20 * (losses.index(min(losses)) + 1)
+    assert info["held_out_loss"] < 0.6 < 0.6931  # well below a constant guess
+    assert info["generated_images"] == 800 and info["real_images"] == 400
+    # Real images are all bright, the generator's half: the ratio p/q is 2 for bright, 0 for dark.
+    z = torch.randn(4000, 2, generator=torch.Generator().manual_seed(3))
+    plain_bright = (BrightOrDark()(z).mean((1, 2, 3)) > 0).float().mean().item()
+    guided = guide.GuidedGenerator(BrightOrDark(), classifier, TOY, 8, temperature=1.0, seed=0)
+    guided_bright = (guided(z).mean((1, 2, 3)) > 0).float().mean().item()
+    assert 0.45 < plain_bright < 0.55 and guided_bright > 0.95
+
+
+def _tiny_run(out: Path) -> Path:
+    train(GanTrainConfig(model="mlp", conditional=True, steps=3, batch_size=16, out=str(out), device="cpu",
+                         log_every=3, sample_every=3, save_every=3))
+    return out
+
+
+@pytest.fixture(scope="module")
+def guided_run(tmp_path_factory) -> Path:
+    run = _tiny_run(tmp_path_factory.mktemp("guided") / "run")
+    assert main(["gan", "guide", "--run", str(run), "--steps", "20", "--samples-per-real", "1",
+                 "--device", "cpu"]) == 0
+    return run
+
+
+def test_guide_then_guided_sample_and_eval(guided_run, tmp_path, capsys, monkeypatch):
+    _, metadata = runs.load_weights(guided_run / guide.GUIDE_FILE)
+    info = json.loads(metadata["guide"])
+    assert info["checkpoint"] == runs.checkpoint_dir(guided_run).name and info["ema"] is True
+    assert info["temperature"] == 1.0 and info["best_step"] == 20 and info["steps"] == 20
+    assert info["held_out_loss"] < 0.6931  # three steps of training leave the samples easy to tell apart
+
+    grid = tmp_path / "grid.png"
+    assert main(["gan", "sample", "--run", str(guided_run), "--n", "8", "--guided", "4", "--out", str(grid),
+                 "--device", "cpu"]) == 0
+    assert grid.is_file()
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(evaluate, "DEFAULT_RECIPE", TINY_RECIPE)
+    monkeypatch.setattr(evaluate, "JUDGE_STEPS", 20)
+    result = evaluate.evaluate_run(GanEvalConfig(run=str(guided_run), n=100, guided=4, json=str(tmp_path / "e.json"),
+                                                 device="cpu"))
+    assert result["guided"] == 4 and "guided from 4 candidates" in capsys.readouterr().out
+
+
+def test_guided_sampling_is_reproducible(guided_run, tmp_path):
+    first, second = tmp_path / "a.npz", tmp_path / "b.npz"
+    for out in first, second:
+        assert main(["gan", "sample", "--run", str(guided_run), "--n", "6", "--guided", "3", "--format", "npz",
+                     "--out", str(out), "--device", "cpu"]) == 0
+    import numpy as np
+
+    assert np.array_equal(np.load(first)["images"], np.load(second)["images"])
+
+
+def test_guided_sampling_refuses_a_missing_or_mismatched_guide(guided_run, tmp_path, capsys):
+    plain = _tiny_run(tmp_path / "plain")
+    capsys.readouterr()  # training's own output
+    out = str(tmp_path / "grid.png")
+    status = main(["gan", "sample", "--run", str(plain), "--guided", "4", "--out", out, "--device", "cpu"])
+    assert_one_line_error(status, capsys.readouterr().err, "has no guide", "aigc gan guide --run")
+    status = main(["gan", "sample", "--run", str(guided_run), "--guided", "4", "--temperature", "1.2", "--out", out,
+                   "--device", "cpu"])
+    assert_one_line_error(status, capsys.readouterr().err, "fitted to another generator", "temperature 1.0")
+    status = main(["gan", "sample", "--run", str(guided_run), "--guided", "4", "--no-ema", "--out", out,
+                   "--device", "cpu"])
+    assert_one_line_error(status, capsys.readouterr().err, "fitted to another generator", "ema True")
+    status = main(["gan", "sample", "--run", str(guided_run), "--guided", "0", "--out", out, "--device", "cpu"])
+    assert_one_line_error(status, capsys.readouterr().err, "--guided")
+    (plain / guide.GUIDE_FILE).write_bytes(b"not safetensors")
+    status = main(["gan", "sample", "--run", str(plain), "--guided", "2", "--out", out, "--device", "cpu"])
+    assert_one_line_error(status, capsys.readouterr().err, "corrupt weights file")
