@@ -16,6 +16,7 @@ docs/benchmarks-gan-quality.md (between ``<!-- guided-NAME:start/end -->``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from _common import machine, machine_line, matmul_peak_gflops, write_json
+from _common import OUT_DIR, machine, machine_line, matmul_peak_gflops, write_json
 from gan_quality import MNIST_TEST, OUT as QUALITY_OUT, spread, write_doc
 from aigc.gan.config import GanEvalConfig, GanGuideConfig
 from aigc.gan.evaluate import evaluate_run
@@ -62,6 +63,11 @@ def measure(run: Path, ks: list[int], temperature: float, guide_steps: int, sect
             "evals": evals}
 
 
+def cell(values: list, digits: int) -> str:
+    """mean ± std, or empty where a metric does not apply (label accuracy of an unconditional run)."""
+    return "" if None in values else spread(values, digits)
+
+
 def markdown(payload: dict) -> str:
     ks, temperature = payload["k"], payload["temperature"]
     lines = [f"Measured {payload['date']} on {machine_line(payload['machine'])}; fp32 matmul peak "
@@ -76,13 +82,13 @@ def markdown(payload: dict) -> str:
         results = [r for r in payload["results"] if r["setup"] == setup]
         seeds = ", ".join(str(r["seed"]) for r in results)
         for k in ks:
-            cells = [spread([r["evals"][str(k)]["model"][key] for r in results], digits) for key, digits in METRICS]
+            cells = [cell([r["evals"][str(k)]["model"][key] for r in results], digits) for key, digits in METRICS]
             guide_cells = ("", "") if k == 1 else (
                 spread([r["guide"]["held_out_accuracy"] for r in results], 3),
                 spread([r["guide"]["wall_seconds"] for r in results], 0))
             lines.append(f"| {setup} | {seeds} | {k} | " + " | ".join(cells) + " | " + " | ".join(guide_cells) + " |")
     floors = [r["evals"][str(ks[0])]["real_floor"] for r in payload["results"]]
-    floor_cells = [spread([f[key] for f in floors], digits) for key, digits in METRICS]
+    floor_cells = [cell([f[key] for f in floors], digits) for key, digits in METRICS]
     lines.append("| **real floor** (half the test set against the other half) | | | " + " | ".join(floor_cells)
                  + " | | |")
     return "\n".join(lines)
@@ -90,13 +96,20 @@ def markdown(payload: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="GAN runs named SETUP-seedN")
+    parser.add_argument("--runs", nargs="+", type=Path, help="GAN runs named SETUP-seedN")
     parser.add_argument("--k", nargs="+", type=int, default=[1, 16], help="candidates per image (1 = plain)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--guide-steps", type=int, default=GanGuideConfig.steps)
     parser.add_argument("--section", required=True, help="names the JSON and the doc section")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--render", action="store_true", help="only rewrite the doc section from the section's JSON")
     args = parser.parse_args()
+    if args.render:
+        write_doc(markdown(json.loads((OUT_DIR / f"gan_guided_{args.section}.json").read_text())),
+                  f"guided-{args.section}")
+        return
+    if not args.runs:
+        parser.error("--runs is required (unless --render)")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("XDG_CACHE_HOME", str(QUALITY_CACHE))  # the evaluator gan_quality.py's runs were scored with
     payload = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "k": args.k,

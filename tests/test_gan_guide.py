@@ -15,6 +15,7 @@ from torch import nn
 from aigc import runs
 from aigc.cli import main
 from aigc.gan import evaluate, guide
+from aigc.gan.clusters import cluster_of_noise
 from aigc.gan.config import GanEvalConfig, GanTrainConfig
 from aigc.gan.loading import load_gan
 from aigc.gan.models import GanModelConfig
@@ -66,6 +67,25 @@ def test_the_guided_generator_draws_importance_resamplings_exact_distribution(k)
     assert_matches(frequencies(kept), exact_sir(k), rows)
     plain = outcomes_of(FourImages()(z))
     assert_matches(frequencies(plain), Q, rows)  # K = 1: q itself
+
+
+class ClusterImages(nn.Module):
+    """A self-conditioned generator's stand-in: the image is grey at LEVELS[cluster], the cluster read from z."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("cluster_prior", torch.full((4,), 0.25))
+
+    def forward(self, z, labels=None):
+        return LEVELS[cluster_of_noise(z, self.cluster_prior)].view(-1, 1, 1, 1).expand(-1, 1, 14, 14)
+
+
+def test_a_self_conditioned_generators_candidates_keep_the_rows_cluster():
+    clustered = GanModelConfig(model="mlp", z_dim=2, image_size=14, channels=1, clusters=4)
+    # The guide strongly prefers cluster 3; resampling must still leave every row its own cluster.
+    generator = guide.GuidedGenerator(ClusterImages(), LevelScores(), clustered, 8, temperature=1.0, seed=0)
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(outcomes_of(generator(z)), outcomes_of(ClusterImages()(z)))
 
 
 def test_one_candidate_is_the_runs_own_generator(tmp_path):
