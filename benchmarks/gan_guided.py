@@ -33,7 +33,7 @@ from aigc.gan.guide_command import guide_command
 from aigc.gan.loading import load_gan
 
 QUALITY_CACHE = QUALITY_OUT / "cache"
-METRICS = (("c2st_accuracy", 3), ("fid", 2), ("precision", 3), ("recall", 3), ("coverage", 3),
+METRICS = (("c2st_accuracy", 3), ("fid", 2), ("precision", 3), ("recall", 3), ("coverage", 3), ("kl", 4),
            ("label_accuracy", 3))
 
 
@@ -75,8 +75,8 @@ def markdown(payload: dict) -> str:
              "against the MNIST test set; guide fitted with `aigc gan guide` defaults"
              f" ({payload['guide_steps']} steps). Mean ± standard deviation over the seeds.", "",
              "| setup | seeds | K (generator passes per image) | C2ST | FID | precision | recall | coverage | "
-             "label accuracy | guide: held-out accuracy | guide: fit seconds |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "class KL | label accuracy | guide: held-out accuracy | guide: fit seconds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     setups = sorted({r["setup"] for r in payload["results"]})
     for setup in setups:
         results = [r for r in payload["results"] if r["setup"] == setup]
