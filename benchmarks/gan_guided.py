@@ -26,11 +26,10 @@ import torch
 
 from _common import OUT_DIR, machine, machine_line, matmul_peak_gflops, write_json
 from gan_quality import MNIST_TEST, OUT as QUALITY_OUT, spread, write_doc
+from aigc import runs
 from aigc.gan.config import GanEvalConfig, GanGuideConfig
 from aigc.gan.evaluate import evaluate_run
-from aigc.gan.guide import load_guide
 from aigc.gan.guide_command import guide_command
-from aigc.gan.loading import load_gan
 
 QUALITY_CACHE = QUALITY_OUT / "cache"
 METRICS = (("c2st_accuracy", 3), ("fid", 2), ("precision", 3), ("recall", 3), ("coverage", 3), ("kl", 4),
@@ -47,8 +46,9 @@ def setup_and_seed(run: Path) -> tuple[str, int]:
 def measure(run: Path, ks: list[int], temperature: float, guide_steps: int, section: str) -> dict:
     setup, seed = setup_and_seed(run)
     started = time.perf_counter()
-    guide_command(GanGuideConfig(run=str(run), steps=guide_steps, temperature=temperature))
-    _, guide_info = load_guide(load_gan(run), True, temperature)
+    _, metadata = runs.load_weights(guide_command(GanGuideConfig(run=str(run), steps=guide_steps,
+                                                                 temperature=temperature)))
+    guide_info = json.loads(metadata["guide"])
     guide_seconds = time.perf_counter() - started
     evals = {}
     for k in ks:

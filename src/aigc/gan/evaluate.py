@@ -233,7 +233,7 @@ def format_table(result: dict) -> str:
     header = (f"{result['run']}: {result['n_samples']} samples ({result['n_compared']} per set-level metric) "
               f"vs {result['ref']}, evaluator {result['evaluator']['key']}"
               + (f", noise temperature {result['temperature']:g}" if result['temperature'] != 1.0 else "")
-              + (f", guided from {result['guided']} candidates" if result.get("guided", 1) > 1 else ""))
+              + (f", guided from {result['guided']} candidates" if result["guided"] > 1 else ""))
     lines = [header, f"{'metric':<26}{'model':>24}{'real floor':>24}"]
     lines += [f"{name:<26}{a:>24}{b:>24}" for name, a, b in rows]
     return "\n".join(lines)
