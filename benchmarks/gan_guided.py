@@ -52,7 +52,7 @@ def measure(run: Path, ks: list[int], temperature: float, guide_steps: int, sect
     guide_seconds = time.perf_counter() - started
     evals = {}
     for k in ks:
-        json_path = Path("benchmarks/out") / f"gan_guided_{section}" / f"{run.name}-k{k}-t{temperature:g}.json"
+        json_path = OUT_DIR / f"gan_guided_{section}" / f"{run.name}-k{k}-t{temperature:g}.json"
         json_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         result = evaluate_run(GanEvalConfig(run=str(run), ref=str(MNIST_TEST), n=10000, seed=seed, guided=k,
