@@ -367,7 +367,7 @@ def dcgan(args, work: Path) -> dict:
     source = Path(args.gan_run) if args.gan_run else work / "cdcgan"
     if not (source / "checkpoint.json").exists():
         cli("gan", "train", "--model", "dcgan", "--conditional", "--steps", args.gan_steps, "--out", source,
-            "--device", "cpu")
+            "--device", "cpu", "--no-guide")  # the compressed runs sample plain: so does the source
     cli("compress", "--run", source, "--out", work / "cdcgan-bf16", "--quantize", "bf16")
     rows = {}
     for name, run in (("fp32", source), ("bf16", work / "cdcgan-bf16")):

@@ -35,11 +35,10 @@ import torch
 
 from _common import OUT_DIR, each_in_workers, machine, matmul_peak_gflops, write_json
 from aigc import runs
-from aigc.data.images import load_images, save_grid
-from aigc.gan.config import GanEvalConfig, GanTrainConfig
+from aigc.data.images import load_images
+from aigc.gan.config import GanEvalConfig, GanSampleConfig, GanTrainConfig
 from aigc.gan.evaluate import DEFAULT_RECIPE, JUDGE_STEPS, evaluate_run
-from aigc.gan.loading import load_generator
-from aigc.gan.generation import generate_images, sample_labels
+from aigc.gan.sample import sample
 from aigc.gan.train import train
 from aigc.logging import read_metrics
 
@@ -50,8 +49,9 @@ DOC = ROOT / "docs" / "benchmarks-gan-quality.md"
 IMAGES = ROOT / "docs" / "img"
 
 # What a setup that does not name them trains with, as when it was measured (before self-conditioning, then 1.6e-3
-# and EMA 0.99, became defaults of DCGAN runs): no clusters, Adam 2e-4, EMA 0.999. Also gan_modes.py's.
-MEASURED_WITH = {"self_condition": 0, "lr": 2e-4, "ema_decay": 0.999}
+# and EMA 0.99, became defaults of DCGAN runs, and before runs ended by fitting a guide): no clusters, Adam 2e-4,
+# EMA 0.999, no guide (plain samples). Also gan_modes.py's.
+MEASURED_WITH = {"self_condition": 0, "lr": 2e-4, "ema_decay": 0.999, "guide": False}
 
 # name -> GanTrainConfig overrides of MEASURED_WITH
 SETUPS = {
@@ -124,6 +124,10 @@ SETUPS = {
     "cond-selfcond-10-w96": dict(conditional=True, self_condition=10, width=96),
     # The judge prefers the averaged generator (0.70 against the live one's 0.77): does a longer average help more?
     "cond-selfcond-10-ema0.9999": dict(conditional=True, self_condition=10, ema_decay=0.9999),
+    # `aigc gan train --conditional` and `aigc gan train` as they are today, every default as the command has it:
+    # since 2026-12-06 the guide is fitted within the budget's last 15%, and evaluation samples with it (K = 16).
+    "cond-default": dict(conditional=True, self_condition=None, lr=None, ema_decay=None, guide=True),
+    "uncond-default": dict(self_condition=None, lr=None, ema_decay=None, guide=True),
 }
 
 
@@ -161,13 +165,12 @@ def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
 
 
 def save_pictures(name: str, seed: int, section: str) -> dict[str, str]:
-    """A 10x10 grid from the run's EMA generator (one row per class when conditional), and a copy
-    of the judge's picks, into docs/img (named by section: each section keeps its own pictures)."""
+    """A 10x10 grid as `aigc gan sample --n 100` draws it (the EMA generator, one row per class when conditional,
+    guided where the run has a guide), and a copy of the judge's picks, into docs/img (named by section: each
+    section keeps its own pictures)."""
     run = OUT / run_name(name, seed)
-    generator, model_cfg, _ = load_generator(run)
-    labels = sample_labels(model_cfg, 100, None)
     grid, judge = IMAGES / f"gan-quality-{section}-{name}.png", IMAGES / f"gan-quality-{section}-{name}-judge.png"
-    save_grid(generate_images(generator, model_cfg, 100, labels, seed=0), grid, nrow=10)
+    sample(GanSampleConfig(run=str(run), n=100, out=str(grid), seed=0, device="cpu"))
     shutil.copyfile(run / "judge.png", judge)
     return {"grid": str(grid), "judge": str(judge)}
 

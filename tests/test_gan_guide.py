@@ -89,7 +89,7 @@ def test_a_self_conditioned_generators_candidates_keep_the_rows_cluster():
 
 
 def test_one_candidate_is_the_runs_own_generator(tmp_path):
-    run = _tiny_run(tmp_path / "run")
+    run = _tiny_run(tmp_path / "run", guide=False)
     loaded = load_gan(run)
     assert guide.guided(loaded, 1, ema=True, temperature=1.0, seed=0) is loaded.generator  # no guide needed
 
@@ -124,9 +124,9 @@ def test_the_guide_learns_the_density_ratio_and_keeps_its_held_out_minimum():
     assert 0.45 < plain_bright < 0.55 and guided_bright > 0.95
 
 
-def _tiny_run(out: Path) -> Path:
+def _tiny_run(out: Path, guide: bool = True) -> Path:
     train(GanTrainConfig(model="mlp", conditional=True, steps=3, batch_size=16, out=str(out), device="cpu",
-                         log_every=3, sample_every=3, save_every=3))
+                         log_every=3, sample_every=3, save_every=3, guide=guide))
     return out
 
 
@@ -153,9 +153,10 @@ def test_guide_then_guided_sample_and_eval(guided_run, tmp_path, capsys, monkeyp
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(evaluate, "DEFAULT_RECIPE", TINY_RECIPE)
     monkeypatch.setattr(evaluate, "JUDGE_STEPS", 20)
-    result = evaluate.evaluate_run(GanEvalConfig(run=str(guided_run), n=100, guided=4, json=str(tmp_path / "e.json"),
-                                                 device="cpu"))
-    assert result["guided"] == 4 and "guided from 4 candidates" in capsys.readouterr().out
+    result = evaluate.evaluate_run(GanEvalConfig(run=str(guided_run), n=100, json=str(tmp_path / "e.json"),
+                                                 device="cpu"))  # a run with a guide: guided by default
+    assert result["guided"] == guide.DEFAULT_GUIDED == 16
+    assert f"guided from {guide.DEFAULT_GUIDED} candidates" in capsys.readouterr().out
 
 
 def test_guided_sampling_is_reproducible(guided_run, tmp_path):
@@ -169,7 +170,7 @@ def test_guided_sampling_is_reproducible(guided_run, tmp_path):
 
 
 def test_guided_sampling_refuses_a_missing_or_mismatched_guide(guided_run, tmp_path, capsys):
-    plain = _tiny_run(tmp_path / "plain")
+    plain = _tiny_run(tmp_path / "plain", guide=False)
     capsys.readouterr()  # training's own output
     out = str(tmp_path / "grid.png")
     status = main(["gan", "sample", "--run", str(plain), "--guided", "4", "--out", out, "--device", "cpu"])
@@ -185,3 +186,58 @@ def test_guided_sampling_refuses_a_missing_or_mismatched_guide(guided_run, tmp_p
     (plain / guide.GUIDE_FILE).write_bytes(b"not safetensors")
     status = main(["gan", "sample", "--run", str(plain), "--guided", "2", "--out", out, "--device", "cpu"])
     assert_one_line_error(status, capsys.readouterr().err, "corrupt weights file")
+
+
+def _npz_images(run: Path, out: Path, *flags: str):
+    import numpy as np
+
+    assert main(["gan", "sample", "--run", str(run), "--n", "6", "--format", "npz", "--out", str(out), "--device", "cpu",
+                 *flags]) == 0
+    return np.load(out)["images"]
+
+
+def test_training_ends_by_fitting_the_guide_that_sampling_then_uses_by_default(tmp_path, capsys):
+    import numpy as np
+
+    run = _tiny_run(tmp_path / "run")
+    _, metadata = runs.load_weights(run / guide.GUIDE_FILE)
+    info = json.loads(metadata["guide"])
+    assert info["steps"] == 3 and info["checkpoint"] == runs.checkpoint_dir(run).name  # no more steps than the GAN's
+    assert "guide: held-out loss" in capsys.readouterr().out
+
+    default = _npz_images(run, tmp_path / "default.npz")
+    assert "each the pick of 16 candidates" in capsys.readouterr().out
+    assert np.array_equal(default, _npz_images(run, tmp_path / "k16.npz", "--guided", "16"))
+    assert not np.array_equal(default, _npz_images(run, tmp_path / "plain.npz", "--guided", "1"))
+
+    # A temperature the guide was not fitted to: plain samples, and a note that says why.
+    capsys.readouterr()
+    hotter = _npz_images(run, tmp_path / "hot.npz", "--temperature", "1.2")
+    assert np.array_equal(hotter, _npz_images(run, tmp_path / "hot-plain.npz", "--temperature", "1.2", "--guided", "1"))
+    note = capsys.readouterr().err
+    assert "note: plain samples, not guided" in note and "temperature 1.0 (asked: 1.2)" in note
+
+
+def test_no_guide_trains_without_one_and_samples_plain(tmp_path, capsys):
+    run = _tiny_run(tmp_path / "run", guide=False)
+    assert not (run / guide.GUIDE_FILE).exists()
+    _npz_images(run, tmp_path / "plain.npz")
+    assert "candidates" not in capsys.readouterr().out
+
+
+def test_a_time_budget_keeps_its_last_share_for_the_guide():
+    from aigc.gan.train import GUIDE_SHARE, _guide_recipe, _training_budget
+
+    budgeted = GanTrainConfig(time_budget=100.0)
+    assert _training_budget(budgeted) == pytest.approx(100.0 * (1 - GUIDE_SHARE))
+    assert _guide_recipe(budgeted, None) == guide.GuideRecipe(seconds=pytest.approx(100.0 * GUIDE_SHARE))
+    assert _training_budget(GanTrainConfig(time_budget=100.0, guide=False)) == 100.0
+    assert _guide_recipe(GanTrainConfig(steps=40), 40) == guide.GuideRecipe(steps=40, seconds=None)
+    assert _guide_recipe(GanTrainConfig(steps=9000), 9000).steps == guide.GuideRecipe.steps
+
+
+def test_the_guides_time_limit_stops_it_at_its_best_so_far():
+    real = torch.zeros(40, 1, 14, 14)
+    recipe = guide.GuideRecipe(samples_per_real=1, steps=1000, eval_every=500, seconds=0.0)
+    _, info = guide.fit_guide(BrightOrDark(), TOY, real, None, 1.0, recipe, seed=0)
+    assert info["steps"] == 1 and info["best_step"] == 1 and [h["step"] for h in info["history"]] == [1]

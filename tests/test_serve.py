@@ -325,18 +325,17 @@ def test_a_folder_that_is_not_a_run_and_a_port_in_use_are_one_line(run_cli, tmp_
         assert_one_line_error(*run_cli("serve", "--gpt", str(gpt_run), "--port", port)[::2], port, "in use")
 
 
-def test_an_image_seed_draws_what_aigc_gan_sample_draws(client, gan_run):
-    import torch
-
-    from aigc.data.images import to_uint8
-    from aigc.gan.loading import load_gan
-    from aigc.gan.generation import generate_images
-
-    gan = load_gan(gan_run)
-    expected = to_uint8(generate_images(gan.generator, gan.model_config, 3, torch.full((3,), 5), seed=9))
-    response = client.images.generate(model=gan_run.name, prompt="five", n=3, extra_body={"seed": 9})
+def test_an_image_seed_draws_what_aigc_gan_sample_draws(client, gan_run, tmp_path):
     import numpy as np
 
+    from aigc.cli import main
+    from aigc.gan.guide import GUIDE_FILE
+
+    assert (gan_run / GUIDE_FILE).is_file()  # `aigc gan train` fitted a guide: both sides sample with it
+    assert main(["gan", "sample", "--run", str(gan_run), "--n", "3", "--label", "5", "--seed", "9", "--format", "npz",
+                 "--out", str(tmp_path / "fives.npz"), "--device", "cpu"]) == 0
+    expected = np.load(tmp_path / "fives.npz")["images"]
+    response = client.images.generate(model=gan_run.name, prompt="five", n=3, extra_body={"seed": 9})
     drawn = [np.asarray(Image.open(io.BytesIO(base64.b64decode(d.b64_json)))) for d in response.data]
     assert len(drawn) == 3 and all((img == e[:, :, 0]).all() for img, e in zip(drawn, expected))
 

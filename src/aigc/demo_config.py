@@ -11,7 +11,8 @@ from aigc.config import option, parse_duration, require
 class DemoConfig:
     out: str = option("aigc-demo", "folder for the demo runs (a fresh name is chosen if it exists)")
     gan_steps: int = option(2000, "generator updates of the demo's conditional DCGAN, unless --gan-time runs out first")
-    gan_time: float = option(55.0, "stop the GAN's training after this long (e.g. 55s, 2m), done or not",
+    gan_time: float = option(55.0, "stop the GAN's training after this long (e.g. 55s, 2m), done or not, its "
+                             "guide's fit (the last 15%%) included",
                              parse=parse_duration)
     gpt_iters: int = option(1500, "optimizer steps of the demo's character-level GPT, unless --gpt-time runs out first")
     gpt_time: float = option(40.0, "stop the GPT's training after this long (its learning rate decays to fit)",

@@ -90,6 +90,9 @@ class GanTrainConfig(RunOptions):
                                      "self-conditioned dcgan (the dcgan default), else 0.999; 0 turns EMA off")
     amp: bool | None = option(None, "bf16 autocast where the hardware computes bf16 natively; default on, except for "
                               "the mlp model, whose small products run faster in fp32")
+    guide: bool = option(True, "at the end, fit the run's guide (as `aigc gan guide` does, with no more steps than "
+                         "the GAN had, and within the last 15%% of --time-budget), so that `gan sample`, `gan eval` "
+                         "and `aigc serve` draw each image as the pick of 16 candidates; --no-guide skips it")
     log_every: int = option(50, "steps between metric lines")
     sample_every: int = option(500, "steps between sample grids in samples/")
     save_every: int = option(500, "steps between checkpoints")
@@ -132,7 +135,8 @@ class GanTrainConfig(RunOptions):
 
 
 GUIDED_HELP = ("draw each image as the pick of K candidates by importance resampling with the run's guide "
-               "(fit it first with `aigc gan guide`); K generator passes per image; 1 = plain sampling")
+               "(`aigc gan train` fits one, or `aigc gan guide`); K generator passes per image; default 16 where "
+               "the run has a guide fitted to this generator and --temperature, else 1; 1 = plain sampling")
 MAX_GUIDED = 1024
 
 TEMPERATURE_HELP = ("scale of the noise, z ~ N(0, T^2): above 1 more varied samples, below 1 more typical ones "
@@ -148,7 +152,7 @@ class GanSampleConfig:
     seed: int = option(0, "random seed for the noise")
     temperature: float = option(1.0, TEMPERATURE_HELP)
     format: str = option("png", "png grid or npz array (uint8, N x H x W x C, with labels)", choices=("png", "npz"))
-    guided: int = option(1, GUIDED_HELP, minimum=1, maximum=MAX_GUIDED)
+    guided: int | None = option(None, GUIDED_HELP, minimum=1, maximum=MAX_GUIDED)
     ema: bool = option(True, "use the EMA generator when the run has one")
     device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
 
@@ -170,7 +174,7 @@ class GanEvalConfig:
     batch_size: int = option(1000, "images generated and scored at a time")
     seed: int = option(0, "random seed for the noise, the reference split and the judge")
     temperature: float = option(1.0, TEMPERATURE_HELP)
-    guided: int = option(1, GUIDED_HELP, minimum=1, maximum=MAX_GUIDED)
+    guided: int | None = option(None, GUIDED_HELP, minimum=1, maximum=MAX_GUIDED)
     ema: bool = option(True, "use the EMA generator when the run has one")
     device: str = option("auto", "where to run the generator", choices=DEVICE_CHOICES)
 

@@ -31,7 +31,7 @@ from aigc.errors import UserError
 from aigc.gan.config import GanEvalConfig
 from aigc.gan.models import GanModelConfig
 from aigc.gan.generation import generate_images, quantize
-from aigc.gan.guide import guided
+from aigc.gan.guide import candidates_per_image, guided
 from aigc.gan.loading import load_gan, load_training_data
 from aigc.metrics.evaluator import Evaluator, EvaluatorRecipe, load_or_train_evaluator
 from aigc.metrics.image import (C2STResult, c2st, density_coverage, frechet_distance, intra_class_fid,
@@ -148,7 +148,8 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
     device = resolve_device(cfg.device)
     loaded = load_gan(cfg.run, cfg.ema, device)
     model_cfg, run_config = loaded.model_config, loaded.run_config
-    generator = guided(loaded, cfg.guided, cfg.ema, cfg.temperature, cfg.seed)
+    k = candidates_per_image(loaded, cfg.guided, cfg.ema, cfg.temperature)
+    generator = guided(loaded, k, cfg.ema, cfg.temperature, cfg.seed)
     reference = load_reference(cfg.ref, model_cfg)
     training = load_training_data(run_config, model_cfg, cfg.run)
 
@@ -171,7 +172,7 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
 
     result = {
         "run": str(cfg.run), "ref": cfg.ref, "ref_source": reference.source, "seed": cfg.seed, "ema": cfg.ema,
-        "temperature": cfg.temperature, "guided": cfg.guided, "n_samples": cfg.n, "n_compared": m,
+        "temperature": cfg.temperature, "guided": k, "n_samples": cfg.n, "n_compared": m,
         "conditional": model_cfg.conditional,
         "evaluator": {"key": evaluator.key, "trained_on": training.source}, "judge_steps": judge_steps,
         "model": model, "real_floor": floor,

@@ -1,4 +1,5 @@
-"""Discriminator-guided sampling for image GANs: ``aigc gan guide``, then ``--guided K``.
+"""Discriminator-guided sampling for image GANs: ``aigc gan guide`` (and the end of ``aigc gan train``),
+then ``--guided K`` (by default 16 where a run has a guide).
 
 After training, a fresh classifier, the *guide*, learns to tell the run's training images from
 its generator's samples, with a balanced loss, so that its logit s(x) estimates the density
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +45,7 @@ from aigc.gan.models import GanModelConfig
 from aigc.metrics.image import Judge
 
 GUIDE_FILE = "guide.safetensors"
+DEFAULT_GUIDED = 16  # candidates per image when a run has a guide and --guided is not given
 CANDIDATE_CHUNK = 4096  # candidate images generated and scored at a time: (4096, 64, 14, 14) floats at most
 # The guide's own noise stream, apart from the seeds that sampling and evaluation use (0, 1, ...).
 GUIDE_NOISE_SEED = 7_919_003
@@ -55,6 +59,7 @@ class GuideRecipe:
     lr: float = 1e-3
     eval_every: int = 250  # held-out loss every this many steps; the best guide is kept
     held_out: float = 0.1  # share of both sides kept out of training for the early stop
+    seconds: float | None = None  # stop training after this long (drawing the samples included), if sooner
 
 
 def balanced_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -79,6 +84,7 @@ def fit_guide(generator: nn.Module, model_cfg: GanModelConfig, real: torch.Tenso
     """Train a guide on real images (N, C, H, W) in [-1, 1] against 8-bit samples of ``generator`` at
     ``temperature`` (conditional samples take the real images' labels, so the classes keep their shares);
     return the guide of the lowest held-out :func:`balanced_loss` (eval mode) and how it was found."""
+    started = time.perf_counter()
     labels = None if real_labels is None else real_labels.repeat(recipe.samples_per_real)
     fake = quantize(generate_images(generator, model_cfg, len(real) * recipe.samples_per_real, labels,
                                     seed=GUIDE_NOISE_SEED + seed, temperature=temperature))
@@ -92,22 +98,25 @@ def fit_guide(generator: nn.Module, model_cfg: GanModelConfig, real: torch.Tenso
     best = {"step": 0, "loss": float("inf"), "state": None}
     history = []
     for step in range(1, recipe.steps + 1):
+        out_of_time = recipe.seconds is not None and time.perf_counter() - started > recipe.seconds
         real_batch = real[real_train[torch.randint(len(real_train), (recipe.batch_size,), generator=split)]]
         fake_batch = fake[fake_train[torch.randint(len(fake_train), (recipe.batch_size,), generator=split)]]
         loss = balanced_loss(guide(real_batch), guide(fake_batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % recipe.eval_every == 0 or step == recipe.steps:
+        if step % recipe.eval_every == 0 or step == recipe.steps or out_of_time:
             held = balanced_loss(_logits(guide, real[real_held]), _logits(guide, fake[fake_held])).item()
             history.append({"step": step, "held_out_loss": held})
             if held < best["loss"]:
                 best = {"step": step, "loss": held, "state": copy.deepcopy(guide.state_dict())}
+        if out_of_time:
+            break
     guide.load_state_dict(best["state"])
     guide.eval()
     real_right = (_logits(guide, real[real_held]) > 0).float().mean().item()
     fake_right = (_logits(guide, fake[fake_held]) <= 0).float().mean().item()
-    info = {"steps": recipe.steps, "best_step": best["step"], "held_out_loss": best["loss"],
+    info = {"steps": step, "best_step": best["step"], "held_out_loss": best["loss"],
             "held_out_accuracy": (real_right + fake_right) / 2, "history": history,
             "real_images": len(real), "generated_images": len(fake), "temperature": temperature, "seed": seed}
     return guide, info
@@ -158,28 +167,55 @@ def fitted_to(loaded: GanRun, ema: bool, temperature: float) -> dict:
     return {"checkpoint": runs.checkpoint_dir(loaded.path, "last").name, "ema": ema, "temperature": temperature}
 
 
-def load_guide(loaded: GanRun, ema: bool, temperature: float) -> tuple[Judge, dict]:
-    """The guide saved in a run, checked to belong to the generator and the temperature asked for."""
+def _read_guide(loaded: GanRun) -> tuple[dict[str, torch.Tensor], dict]:
+    """The weights of the run's guide and what it was fitted to."""
     path = loaded.path / GUIDE_FILE
     if not path.is_file():
         raise UserError(f"{loaded.path} has no guide; fit one first with `aigc gan guide --run {loaded.path}`")
     tensors, metadata = runs.load_weights(path)
     try:
-        info = json.loads(metadata["guide"])
+        return tensors, json.loads(metadata["guide"])
     except (KeyError, ValueError):
         raise UserError(f"{path} is not a guide written by `aigc gan guide`") from None
+
+
+def _mismatch(loaded: GanRun, info: dict, ema: bool, temperature: float) -> str | None:
+    """Why a guide does not belong to this generator and temperature; None when it does."""
     wanted = fitted_to(loaded, ema, temperature)
     differences = [f"{name} {info.get(name)} (asked: {value})" for name, value in wanted.items()
                    if info.get(name) != value]
-    if differences:
-        raise UserError(f"{path} was fitted to another generator: {', '.join(differences)}; refit it with "
-                        f"`aigc gan guide --run {loaded.path}` and the same options")
+    if not differences:
+        return None
+    return (f"{loaded.path / GUIDE_FILE} was fitted to another generator: {', '.join(differences)}; refit it with "
+            f"`aigc gan guide --run {loaded.path}` and the same options")
+
+
+def load_guide(loaded: GanRun, ema: bool, temperature: float) -> tuple[Judge, dict]:
+    """The guide saved in a run, checked to belong to the generator and the temperature asked for."""
+    tensors, info = _read_guide(loaded)
+    if (mismatch := _mismatch(loaded, info, ema, temperature)) is not None:
+        raise UserError(mismatch)
     guide = Judge(loaded.model_config.channels)
     try:
         guide.load_state_dict(tensors)
     except RuntimeError:
-        raise UserError(f"{path}: weights do not fit the guide of a {loaded.model_config.channels}-channel model") from None
+        raise UserError(f"{loaded.path / GUIDE_FILE}: weights do not fit the guide of a "
+                        f"{loaded.model_config.channels}-channel model") from None
     return guide.eval(), info
+
+
+def candidates_per_image(loaded: GanRun, requested: int | None, ema: bool, temperature: float) -> int:
+    """``--guided`` as asked, or by default :data:`DEFAULT_GUIDED` where the run has a guide fitted to this
+    generator and temperature (as ``aigc gan train`` leaves one), and 1 (plain sampling) where it has none or
+    one fitted to another (a note says so). A guide that cannot be read is an error either way."""
+    if requested is not None:
+        return requested
+    if not (loaded.path / GUIDE_FILE).is_file():
+        return 1
+    if (mismatch := _mismatch(loaded, _read_guide(loaded)[1], ema, temperature)) is not None:
+        print(f"note: plain samples, not guided: {mismatch}", file=sys.stderr)
+        return 1
+    return DEFAULT_GUIDED
 
 
 def guided(loaded: GanRun, k: int, ema: bool, temperature: float, seed: int) -> nn.Module:

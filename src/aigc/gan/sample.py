@@ -12,7 +12,7 @@ from aigc.data.images import save_grid, to_uint8
 from aigc.devices import resolve_device
 from aigc.gan.config import GanSampleConfig
 from aigc.gan.generation import generate_images, sample_labels, samples_per_class
-from aigc.gan.guide import guided
+from aigc.gan.guide import candidates_per_image, guided
 from aigc.gan.loading import load_gan
 from aigc.outputs import output_file
 
@@ -21,7 +21,8 @@ def sample(cfg: GanSampleConfig) -> Path:
     out = output_file(cfg.out, "--out")  # before any work, and never over a file of a run
     device = resolve_device(cfg.device)
     loaded = load_gan(cfg.run, cfg.ema, device)
-    generator, model_cfg = guided(loaded, cfg.guided, cfg.ema, cfg.temperature, cfg.seed), loaded.model_config
+    k = candidates_per_image(loaded, cfg.guided, cfg.ema, cfg.temperature)
+    generator, model_cfg = guided(loaded, k, cfg.ema, cfg.temperature, cfg.seed), loaded.model_config
     labels = sample_labels(model_cfg, cfg.n, cfg.label)
     images = generate_images(generator, model_cfg, cfg.n, labels, cfg.seed, temperature=cfg.temperature)
     if cfg.format == "npz":
@@ -33,5 +34,5 @@ def sample(cfg: GanSampleConfig) -> Path:
         conditional_rows = labels is not None and cfg.label is None
         nrow = samples_per_class(model_cfg, cfg.n) if conditional_rows else math.ceil(math.sqrt(cfg.n))
         save_grid(images, out, nrow=nrow)
-    print(f"wrote {cfg.n} samples to {out}")
+    print(f"wrote {cfg.n} samples to {out}" + (f" (guided: each the pick of {k} candidates)" if k > 1 else ""))
     return out

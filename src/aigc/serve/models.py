@@ -25,6 +25,7 @@ import torch
 
 from aigc.errors import UserError
 from aigc.gan.generation import generate_images
+from aigc.gan.guide import GuidedGenerator, candidates_per_image, load_guide
 from aigc.gan.loading import GanRun, load_gan
 from aigc.gpt.loading import GptRun, load_gpt
 from aigc.serve.engine import Engine
@@ -69,6 +70,11 @@ class ServedGan:
     def __init__(self, id: str, run: GanRun):
         self.id, self.run = id, run
         self.config = run.model_config
+        # The run's guide, as `aigc gan sample` uses it by default: each image the pick of K candidates.
+        self.candidates = candidates_per_image(run, None, ema=True, temperature=1.0)
+        self.guide = None
+        if self.candidates > 1:
+            self.guide = load_guide(run, ema=True, temperature=1.0)[0].to(next(run.generator.parameters()).device)
         self.classes: list[str] = [str(c) for c in run.run_config.get("class_names") or range(self.config.num_classes)]
         self._lock = threading.Lock()  # one generation at a time: the generator has batch-norm state
 
@@ -94,6 +100,11 @@ class ServedGan:
             raise UserError(f"the prompt names {which}; name one of: {', '.join(self.classes)}")
         return named[0]
 
+    def _generator(self, seed: int) -> torch.nn.Module:
+        if self.guide is None:
+            return self.run.generator
+        return GuidedGenerator(self.run.generator, self.guide, self.config, self.candidates, temperature=1.0, seed=seed)
+
     def png_images(self, n: int, label: int | None, seed: int) -> list[str]:
         """``n`` images as base64 PNGs."""
         from PIL import Image
@@ -102,7 +113,7 @@ class ServedGan:
 
         labels = None if label is None else torch.full((n,), label, dtype=torch.int64)
         with self._lock:  # the same images as `aigc gan sample --seed` draws
-            images = to_uint8(generate_images(self.run.generator, self.config, n, labels, seed))  # (n, H, W, C)
+            images = to_uint8(generate_images(self._generator(seed), self.config, n, labels, seed))  # (n, H, W, C)
         encoded = []
         for image in images:
             buffer = io.BytesIO()
