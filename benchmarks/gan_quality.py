@@ -232,7 +232,8 @@ def markdown(payload: dict) -> str:
     for name, by_seed in payload["results"].items():
         lines.append(row(name, list(by_seed.values())))
     lines.append(row("**real floor** (test half A vs B)", list(first.values()), "real_floor"))
-    lines += ["", "Samples (EMA generator of the first seed, fixed noise; conditional models draw one row per digit), "
+    lines += ["", "Samples (EMA generator of the first seed, fixed noise, guided where the run has a guide; "
+              "conditional models draw one row per digit), "
               "and the held-out samples the judge found most fake (left block) and most real (right block):", "",
               "| setup | samples | judge: most fake, most real |", "|---|---|---|"]
     for name, by_seed in payload["results"].items():

@@ -230,10 +230,12 @@ def test_a_time_budget_keeps_its_last_share_for_the_guide():
 
     budgeted = GanTrainConfig(time_budget=100.0)
     assert _training_budget(budgeted) == pytest.approx(100.0 * (1 - GUIDE_SHARE))
-    assert _guide_recipe(budgeted, None) == guide.GuideRecipe(seconds=pytest.approx(100.0 * GUIDE_SHARE))
+    # The guide gets what the GAN left of the budget, at least its share.
+    assert _guide_recipe(budgeted, None, elapsed=86.0) == guide.GuideRecipe(seconds=pytest.approx(100.0 * GUIDE_SHARE))
+    assert _guide_recipe(budgeted, 2000, elapsed=30.0) == guide.GuideRecipe(steps=2000, seconds=pytest.approx(70.0))
     assert _training_budget(GanTrainConfig(time_budget=100.0, guide=False)) == 100.0
-    assert _guide_recipe(GanTrainConfig(steps=40), 40) == guide.GuideRecipe(steps=40, seconds=None)
-    assert _guide_recipe(GanTrainConfig(steps=9000), 9000).steps == guide.GuideRecipe.steps
+    assert _guide_recipe(GanTrainConfig(steps=40), 40, elapsed=5.0) == guide.GuideRecipe(steps=40, seconds=None)
+    assert _guide_recipe(GanTrainConfig(steps=9000), 9000, elapsed=5.0).steps == guide.GuideRecipe.steps
 
 
 def test_the_guides_time_limit_stops_it_at_its_best_so_far():

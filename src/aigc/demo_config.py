@@ -12,7 +12,7 @@ class DemoConfig:
     out: str = option("aigc-demo", "folder for the demo runs (a fresh name is chosen if it exists)")
     gan_steps: int = option(2000, "generator updates of the demo's conditional DCGAN, unless --gan-time runs out first")
     gan_time: float = option(55.0, "stop the GAN's training after this long (e.g. 55s, 2m), done or not, its "
-                             "guide's fit (the last 15%%) included",
+                             "guide's fit included (the GAN trains for at most 85%% of it)",
                              parse=parse_duration)
     gpt_iters: int = option(1500, "optimizer steps of the demo's character-level GPT, unless --gpt-time runs out first")
     gpt_time: float = option(40.0, "stop the GPT's training after this long (its learning rate decays to fit)",

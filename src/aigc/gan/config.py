@@ -91,8 +91,9 @@ class GanTrainConfig(RunOptions):
     amp: bool | None = option(None, "bf16 autocast where the hardware computes bf16 natively; default on, except for "
                               "the mlp model, whose small products run faster in fp32")
     guide: bool = option(True, "at the end, fit the run's guide (as `aigc gan guide` does, with no more steps than "
-                         "the GAN had, and within the last 15%% of --time-budget), so that `gan sample`, `gan eval` "
-                         "and `aigc serve` draw each image as the pick of 16 candidates; --no-guide skips it")
+                         "the GAN had; --time-budget then trains the GAN for 85%% of it and the guide has the rest), "
+                         "so that `gan sample`, `gan eval` and `aigc serve` draw each image as the pick of 16 "
+                         "candidates; --no-guide skips it")
     log_every: int = option(50, "steps between metric lines")
     sample_every: int = option(500, "steps between sample grids in samples/")
     save_every: int = option(500, "steps between checkpoints")

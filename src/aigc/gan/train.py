@@ -165,11 +165,11 @@ def _training_budget(cfg: GanTrainConfig) -> float | None:
     return cfg.time_budget * (1 - GUIDE_SHARE)
 
 
-def _guide_recipe(cfg: GanTrainConfig, max_steps: int | None) -> GuideRecipe:
+def _guide_recipe(cfg: GanTrainConfig, max_steps: int | None, elapsed: float) -> GuideRecipe:
     """The guide of a run: ``aigc gan guide``'s recipe, with no more steps than the GAN had and, under a
-    --time-budget, within its share of it."""
+    --time-budget, within what the GAN left of it after ``elapsed`` seconds: at least the guide's share."""
     steps = GuideRecipe.steps if max_steps is None else min(GuideRecipe.steps, max_steps)
-    seconds = None if cfg.time_budget is None else cfg.time_budget * GUIDE_SHARE
+    seconds = None if cfg.time_budget is None else max(cfg.time_budget * GUIDE_SHARE, cfg.time_budget - elapsed)
     return GuideRecipe(steps=steps, seconds=seconds)
 
 
@@ -450,13 +450,14 @@ def train(cfg: GanTrainConfig) -> Path:
         print(f"training {out}: {len(data)} images of {data.source}{clusters}, {plan.max_steps or plan.time_budget:g} "
               f"{'steps' if plan.max_steps else 'seconds'}, batch {cfg.batch_size}{processes}, device {device}",
               flush=True)
+    started = time.perf_counter() - start.elapsed  # the budget counts a resumed run's earlier time too
     loop.run(trainer, plan, out, start)
     if main:
         plot_metrics(read_metrics(out / runs.METRICS_FILE), ["d_loss", "g_loss"], out / runs.PLOT_FILE,
                      title=f"{cfg.model} {cfg.loss}")
         if cfg.guide:
-            fit_run_guide(out, _guide_recipe(cfg, plan.max_steps), temperature=1.0, seed=cfg.seed, ema=True,
-                          device=device)
+            recipe = _guide_recipe(cfg, plan.max_steps, time.perf_counter() - started)
+            fit_run_guide(out, recipe, temperature=1.0, seed=cfg.seed, ema=True, device=device)
         print(f"done: {out} (samples in {out / runs.SAMPLES_DIR}, loss curve {out / runs.PLOT_FILE})", flush=True)
     distributed.teardown()
     return out
