@@ -42,7 +42,7 @@ DEFAULT_STEPS = 2000
 RESUME_OVERRIDABLE = {"steps", "epochs", "time_budget", "log_every", "sample_every", "save_every", "device", "out",
                       "resume", "tracker", "guide"}
 # Share of --time-budget kept for fitting the guide at the end (--guide): on a 2-core AMX Xeon the guide's
-# 3,000 steps take 75-82 s, 13-14% of 10 minutes; a slower CPU stops it early, at the best held-out loss so far.
+# 3,000 steps take 66-82 s, 11-14% of 10 minutes; a slower CPU stops it early, at the best held-out loss so far.
 GUIDE_SHARE = 0.15
 
 
