@@ -238,6 +238,17 @@ def test_a_time_budget_keeps_its_last_share_for_the_guide():
     assert _guide_recipe(GanTrainConfig(steps=9000), 9000, elapsed=5.0).steps == guide.GuideRecipe.steps
 
 
+def test_the_start_line_says_who_has_the_rest_of_the_budget():
+    from aigc.gan.train import _length_text
+    from aigc.training.loop import Plan
+
+    budget = Plan(None, 85.0, 10, 100, 100, steps_flag="--steps")
+    assert _length_text(GanTrainConfig(time_budget=100.0), budget) == (
+        "85 seconds (its guide's fit has the rest of the 100 s budget)")
+    assert _length_text(GanTrainConfig(time_budget=100.0, guide=False), budget) == "85 seconds"
+    assert _length_text(GanTrainConfig(steps=40), Plan(40, None, 10, 100, 100, steps_flag="--steps")) == "40 steps"
+
+
 def test_the_guides_time_limit_stops_it_at_its_best_so_far():
     real = torch.zeros(40, 1, 14, 14)
     recipe = guide.GuideRecipe(samples_per_real=1, steps=1000, eval_every=500, seconds=0.0)

@@ -165,6 +165,14 @@ def _training_budget(cfg: GanTrainConfig) -> float | None:
     return cfg.time_budget * (1 - GUIDE_SHARE)
 
 
+def _length_text(cfg: GanTrainConfig, plan: loop.Plan) -> str:
+    """How long the GAN trains, for the start line: its steps, or its seconds of --time-budget (and who has the rest)."""
+    if plan.max_steps:
+        return f"{plan.max_steps:g} steps"
+    rest = f" (its guide's fit has the rest of the {cfg.time_budget:g} s budget)" if cfg.guide else ""
+    return f"{plan.time_budget:g} seconds{rest}"
+
+
 def _guide_recipe(cfg: GanTrainConfig, max_steps: int | None, elapsed: float) -> GuideRecipe:
     """The guide of a run: ``aigc gan guide``'s recipe, with no more steps than the GAN had and, under a
     --time-budget, within what the GAN left of it after ``elapsed`` seconds: at least the guide's share."""
@@ -447,9 +455,8 @@ def train(cfg: GanTrainConfig) -> Path:
         per_class = " per class" if model_cfg.conditional else ""
         clusters = (f", {model_cfg.clusters} k-means clusters{per_class} found in {trainer.clustering_seconds:.1f} s"
                     if model_cfg.clusters else "")
-        print(f"training {out}: {len(data)} images of {data.source}{clusters}, {plan.max_steps or plan.time_budget:g} "
-              f"{'steps' if plan.max_steps else 'seconds'}, batch {cfg.batch_size}{processes}, device {device}",
-              flush=True)
+        print(f"training {out}: {len(data)} images of {data.source}{clusters}, {_length_text(cfg, plan)}, "
+              f"batch {cfg.batch_size}{processes}, device {device}", flush=True)
     started = time.perf_counter() - start.elapsed  # the budget counts a resumed run's earlier time too
     loop.run(trainer, plan, out, start)
     if main:
