@@ -54,6 +54,8 @@ GUIDE_NOISE_SEED = 7_919_003
 @dataclass
 class GuideRecipe:
     samples_per_real: int = 4  # generated images per training image: more fakes, a less noisy ratio
+    max_generated: int = 20_000  # but no more than this (mnist5k's 5,000 x 4): 4 per image of 50,000 3-channel
+    # images took a minute and 1.9 GB to draw, where 3,000 steps of 64 see fewer than 200,000 anyway
     steps: int = 3000  # Adam steps, each on a batch of real and one of generated images
     batch_size: int = 64  # of each side
     lr: float = 1e-3
@@ -85,9 +87,12 @@ def fit_guide(generator: nn.Module, model_cfg: GanModelConfig, real: torch.Tenso
     ``temperature`` (conditional samples take the real images' labels, so the classes keep their shares);
     return the guide of the lowest held-out :func:`balanced_loss` (eval mode) and how it was found."""
     started = time.perf_counter()
+    count = min(len(real) * recipe.samples_per_real, recipe.max_generated)
     labels = None if real_labels is None else real_labels.repeat(recipe.samples_per_real)
-    fake = quantize(generate_images(generator, model_cfg, len(real) * recipe.samples_per_real, labels,
-                                    seed=GUIDE_NOISE_SEED + seed, temperature=temperature))
+    if labels is not None and len(labels) > count:  # capped: a random subset keeps the classes' shares
+        labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count]]
+    fake = quantize(generate_images(generator, model_cfg, count, labels, seed=GUIDE_NOISE_SEED + seed,
+                                    temperature=temperature))
     split = torch.Generator().manual_seed(seed)
     (real_train, real_held), (fake_train, fake_held) = (_split(len(real), recipe.held_out, split),
                                                         _split(len(fake), recipe.held_out, split))
