@@ -5,7 +5,9 @@ one-line refusals."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -47,11 +49,15 @@ class FourImages(nn.Module):
 
 
 class LevelScores(nn.Module):
-    """A guide whose logit for each of the four images is S."""
+    """A guide whose logit for each of the four images is ``scores`` (S unless told)."""
+
+    def __init__(self, scores: torch.Tensor = S):
+        super().__init__()
+        self.scores = scores.float()
 
     def forward(self, images):
         outcome = (images.mean((1, 2, 3))[:, None] - LEVELS).abs().argmin(1)
-        return S.float()[outcome]
+        return self.scores[outcome]
 
 
 def outcomes_of(images: torch.Tensor) -> torch.Tensor:
@@ -67,6 +73,32 @@ def test_the_guided_generator_draws_importance_resamplings_exact_distribution(k)
     assert_matches(frequencies(kept), exact_sir(k), rows)
     plain = outcomes_of(FourImages()(z))
     assert_matches(frequencies(plain), Q, rows)  # K = 1: q itself
+
+
+def nested_sir(base: torch.Tensor, scores: list[torch.Tensor], counts: list[int]) -> torch.Tensor:
+    """The distribution of importance resampling stage after stage: each stage keeps one of its k candidates,
+    drawn from the stage below, with weights exp(its scores); by enumerating every group of every stage."""
+    for stage_scores, k in zip(scores, counts):
+        out = torch.zeros(4, dtype=torch.float64)
+        for group in itertools.product(range(4), repeat=k):
+            weights = stage_scores[list(group)].exp()
+            for position, outcome in enumerate(group):
+                out[outcome] += math.prod(base[i].item() for i in group) * weights[position] / weights.sum()
+        base = out
+    return base
+
+
+def test_stacked_guides_draw_nested_importance_resamplings_exact_distribution():
+    second = torch.tensor([1.0, 0.5, -0.5, -2.0], dtype=torch.float64)  # undoes much of the first stage's pull
+    stages = [guide.GuideStage(LevelScores(), 2), guide.GuideStage(LevelScores(second), 3)]
+    sampler = guide.stacked(FourImages(), stages, TOY, temperature=1.0, seed=0)
+    assert sampler.passes_per_image == 6
+    rows = 60_000
+    kept = outcomes_of(sampler(torch.randn(rows, 2, generator=torch.Generator().manual_seed(1))))
+    expected = nested_sir(Q, [S, second], [2, 3])
+    assert_matches(frequencies(kept), expected, rows)
+    assert (expected - nested_sir(Q, [S], [2])).abs().max() > 0.05  # the second stage moved it measurably
+    assert guide.stacked(FourImages(), [], TOY, temperature=1.0, seed=0).__class__ is FourImages  # no stage: q
 
 
 class ClusterImages(nn.Module):
@@ -156,7 +188,7 @@ def test_guide_then_guided_sample_and_eval(guided_run, tmp_path, capsys, monkeyp
     result = evaluate.evaluate_run(GanEvalConfig(run=str(guided_run), n=100, json=str(tmp_path / "e.json"),
                                                  device="cpu"))  # a run with a guide: guided by default
     assert result["guided"] == guide.DEFAULT_GUIDED == 16
-    assert f"guided from {guide.DEFAULT_GUIDED} candidates" in capsys.readouterr().out
+    assert f"guided ({guide.DEFAULT_GUIDED} generator passes per image)" in capsys.readouterr().out
 
 
 def test_guided_sampling_is_reproducible(guided_run, tmp_path):
@@ -206,7 +238,7 @@ def test_training_ends_by_fitting_the_guide_that_sampling_then_uses_by_default(t
     assert "guide: held-out loss" in capsys.readouterr().out
 
     default = _npz_images(run, tmp_path / "default.npz")
-    assert "each the pick of 16 candidates" in capsys.readouterr().out
+    assert "guided: 16 generator passes per image" in capsys.readouterr().out
     assert np.array_equal(default, _npz_images(run, tmp_path / "k16.npz", "--guided", "16"))
     assert not np.array_equal(default, _npz_images(run, tmp_path / "plain.npz", "--guided", "1"))
 
@@ -218,11 +250,34 @@ def test_training_ends_by_fitting_the_guide_that_sampling_then_uses_by_default(t
     assert "note: plain samples, not guided" in note and "temperature 1.0 (asked: 1.2)" in note
 
 
+def test_a_guide_of_two_stages_is_fitted_saved_and_sampled_through_both(tmp_path, capsys):
+    import numpy as np
+
+    run = _tiny_run(tmp_path / "run", guide=False)
+    assert main(["gan", "guide", "--run", str(run), "--steps", "20", "--samples-per-real", "1", "--stages", "2",
+                 "--stage-candidates", "3", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "guide stage 1: held-out loss" in printed and "guide stage 2: held-out loss" in printed
+    tensors, metadata = runs.load_weights(run / guide.GUIDE_FILE)
+    info = json.loads(metadata["guide"])
+    assert info["stage_candidates"] == [guide.DEFAULT_GUIDED, 3] and len(info["later_stages"]) == 1
+    assert info["seed"] == 0 and info["later_stages"][0]["seed"] == guide.STAGE_SEED_STEP  # samples of its own
+    assert sum(name.startswith("stage2.") for name in tensors) * 2 == len(tensors)  # two guides of one shape
+
+    both = _npz_images(run, tmp_path / "default.npz")
+    assert f"guided: {guide.DEFAULT_GUIDED * 3} generator passes per image" in capsys.readouterr().out
+    first_only = _npz_images(run, tmp_path / "k4.npz", "--guided", "4")
+    captured = capsys.readouterr()
+    assert "guided: 4 generator passes per image" in captured.out
+    assert "note: the first stage of the guide only" in captured.err and "--guided 16" in captured.err
+    assert not np.array_equal(both, first_only)
+
+
 def test_no_guide_trains_without_one_and_samples_plain(tmp_path, capsys):
     run = _tiny_run(tmp_path / "run", guide=False)
     assert not (run / guide.GUIDE_FILE).exists()
     _npz_images(run, tmp_path / "plain.npz")
-    assert "candidates" not in capsys.readouterr().out
+    assert "guided" not in capsys.readouterr().out
 
 
 def test_a_time_budget_keeps_its_last_share_for_the_guide():
@@ -262,6 +317,13 @@ def test_the_guide_draws_at_most_its_cap_of_samples_with_the_classes_shares():
     _, info = guide.fit_guide(Recording(), TOY, real, labels, 1.0, recipe, seed=0)
     assert info["generated_images"] == 20
     assert 4 <= (torch.cat(drawn) == 1).sum() <= 16  # a random subset of both classes, not the first 20 (all 0s)
+
+
+def test_a_short_guide_draws_no_more_samples_than_its_steps_can_see():
+    recipe = guide.GuideRecipe(steps=12, batch_size=64, held_out=0.1)  # 768 training samples seen at most
+    assert recipe.generated_count(5000) == 854  # 768 / 0.9, rounded up: the held-out tenth on top
+    assert guide.GuideRecipe().generated_count(5000) == 20_000  # 3,000 steps: 4 per image, as before
+    assert guide.GuideRecipe().generated_count(100) == 400
 
 
 def test_the_guides_time_limit_stops_it_at_its_best_so_far():

@@ -17,7 +17,8 @@ from aigc.training import loop
 
 from conftest import assert_one_line_error, checkpoint_file
 
-FAST = dict(width=16, log_every=5, sample_every=1000, save_every=1000)
+# No guide: its fit after training is tested in test_gan_guide.py, and here it would only add time.
+FAST = dict(width=16, log_every=5, sample_every=1000, save_every=1000, guide=False)
 
 
 def small_train(out: Path, steps: int, **overrides) -> Path:

@@ -263,6 +263,10 @@ class GanGuideConfig:
                                 "sampling must use the same one")
     seed: int = option(0, "random seed of the samples, the held-out split and the guide's weights")
     ema: bool = option(True, "fit the guide to the EMA generator when the run has one (as sampling uses)")
+    stages: int = option(1, "guides to fit one on top of the other: each later one learns to tell the training "
+                         "images from the guided samples of those below it, and sampling resamples through all "
+                         "of them (2: 16 x 4 = 64 generator passes per image)", minimum=1, maximum=3)
+    stage_candidates: int = option(4, "candidates per image of each stage after the first", minimum=2, maximum=64)
     device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
 
     def validate(self) -> None:

@@ -172,7 +172,8 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
 
     result = {
         "run": str(cfg.run), "ref": cfg.ref, "ref_source": reference.source, "seed": cfg.seed, "ema": cfg.ema,
-        "temperature": cfg.temperature, "guided": k, "n_samples": cfg.n, "n_compared": m,
+        "temperature": cfg.temperature, "guided": k,
+        "generator_passes_per_image": getattr(generator, "passes_per_image", 1), "n_samples": cfg.n, "n_compared": m,
         "conditional": model_cfg.conditional,
         "evaluator": {"key": evaluator.key, "trained_on": training.source}, "judge_steps": judge_steps,
         "model": model, "real_floor": floor,
@@ -234,7 +235,8 @@ def format_table(result: dict) -> str:
     header = (f"{result['run']}: {result['n_samples']} samples ({result['n_compared']} per set-level metric) "
               f"vs {result['ref']}, evaluator {result['evaluator']['key']}"
               + (f", noise temperature {result['temperature']:g}" if result['temperature'] != 1.0 else "")
-              + (f", guided from {result['guided']} candidates" if result["guided"] > 1 else ""))
+              + (f", guided ({result['generator_passes_per_image']} generator passes per image)"
+                 if result["guided"] > 1 else ""))
     lines = [header, f"{'metric':<26}{'model':>24}{'real floor':>24}"]
     lines += [f"{name:<26}{a:>24}{b:>24}" for name, a, b in rows]
     return "\n".join(lines)

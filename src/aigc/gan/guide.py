@@ -20,6 +20,12 @@ worse (docs/benchmarks-gan-quality.md). The guide learns from the run's training
 from the images an evaluation compares with, and it is early-stopped on a held-out tenth of both
 sides (the real images and the samples).
 
+Guided samples are samples of another model, q1 = q exp(s1) / Z1 (nearly, at finite K), and a second
+guide fitted to tell the training images from *them* estimates log p_data / q1: ``aigc gan guide
+--stages 2`` fits one on top of the other, and sampling resamples K2 images of the first stage, each
+the pick of K1 candidates (nested importance resampling, K1 x K2 generator passes per image). On the
+benchmark it corrected what one guide left (docs/benchmarks-gan-quality.md).
+
 The guide is the small CNN of the C2ST judge (:class:`aigc.metrics.image.Judge`), saved as
 ``RUN/guide.safetensors`` with what it was fitted to (checkpoint, temperature, EMA or not) in its
 metadata: sampling with a guide fitted to another generator is an error, not a silent mismatch.
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -46,6 +53,8 @@ from aigc.metrics.image import Judge
 
 GUIDE_FILE = "guide.safetensors"
 DEFAULT_GUIDED = 16  # candidates per image when a run has a guide and --guided is not given
+DEFAULT_STAGE_CANDIDATES = 4  # candidates per image of each stage after the first (--stages 2: 16 x 4 passes)
+STAGE_SEED_STEP = 1000  # stage i's samples, split, weights and noise use seed + 1000 (i - 1): its own
 CANDIDATE_CHUNK = 4096  # candidate images generated and scored at a time: (4096, 64, 14, 14) floats at most
 # The guide's own noise stream, apart from the seeds that sampling and evaluation use (0, 1, ...).
 GUIDE_NOISE_SEED = 7_919_003
@@ -62,6 +71,12 @@ class GuideRecipe:
     eval_every: int = 250  # held-out loss every this many steps; the best guide is kept
     held_out: float = 0.1  # share of both sides kept out of training for the early stop
     seconds: float | None = None  # stop training after this long (drawing the samples included), if sooner
+
+    def generated_count(self, real_count: int) -> int:
+        """How many samples to draw: samples_per_real per training image, at most max_generated, and no
+        more than ``steps`` batches can see (after a short run's few steps, 20,000 were mostly never used)."""
+        seen = math.ceil(self.steps * self.batch_size / (1 - self.held_out))
+        return min(real_count * self.samples_per_real, self.max_generated, seen)
 
 
 def balanced_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -87,7 +102,7 @@ def fit_guide(generator: nn.Module, model_cfg: GanModelConfig, real: torch.Tenso
     ``temperature`` (conditional samples take the real images' labels, so the classes keep their shares);
     return the guide of the lowest held-out :func:`balanced_loss` (eval mode) and how it was found."""
     started = time.perf_counter()
-    count = min(len(real) * recipe.samples_per_real, recipe.max_generated)
+    count = recipe.generated_count(len(real))
     labels = None if real_labels is None else real_labels.repeat(recipe.samples_per_real)
     if labels is not None and len(labels) > count:  # capped: a random subset keeps the classes' shares
         labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:count]]
@@ -143,6 +158,8 @@ class GuidedGenerator(nn.Module):
         self.generator, self.guide, self.model_cfg = generator, guide, model_cfg
         self.k, self.temperature = k, temperature
         self.noise = torch.Generator().manual_seed(GUIDE_NOISE_SEED + 1 + seed)
+        # generator passes per image kept: K, times the passes of each candidate when the generator is guided too
+        self.passes_per_image = k * getattr(generator, "passes_per_image", 1)
 
     @torch.no_grad()
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,18 +212,64 @@ def _mismatch(loaded: GanRun, info: dict, ema: bool, temperature: float) -> str 
             f"`aigc gan guide --run {loaded.path}` and the same options")
 
 
-def load_guide(loaded: GanRun, ema: bool, temperature: float) -> tuple[Judge, dict]:
-    """The guide saved in a run, checked to belong to the generator and the temperature asked for."""
+@dataclass
+class GuideStage:
+    guide: Judge  # eval mode, on the generator's device
+    candidates: int  # images drawn from the sampler below it for each one it keeps
+
+
+def _stage_tensors(tensors: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """Stage ``index``'s weights in a guide file: the first stage's unprefixed (as a one-stage guide
+    stores them), a later one's under ``stage2.``, ``stage3.``, ..."""
+    if index == 0:
+        return {name: t for name, t in tensors.items() if not name.startswith("stage")}
+    prefix = f"stage{index + 1}."
+    return {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
+
+
+def stacked_tensors(guides: list[Judge]) -> dict[str, torch.Tensor]:
+    """The weights of a stack of guides as one file stores them (the inverse of :func:`_stage_tensors`)."""
+    prefixes = [""] + [f"stage{index + 1}." for index in range(1, len(guides))]
+    return {prefix + name: t for prefix, guide in zip(prefixes, guides) for name, t in guide.state_dict().items()}
+
+
+def load_stages(loaded: GanRun, k: int, ema: bool, temperature: float) -> list[GuideStage]:
+    """The run's guide as ``--guided K`` samples with it, checked to belong to this generator and temperature:
+    its first stage with K candidates, then the later stages of a guide fitted with ``--stages``, each with
+    the candidates it was fitted with, when K is the count they were fitted over (if not, a note says that
+    only the first stage is used)."""
     tensors, info = _read_guide(loaded)
     if (mismatch := _mismatch(loaded, info, ema, temperature)) is not None:
         raise UserError(mismatch)
-    guide = Judge(loaded.model_config.channels)
-    try:
-        guide.load_state_dict(tensors)
-    except RuntimeError:
-        raise UserError(f"{loaded.path / GUIDE_FILE}: weights do not fit the guide of a "
-                        f"{loaded.model_config.channels}-channel model") from None
-    return guide.eval(), info
+    counts = info.get("stage_candidates", [k])
+    if k != counts[0]:
+        if len(counts) > 1:
+            print(f"note: the first stage of the guide only: its later stages were fitted over {counts[0]} "
+                  f"candidates per image (--guided {counts[0]})", file=sys.stderr)
+        counts = [k]
+    device = next(loaded.generator.parameters()).device
+    stages = []
+    for index, candidates in enumerate(counts):
+        guide = Judge(loaded.model_config.channels)
+        try:
+            guide.load_state_dict(_stage_tensors(tensors, index))
+        except RuntimeError:
+            raise UserError(f"{loaded.path / GUIDE_FILE}: weights do not fit the guide of a "
+                            f"{loaded.model_config.channels}-channel model") from None
+        stages.append(GuideStage(guide.eval().to(device), candidates))
+    return stages
+
+
+def stacked(generator: nn.Module, stages: list[GuideStage], model_cfg: GanModelConfig, temperature: float,
+            seed: int) -> nn.Module:
+    """The sampler of a stack of guides: each stage keeps one of its candidates, drawn from the stage below
+    (the first from the generator), so stage i corrects what the stages below it left (nested importance
+    resampling, one generator pass per candidate of the first stage)."""
+    sampler = generator
+    for index, stage in enumerate(stages):
+        sampler = GuidedGenerator(sampler, stage.guide, model_cfg, stage.candidates, temperature,
+                                  seed + STAGE_SEED_STEP * index)
+    return sampler
 
 
 def candidates_per_image(loaded: GanRun, requested: int | None, ema: bool, temperature: float) -> int:
@@ -224,9 +287,8 @@ def candidates_per_image(loaded: GanRun, requested: int | None, ema: bool, tempe
 
 
 def guided(loaded: GanRun, k: int, ema: bool, temperature: float, seed: int) -> nn.Module:
-    """The generator that ``--guided K`` samples with: the run's own for K = 1, else :class:`GuidedGenerator`."""
+    """The generator that ``--guided K`` samples with: the run's own for K = 1, else its guide's stages
+    (:func:`stacked`); its ``passes_per_image`` says what each image costs."""
     if k == 1:
         return loaded.generator
-    guide, _ = load_guide(loaded, ema, temperature)
-    device = next(loaded.generator.parameters()).device
-    return GuidedGenerator(loaded.generator, guide.to(device), loaded.model_config, k, temperature, seed)
+    return stacked(loaded.generator, load_stages(loaded, k, ema, temperature), loaded.model_config, temperature, seed)

@@ -14,7 +14,8 @@ from aigc.config import checked
 from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gan.config import GanGuideConfig
-from aigc.gan.guide import GUIDE_FILE, GuideRecipe, fit_guide, fitted_to
+from aigc.gan.guide import (DEFAULT_GUIDED, DEFAULT_STAGE_CANDIDATES, GUIDE_FILE, STAGE_SEED_STEP, GuideRecipe,
+                            GuideStage, fit_guide, fitted_to, stacked, stacked_tensors)
 from aigc.gan.loading import load_gan, load_training_data
 
 
@@ -22,24 +23,39 @@ def guide_command(cfg: GanGuideConfig) -> Path:
     """``aigc gan guide``: fit the run's guide and save it as RUN/guide.safetensors (replacing an older one)."""
     checked(cfg)
     recipe = GuideRecipe(samples_per_real=cfg.samples_per_real, steps=cfg.steps)
-    return fit_run_guide(Path(cfg.run), recipe, cfg.temperature, cfg.seed, cfg.ema, resolve_device(cfg.device))
+    return fit_run_guide(Path(cfg.run), recipe, cfg.temperature, cfg.seed, cfg.ema, resolve_device(cfg.device),
+                         stages=cfg.stages, stage_candidates=cfg.stage_candidates)
 
 
 def fit_run_guide(run: Path, recipe: GuideRecipe, temperature: float, seed: int, ema: bool,
-                  device: torch.device) -> Path:
-    """Fit the guide of the run's last checkpoint on its own training data; save it in the run."""
+                  device: torch.device, stages: int = 1, stage_candidates: int = DEFAULT_STAGE_CANDIDATES) -> Path:
+    """Fit the guide of the run's last checkpoint on its own training data and save it in the run: one
+    classifier, or ``stages`` of them, each fitted against the samples of the stages below it (the first
+    resampling :data:`DEFAULT_GUIDED` candidates, every later one ``stage_candidates``)."""
     loaded = load_gan(str(run), ema, device)
     if loaded.run_config.get("compression"):
         raise UserError(f"{run} is a compressed run; fit the guide on the run it was compressed from")
     training = load_training_data(loaded.run_config, loaded.model_config, str(run))
-    started = time.perf_counter()
-    guide, info = fit_guide(loaded.generator, loaded.model_config, training.images.to(device),
-                            training.labels if loaded.model_config.conditional else None, temperature, recipe, seed)
-    info.update(fitted_to(loaded, ema, temperature), seconds=round(time.perf_counter() - started, 1))
+    labels = training.labels if loaded.model_config.conditional else None
+    counts = [DEFAULT_GUIDED] + [stage_candidates] * (stages - 1)
+    fitted: list[GuideStage] = []
+    infos = []
+    for index, candidates in enumerate(counts):
+        started = time.perf_counter()
+        below = stacked(loaded.generator, fitted, loaded.model_config, temperature, seed)
+        guide, info = fit_guide(below, loaded.model_config, training.images.to(device), labels, temperature, recipe,
+                                seed + STAGE_SEED_STEP * index)
+        info.update(seconds=round(time.perf_counter() - started, 1))
+        fitted.append(GuideStage(guide.to(device), candidates))
+        infos.append(info)
+        print(f"guide{f' stage {index + 1}' if stages > 1 else ''}: held-out loss {info['held_out_loss']:.4f} "
+              f"(a constant guess: 0.6931), balanced accuracy {info['held_out_accuracy']:.3f}, best at step "
+              f"{info['best_step']} of {info['steps']}, {info['seconds']:.0f} s", flush=True)
+    info = {**infos[0], **fitted_to(loaded, ema, temperature)}
+    if stages > 1:  # what sampling needs to rebuild the stack, and how each later stage was fitted
+        info.update(stage_candidates=counts, later_stages=[{k: v for k, v in later.items() if k != "history"}
+                                                           for later in infos[1:]])
     path = run / GUIDE_FILE
-    runs.save_weights(path, guide.state_dict(), metadata={"guide": json.dumps(info)})
-    print(f"guide: held-out loss {info['held_out_loss']:.4f} (a constant guess: 0.6931), balanced accuracy "
-          f"{info['held_out_accuracy']:.3f}, best at step {info['best_step']} of {info['steps']}, "
-          f"{info['seconds']:.0f} s")
+    runs.save_weights(path, stacked_tensors([stage.guide for stage in fitted]), metadata={"guide": json.dumps(info)})
     print(f"wrote {path}")
     return path

@@ -34,5 +34,6 @@ def sample(cfg: GanSampleConfig) -> Path:
         conditional_rows = labels is not None and cfg.label is None
         nrow = samples_per_class(model_cfg, cfg.n) if conditional_rows else math.ceil(math.sqrt(cfg.n))
         save_grid(images, out, nrow=nrow)
-    print(f"wrote {cfg.n} samples to {out}" + (f" (guided: each the pick of {k} candidates)" if k > 1 else ""))
+    passes = getattr(generator, "passes_per_image", 1)
+    print(f"wrote {cfg.n} samples to {out}" + (f" (guided: {passes} generator passes per image)" if k > 1 else ""))
     return out

@@ -25,7 +25,7 @@ import torch
 
 from aigc.errors import UserError
 from aigc.gan.generation import generate_images
-from aigc.gan.guide import GuidedGenerator, candidates_per_image, load_guide
+from aigc.gan.guide import candidates_per_image, load_stages, stacked
 from aigc.gan.loading import GanRun, load_gan
 from aigc.gpt.loading import GptRun, load_gpt
 from aigc.serve.engine import Engine
@@ -71,10 +71,8 @@ class ServedGan:
         self.id, self.run = id, run
         self.config = run.model_config
         # The run's guide, as `aigc gan sample` uses it by default: each image the pick of K candidates.
-        self.candidates = candidates_per_image(run, None, ema=True, temperature=1.0)
-        self.guide = None
-        if self.candidates > 1:
-            self.guide = load_guide(run, ema=True, temperature=1.0)[0].to(next(run.generator.parameters()).device)
+        candidates = candidates_per_image(run, None, ema=True, temperature=1.0)
+        self.guide_stages = [] if candidates == 1 else load_stages(run, candidates, ema=True, temperature=1.0)
         self.classes: list[str] = [str(c) for c in run.run_config.get("class_names") or range(self.config.num_classes)]
         self._lock = threading.Lock()  # one generation at a time: the generator has batch-norm state
 
@@ -101,9 +99,7 @@ class ServedGan:
         return named[0]
 
     def _generator(self, seed: int) -> torch.nn.Module:
-        if self.guide is None:
-            return self.run.generator
-        return GuidedGenerator(self.run.generator, self.guide, self.config, self.candidates, temperature=1.0, seed=seed)
+        return stacked(self.run.generator, self.guide_stages, self.config, temperature=1.0, seed=seed)
 
     def png_images(self, n: int, label: int | None, seed: int) -> list[str]:
         """``n`` images as base64 PNGs."""
