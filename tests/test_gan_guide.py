@@ -254,8 +254,8 @@ def test_a_guide_of_two_stages_is_fitted_saved_and_sampled_through_both(tmp_path
     import numpy as np
 
     run = _tiny_run(tmp_path / "run", guide=False)
-    assert main(["gan", "guide", "--run", str(run), "--steps", "20", "--samples-per-real", "1", "--stages", "2",
-                 "--stage-candidates", "3", "--device", "cpu"]) == 0
+    assert main(["gan", "guide", "--run", str(run), "--steps", "5", "--stages", "2", "--stage-candidates", "3",
+                 "--device", "cpu"]) == 0  # 5 steps: 356 samples a stage, the second's each the pick of 16
     printed = capsys.readouterr().out
     assert "guide stage 1: held-out loss" in printed and "guide stage 2: held-out loss" in printed
     tensors, metadata = runs.load_weights(run / guide.GUIDE_FILE)
@@ -271,6 +271,12 @@ def test_a_guide_of_two_stages_is_fitted_saved_and_sampled_through_both(tmp_path
     assert "guided: 4 generator passes per image" in captured.out
     assert "note: the first stage of the guide only" in captured.err and "--guided 16" in captured.err
     assert not np.array_equal(both, first_only)
+
+    from aigc.serve.models import ServedGan
+
+    served = ServedGan("digits", load_gan(run))  # the server samples through both stages too
+    assert [stage.candidates for stage in served.guide_stages] == [guide.DEFAULT_GUIDED, 3]
+    assert len(served.png_images(2, 7, seed=0)) == 2
 
 
 def test_no_guide_trains_without_one_and_samples_plain(tmp_path, capsys):
