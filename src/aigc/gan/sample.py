@@ -35,5 +35,5 @@ def sample(cfg: GanSampleConfig) -> Path:
         nrow = samples_per_class(model_cfg, cfg.n) if conditional_rows else math.ceil(math.sqrt(cfg.n))
         save_grid(images, out, nrow=nrow)
     passes = getattr(generator, "passes_per_image", 1)
-    print(f"wrote {cfg.n} samples to {out}" + (f" (guided: {passes} generator passes per image)" if k > 1 else ""))
+    print(f"wrote {cfg.n} samples to {out}" + (f" (guided: {passes} generator passes per image)" if passes > 1 else ""))
     return out

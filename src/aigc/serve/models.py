@@ -70,7 +70,7 @@ class ServedGan:
     def __init__(self, id: str, run: GanRun):
         self.id, self.run = id, run
         self.config = run.model_config
-        # The run's guide, as `aigc gan sample` uses it by default: each image the pick of K candidates.
+        # The run's guide, as `aigc gan sample` uses it by default: each image resampled through its stages.
         candidates = candidates_per_image(run, None, ema=True, temperature=1.0)
         self.guide_stages = [] if candidates == 1 else load_stages(run, candidates, ema=True, temperature=1.0)
         self.classes: list[str] = [str(c) for c in run.run_config.get("class_names") or range(self.config.num_classes)]
