@@ -278,6 +278,11 @@ def test_a_guide_of_two_stages_is_fitted_saved_and_sampled_through_both(tmp_path
     assert [stage.candidates for stage in served.guide_stages] == [guide.DEFAULT_GUIDED, 3]
     assert len(served.png_images(2, 7, seed=0)) == 2
 
+    # Training on refits the guide to its new checkpoint, with one stage, and says how to fit two again.
+    assert main(["gan", "train", "--out", str(run), "--resume", "--steps", "4", "--guide", "--device", "cpu"]) == 0
+    assert f"`aigc gan guide --run {run} --stages 2`" in capsys.readouterr().out
+    assert guide.guide_stages(run) == 1 and guide.guide_stages(tmp_path) == 0
+
 
 def test_no_guide_trains_without_one_and_samples_plain(tmp_path, capsys):
     run = _tiny_run(tmp_path / "run", guide=False)

@@ -39,6 +39,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -199,6 +200,15 @@ def _read_guide(loaded: GanRun) -> tuple[dict[str, torch.Tensor], dict]:
         return tensors, json.loads(metadata["guide"])
     except (KeyError, ValueError):
         raise UserError(f"{path} is not a guide written by `aigc gan guide`") from None
+
+
+def guide_stages(run: Path) -> int:
+    """How many stages the run's guide has: 0 where it has none (or none that reads as a guide)."""
+    try:
+        _, metadata = runs.load_weights(run / GUIDE_FILE)
+        return len(json.loads(metadata["guide"]).get("stage_candidates", [DEFAULT_GUIDED]))
+    except (UserError, KeyError, ValueError):
+        return 0
 
 
 def _mismatch(loaded: GanRun, info: dict, ema: bool, temperature: float) -> str | None:

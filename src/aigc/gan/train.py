@@ -27,7 +27,7 @@ from aigc.errors import UserError
 from aigc.gan.augment import AdaptiveProbability, DiffAugment
 from aigc.gan.clusters import cluster_prior, kmeans, kmeans_within_classes
 from aigc.gan.config import GanTrainConfig, parse_augment
-from aigc.gan.guide import GuideRecipe
+from aigc.gan.guide import GuideRecipe, guide_stages
 from aigc.gan.guide_command import fit_run_guide
 from aigc.gan.loading import GAN_KIND, load_prefixed, model_config_of
 from aigc.gan.losses import LOSSES, GanLoss, gradient_penalty, r1_penalty
@@ -179,6 +179,14 @@ def _guide_recipe(cfg: GanTrainConfig, max_steps: int | None, elapsed: float) ->
     steps = GuideRecipe.steps if max_steps is None else min(GuideRecipe.steps, max_steps)
     seconds = None if cfg.time_budget is None else max(cfg.time_budget * GUIDE_SHARE, cfg.time_budget - elapsed)
     return GuideRecipe(steps=steps, seconds=seconds)
+
+
+def _note_replaced_stages(out: Path) -> None:
+    """A resumed run's guide was fitted to an earlier checkpoint, so training refits it, with one stage;
+    where the old one had more (`aigc gan guide --stages N`), say how to fit them again."""
+    if (stages := guide_stages(out)) > 1:
+        print(f"note: the {stages}-stage guide of the earlier checkpoint is replaced by a one-stage guide; fit "
+              f"{stages} again with `aigc gan guide --run {out} --stages {stages}`", flush=True)
 
 
 def _self_conditioned_dcgan(model_cfg: GanModelConfig) -> bool:
@@ -463,6 +471,7 @@ def train(cfg: GanTrainConfig) -> Path:
         plot_metrics(read_metrics(out / runs.METRICS_FILE), ["d_loss", "g_loss"], out / runs.PLOT_FILE,
                      title=f"{cfg.model} {cfg.loss}")
         if cfg.guide:
+            _note_replaced_stages(out)
             recipe = _guide_recipe(cfg, plan.max_steps, time.perf_counter() - started)
             fit_run_guide(out, recipe, temperature=1.0, seed=cfg.seed, ema=True, device=device)
         print(f"done: {out} (samples in {out / runs.SAMPLES_DIR}, loss curve {out / runs.PLOT_FILE})", flush=True)
