@@ -5,6 +5,7 @@ one-line refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -248,6 +249,37 @@ def test_training_ends_by_fitting_the_guide_that_sampling_then_uses_by_default(t
     assert np.array_equal(hotter, _npz_images(run, tmp_path / "hot-plain.npz", "--temperature", "1.2", "--guided", "1"))
     note = capsys.readouterr().err
     assert "note: plain samples, not guided" in note and "temperature 1.0 (asked: 1.2)" in note
+
+
+def test_a_run_samples_at_its_own_temperature_and_fits_its_guide_to_it(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    run = tmp_path / "run"
+    train(GanTrainConfig(model="mlp", conditional=True, steps=3, batch_size=16, out=str(run), device="cpu",
+                         log_every=3, sample_every=3, save_every=3, temperature=1.3))
+    assert runs.read_run_config(run, "gan")["train"]["temperature"] == 1.3
+    _, metadata = runs.load_weights(run / guide.GUIDE_FILE)
+    assert json.loads(metadata["guide"])["temperature"] == 1.3
+    capsys.readouterr()
+
+    default = _npz_images(run, tmp_path / "default.npz")  # guided: the guide fits the run's temperature
+    assert "guided: 16 generator passes per image" in capsys.readouterr().out
+    assert np.array_equal(default, _npz_images(run, tmp_path / "t1.3.npz", "--temperature", "1.3", "--guided", "16"))
+    assert not np.array_equal(_npz_images(run, tmp_path / "plain.npz", "--guided", "1"),
+                              _npz_images(run, tmp_path / "t1.npz", "--guided", "1", "--temperature", "1"))
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(evaluate, "DEFAULT_RECIPE", TINY_RECIPE)
+    monkeypatch.setattr(evaluate, "JUDGE_STEPS", 20)
+    result = evaluate.evaluate_run(GanEvalConfig(run=str(run), n=100, json=str(tmp_path / "e.json"), device="cpu"))
+    assert result["temperature"] == 1.3 and result["guided"] == guide.DEFAULT_GUIDED
+
+
+def test_a_run_saved_before_the_temperature_setting_samples_at_1(guided_run):
+    loaded = load_gan(guided_run)
+    before = {**loaded.run_config, "train": {k: v for k, v in loaded.run_config["train"].items() if k != "temperature"}}
+    assert dataclasses.replace(loaded, run_config=before).temperature() == 1.0
+    assert dataclasses.replace(loaded, run_config=before).temperature(0.7) == 0.7
 
 
 def test_a_guide_of_two_stages_is_fitted_saved_and_sampled_through_both(tmp_path, capsys):

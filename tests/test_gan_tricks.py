@@ -16,7 +16,8 @@ from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import load_generator
 from aigc.gan.losses import gradient_penalty, r1_penalty
 from aigc.gan.models import GanModelConfig, MinibatchStd, build_discriminator, packed
-from aigc.gan.train import GanTrainer, _cluster_count, _model_config, ema_decay, learning_rates, train, uses_autocast
+from aigc.gan.train import (GanTrainer, _cluster_count, _model_config, ema_decay, learning_rates, sampling_temperature,
+                            train, uses_autocast)
 from aigc.logging import read_metrics
 
 from conftest import assert_one_line_error
@@ -281,6 +282,19 @@ def test_trainer_applies_lr_d_and_drops_batch_norm_under_r1():
 def test_default_learning_rates_are_eight_times_higher_for_a_self_conditioned_dcgan(overrides, rates):
     cfg = GanTrainConfig(out="unused", **overrides)
     assert learning_rates(cfg, _model_config(cfg, _digits(500))) == rates
+
+
+@pytest.mark.parametrize("overrides, temperature", [
+    ({}, 1.2),  # the self-conditioned DCGAN (the default model)
+    ({"conditional": True}, 1.0),  # hotter samples cost label accuracy
+    ({"self_condition": 0}, 1.0),  # measured on self-conditioned DCGANs only
+    ({"model": "mlp"}, 1.0),
+    ({"temperature": 0.8}, 0.8),
+    ({"conditional": True, "temperature": 1.1}, 1.1),
+])
+def test_an_unconditional_self_conditioned_dcgan_samples_at_a_temperature_of_1_2_by_default(overrides, temperature):
+    cfg = GanTrainConfig(out="unused", **overrides)
+    assert sampling_temperature(cfg, _model_config(cfg, _digits(500))) == temperature
 
 
 @pytest.mark.parametrize("overrides, decay", [

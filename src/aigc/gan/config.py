@@ -88,6 +88,10 @@ class GanTrainConfig(RunOptions):
     channels: int | None = option(None, "1 (grey) or 3 (RGB) (default: the data's own)")
     ema_decay: float | None = option(None, "EMA decay of the generator weights used for sampling; default 0.99 for a "
                                      "self-conditioned dcgan (the dcgan default), else 0.999; 0 turns EMA off")
+    temperature: float | None = option(None, "the noise temperature the run samples at unless told otherwise "
+                                       "(`gan sample`, `gan eval`, `aigc serve`), and that its guide is fitted to; "
+                                       "default 1.2 for a self-conditioned dcgan without --conditional (the dcgan "
+                                       "default), else 1")
     amp: bool | None = option(None, "bf16 autocast where the hardware computes bf16 natively; default on, except for "
                               "the mlp model, whose small products run faster in fp32")
     guide: bool = option(True, "at the end, fit the run's guide (as `aigc gan guide` does, with no more steps than "
@@ -126,6 +130,8 @@ class GanTrainConfig(RunOptions):
         require(bool(policy) or (self.augment_p is None and self.ada_target is None),
                 "--augment-p and --ada-target need an --augment policy (e.g. --augment translation)")
         require(self.ema_decay is None or 0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        require(self.temperature is None or self.temperature > 0,
+                f"--temperature must be positive, got {self.temperature}")
         require(self.channels in (None, 1, 3), f"--channels must be 1 or 3, got {self.channels}")
         require(self.gp_weight >= 0, f"--gp-weight must be non-negative, got {self.gp_weight}")
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
@@ -141,7 +147,8 @@ GUIDED_HELP = ("draw each image as the pick of K candidates by importance resamp
 MAX_GUIDED = 1024
 
 TEMPERATURE_HELP = ("scale of the noise, z ~ N(0, T^2): above 1 more varied samples, below 1 more typical ones "
-                    "(a self-conditioned model's clusters keep their shares)")
+                    "(a self-conditioned model's clusters keep their shares); default: the run's own, which "
+                    "`aigc gan train --temperature` set (1 for runs saved before it existed)")
 
 
 @dataclass
@@ -151,7 +158,7 @@ class GanSampleConfig:
     out: str = option("grid.png", "output file (.png grid, or .npz with --format npz)")
     label: int | None = option(None, "class to draw (conditional models; default: all classes in turn)")
     seed: int = option(0, "random seed for the noise")
-    temperature: float = option(1.0, TEMPERATURE_HELP)
+    temperature: float | None = option(None, TEMPERATURE_HELP)
     format: str = option("png", "png grid or npz array (uint8, N x H x W x C, with labels)", choices=("png", "npz"))
     guided: int | None = option(None, GUIDED_HELP, minimum=1, maximum=MAX_GUIDED)
     ema: bool = option(True, "use the EMA generator when the run has one")
@@ -161,7 +168,8 @@ class GanSampleConfig:
         require(self.run is not None, "--run RUN is required")
         require(0 < self.n <= MAX_SAMPLES, f"--n must be in [1, {MAX_SAMPLES}], got {self.n}")
         require(self.label is None or self.label >= 0, f"--label must be a class number (0, 1, ...), got {self.label}")
-        require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
+        require(self.temperature is None or self.temperature > 0,
+                f"--temperature must be positive, got {self.temperature}")
 
 
 @dataclass
@@ -174,7 +182,7 @@ class GanEvalConfig:
                               "judge.png goes beside it")
     batch_size: int = option(1000, "images generated and scored at a time")
     seed: int = option(0, "random seed for the noise, the reference split and the judge")
-    temperature: float = option(1.0, TEMPERATURE_HELP)
+    temperature: float | None = option(None, TEMPERATURE_HELP)
     guided: int | None = option(None, GUIDED_HELP, minimum=1, maximum=MAX_GUIDED)
     ema: bool = option(True, "use the EMA generator when the run has one")
     device: str = option("auto", "where to run the generator", choices=DEVICE_CHOICES)
@@ -187,7 +195,8 @@ class GanEvalConfig:
                 f"--n must be in [{MIN_EVAL_SAMPLES}, {MAX_SAMPLES}], got {self.n}: precision/recall (k=3) compare "
                 "each sample with its 3 nearest neighbours")
         require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
-        require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
+        require(self.temperature is None or self.temperature > 0,
+                f"--temperature must be positive, got {self.temperature}")
 
 
 MAX_RESTARTS = 4096  # starts per image, optimised together: memory grows with them
@@ -259,8 +268,9 @@ class GanGuideConfig:
     steps: int = option(3000, "Adam steps of the guide, on batches of 64 real and 64 generated images; the guide of "
                         "the lowest held-out loss is kept", minimum=1, maximum=MAX_STEPS)
     samples_per_real: int = option(4, "generated images to learn from per training image", minimum=1, maximum=64)
-    temperature: float = option(1.0, "the noise temperature of the samples the guide learns from; --guided "
-                                "sampling must use the same one")
+    temperature: float | None = option(None, "the noise temperature of the samples the guide learns from; --guided "
+                                       "sampling must use the same one (default: the run's own, which `aigc gan "
+                                       "train --temperature` set)")
     seed: int = option(0, "random seed of the samples, the held-out split and the guide's weights")
     ema: bool = option(True, "fit the guide to the EMA generator when the run has one (as sampling uses)")
     stages: int = option(1, "guides to fit one on top of the other: each later one learns to tell the training "
@@ -271,4 +281,5 @@ class GanGuideConfig:
 
     def validate(self) -> None:
         require(self.run is not None, "--run RUN is required")
-        require(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
+        require(self.temperature is None or self.temperature > 0,
+                f"--temperature must be positive, got {self.temperature}")

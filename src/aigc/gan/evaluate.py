@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -148,6 +149,7 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
     device = resolve_device(cfg.device)
     loaded = load_gan(cfg.run, cfg.ema, device)
     model_cfg, run_config = loaded.model_config, loaded.run_config
+    cfg = dataclasses.replace(cfg, temperature=loaded.temperature(cfg.temperature))
     k = candidates_per_image(loaded, cfg.guided, cfg.ema, cfg.temperature)
     generator = guided(loaded, k, cfg.ema, cfg.temperature, cfg.seed)
     reference = load_reference(cfg.ref, model_cfg)

@@ -27,12 +27,14 @@ def guide_command(cfg: GanGuideConfig) -> Path:
                          stages=cfg.stages, stage_candidates=cfg.stage_candidates)
 
 
-def fit_run_guide(run: Path, recipe: GuideRecipe, temperature: float, seed: int, ema: bool,
+def fit_run_guide(run: Path, recipe: GuideRecipe, temperature: float | None, seed: int, ema: bool,
                   device: torch.device, stages: int = 1, stage_candidates: int = DEFAULT_STAGE_CANDIDATES) -> Path:
     """Fit the guide of the run's last checkpoint on its own training data and save it in the run: one
     classifier, or ``stages`` of them, each fitted against the samples of the stages below it (the first
-    resampling :data:`DEFAULT_GUIDED` candidates, every later one ``stage_candidates``)."""
+    resampling :data:`DEFAULT_GUIDED` candidates, every later one ``stage_candidates``), at ``temperature``
+    (None: the run's own)."""
     loaded = load_gan(str(run), ema, device)
+    temperature = loaded.temperature(temperature)
     if loaded.run_config.get("compression"):
         raise UserError(f"{run} is a compressed run; fit the guide on the run it was compressed from")
     training = load_training_data(loaded.run_config, loaded.model_config, str(run))

@@ -28,6 +28,13 @@ class GanRun:
     run_config: dict
     path: Path
 
+    def temperature(self, given: float | None = None) -> float:
+        """The noise temperature to sample at: ``given`` (a command's --temperature), else the run's own, which
+        ``aigc gan train --temperature`` set; 1 for a run saved before that setting existed."""
+        if given is not None:
+            return given
+        return float(self.run_config.get("train", {}).get("temperature") or 1.0)
+
 
 def model_config_of(run_config: dict, run: Path) -> GanModelConfig:
     """The model section of a GAN run's config.json, checked field by field."""

@@ -21,10 +21,11 @@ def sample(cfg: GanSampleConfig) -> Path:
     out = output_file(cfg.out, "--out")  # before any work, and never over a file of a run
     device = resolve_device(cfg.device)
     loaded = load_gan(cfg.run, cfg.ema, device)
-    k = candidates_per_image(loaded, cfg.guided, cfg.ema, cfg.temperature)
-    generator, model_cfg = guided(loaded, k, cfg.ema, cfg.temperature, cfg.seed), loaded.model_config
+    temperature = loaded.temperature(cfg.temperature)
+    k = candidates_per_image(loaded, cfg.guided, cfg.ema, temperature)
+    generator, model_cfg = guided(loaded, k, cfg.ema, temperature, cfg.seed), loaded.model_config
     labels = sample_labels(model_cfg, cfg.n, cfg.label)
-    images = generate_images(generator, model_cfg, cfg.n, labels, cfg.seed, temperature=cfg.temperature)
+    images = generate_images(generator, model_cfg, cfg.n, labels, cfg.seed, temperature=temperature)
     if cfg.format == "npz":
         arrays = {"images": to_uint8(images)}
         if labels is not None:

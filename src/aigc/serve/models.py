@@ -71,8 +71,10 @@ class ServedGan:
         self.id, self.run = id, run
         self.config = run.model_config
         # The run's guide, as `aigc gan sample` uses it by default: each image resampled through its stages.
-        candidates = candidates_per_image(run, None, ema=True, temperature=1.0)
-        self.guide_stages = [] if candidates == 1 else load_stages(run, candidates, ema=True, temperature=1.0)
+        self.temperature = run.temperature()  # the noise temperature `aigc gan sample` draws at by default
+        candidates = candidates_per_image(run, None, ema=True, temperature=self.temperature)
+        self.guide_stages = [] if candidates == 1 else load_stages(run, candidates, ema=True,
+                                                                      temperature=self.temperature)
         self.classes: list[str] = [str(c) for c in run.run_config.get("class_names") or range(self.config.num_classes)]
         self._lock = threading.Lock()  # one generation at a time: the generator has batch-norm state
 
@@ -99,7 +101,7 @@ class ServedGan:
         return named[0]
 
     def _generator(self, seed: int) -> torch.nn.Module:
-        return stacked(self.run.generator, self.guide_stages, self.config, temperature=1.0, seed=seed)
+        return stacked(self.run.generator, self.guide_stages, self.config, temperature=self.temperature, seed=seed)
 
     def png_images(self, n: int, label: int | None, seed: int) -> list[str]:
         """``n`` images as base64 PNGs."""
@@ -109,7 +111,8 @@ class ServedGan:
 
         labels = None if label is None else torch.full((n,), label, dtype=torch.int64)
         with self._lock:  # the same images as `aigc gan sample --seed` draws
-            images = to_uint8(generate_images(self._generator(seed), self.config, n, labels, seed))  # (n, H, W, C)
+            images = to_uint8(generate_images(self._generator(seed), self.config, n, labels, seed,
+                                              temperature=self.temperature))  # (n, H, W, C)
         encoded = []
         for image in images:
             buffer = io.BytesIO()
