@@ -286,13 +286,13 @@ def test_default_learning_rates_are_eight_times_higher_for_a_self_conditioned_dc
 
 @pytest.mark.parametrize("overrides, temperature", [
     ({}, 1.2),  # the self-conditioned DCGAN (the default model)
-    ({"conditional": True}, 1.0),  # hotter samples cost label accuracy
+    ({"conditional": True}, 1.1),  # hotter samples cost label accuracy
     ({"self_condition": 0}, 1.0),  # measured on self-conditioned DCGANs only
     ({"model": "mlp"}, 1.0),
     ({"temperature": 0.8}, 0.8),
     ({"conditional": True, "temperature": 1.1}, 1.1),
 ])
-def test_an_unconditional_self_conditioned_dcgan_samples_at_a_temperature_of_1_2_by_default(overrides, temperature):
+def test_a_self_conditioned_dcgan_samples_at_a_temperature_above_1_by_default(overrides, temperature):
     cfg = GanTrainConfig(out="unused", **overrides)
     assert sampling_temperature(cfg, _model_config(cfg, _digits(500))) == temperature
 

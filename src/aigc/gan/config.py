@@ -90,8 +90,8 @@ class GanTrainConfig(RunOptions):
                                      "self-conditioned dcgan (the dcgan default), else 0.999; 0 turns EMA off")
     temperature: float | None = option(None, "the noise temperature the run samples at unless told otherwise "
                                        "(`gan sample`, `gan eval`, `aigc serve`), and that its guide is fitted to; "
-                                       "default 1.2 for a self-conditioned dcgan without --conditional (the dcgan "
-                                       "default), else 1")
+                                       "default for a self-conditioned dcgan (the dcgan default) 1.2, or 1.1 with "
+                                       "--conditional; else 1")
     amp: bool | None = option(None, "bf16 autocast where the hardware computes bf16 natively; default on, except for "
                               "the mlp model, whose small products run faster in fp32")
     guide: bool = option(True, "at the end, fit the run's guide (as `aigc gan guide` does, with no more steps than "
