@@ -70,12 +70,12 @@ DEFAULT_EMA_DECAY = 0.999
 # conditional FID from 12.8 to 9.9 and recall from 0.59 to 0.65 at an unchanged judge (3 seeds;
 # docs/benchmarks-gan-quality.md, "A shorter EMA at the faster rate").
 SELF_CONDITIONED_DCGAN_EMA_DECAY = 0.99
-# Without labels its samples are still a little too alike: drawn from N(0, 1.2^2) noise and resampled by a guide
-# fitted to those samples, they cover more of the test digits, at a lower FID and judge accuracy, than at temperature
-# 1 (Zen 3, the same 3 runs: recall 0.658 -> 0.735, FID 10.99 -> 9.13, C2ST 0.691 -> 0.674, precision 0.836 ->
-# 0.805; 3 fresh seeds: recall 0.731; docs/benchmarks-gan-quality.md, "Sampling the unconditional default at a
-# temperature of 1.2"). With labels 1.2 cost label accuracy (99.0% -> 98.0%); 1.1 cost less (98.6%) and bought most of
-# the FID (9.62 -> 7.69, at an unchanged judge, 0.684 against 0.686; the same 3 runs).
+# Its samples are still a little too alike: drawn from N(0, 1.2^2) noise and resampled by a guide fitted to those
+# samples, the unconditional model's cover more of the test digits, at a lower FID and judge accuracy, than at
+# temperature 1 (Zen 3, the same 3 runs: recall 0.658 -> 0.735, FID 10.99 -> 9.13, C2ST 0.691 -> 0.674, precision
+# 0.836 -> 0.805; 3 fresh seeds: recall 0.731). With labels 1.2 cost label accuracy (99.0% -> 98.0%); 1.1 cost less
+# (98.6%) and bought most of the FID (9.62 -> 7.69) at an unchanged judge (0.684 against 0.686; the same 3 runs).
+# docs/benchmarks-gan-quality.md, "Sampling the defaults at a temperature above 1".
 SELF_CONDITIONED_DCGAN_TEMPERATURE = {False: 1.2, True: 1.1}  # conditional or not -> the noise temperature
 STANDING_SAMPLES = 2048  # noise vectors whose activations set the EMA generator's batch-norm statistics
 
