@@ -125,7 +125,8 @@ SETUPS = {
     # The judge prefers the averaged generator (0.70 against the live one's 0.77): does a longer average help more?
     "cond-selfcond-10-ema0.9999": dict(conditional=True, self_condition=10, ema_decay=0.9999),
     # `aigc gan train --conditional` and `aigc gan train` as they are today, every default as the command has it:
-    # since 2026-12-06 the guide is fitted within the budget's last 15%, and evaluation samples with it (K = 16).
+    # since 2026-12-06 the guide is fitted within the budget's last 15%, and evaluation samples with it (K = 16);
+    # since 2026-12-07 a conditional run fits two guides, 15% each, and samples through both (16 x 4).
     "cond-default": dict(conditional=True, self_condition=None, lr=None, ema_decay=None, guide=True),
     "uncond-default": dict(self_condition=None, lr=None, ema_decay=None, guide=True),
 }

@@ -157,9 +157,9 @@ def test_the_guide_learns_the_density_ratio_and_keeps_its_held_out_minimum():
     assert 0.45 < plain_bright < 0.55 and guided_bright > 0.95
 
 
-def _tiny_run(out: Path, guide: bool = True) -> Path:
+def _tiny_run(out: Path, guide: bool = True, **overrides) -> Path:
     train(GanTrainConfig(model="mlp", conditional=True, steps=3, batch_size=16, out=str(out), device="cpu",
-                         log_every=3, sample_every=3, save_every=3, guide=guide))
+                         log_every=3, sample_every=3, save_every=3, guide=guide, **overrides))
     return out
 
 
@@ -316,6 +316,15 @@ def test_a_guide_of_two_stages_is_fitted_saved_and_sampled_through_both(tmp_path
     assert guide.guide_stages(run) == 1 and guide.guide_stages(tmp_path) == 0
 
 
+def test_training_fits_and_saves_the_guide_stages_it_is_given(tmp_path, capsys):
+    run = _tiny_run(tmp_path / "run", guide_stages=2)
+    assert guide.guide_stages(run) == 2
+    assert runs.read_run_config(run, "gan")["train"]["guide_stages"] == 2  # saved resolved, as a resume reads it
+    _npz_images(run, tmp_path / "both.npz")
+    assert f"guided: {guide.DEFAULT_GUIDED * guide.DEFAULT_STAGE_CANDIDATES} generator passes per image" in (
+        capsys.readouterr().out)
+
+
 def test_no_guide_trains_without_one_and_samples_plain(tmp_path, capsys):
     run = _tiny_run(tmp_path / "run", guide=False)
     assert not (run / guide.GUIDE_FILE).exists()
@@ -323,17 +332,25 @@ def test_no_guide_trains_without_one_and_samples_plain(tmp_path, capsys):
     assert "guided" not in capsys.readouterr().out
 
 
-def test_a_time_budget_keeps_its_last_share_for_the_guide():
-    from aigc.gan.train import GUIDE_SHARE, _guide_recipe, _training_budget
+def test_a_time_budget_keeps_a_share_for_each_stage_of_the_guide():
+    from aigc.gan.train import BUDGETED_LATER_SAMPLES_PER_REAL, GUIDE_SHARE, _guide_recipes, _training_budget
 
-    budgeted = GanTrainConfig(time_budget=100.0)
+    budgeted = GanTrainConfig(time_budget=100.0, guide_stages=1)
     assert _training_budget(budgeted) == pytest.approx(100.0 * (1 - GUIDE_SHARE))
     # The guide gets what the GAN left of the budget, at least its share.
-    assert _guide_recipe(budgeted, None, elapsed=86.0) == guide.GuideRecipe(seconds=pytest.approx(100.0 * GUIDE_SHARE))
-    assert _guide_recipe(budgeted, 2000, elapsed=30.0) == guide.GuideRecipe(steps=2000, seconds=pytest.approx(70.0))
-    assert _training_budget(GanTrainConfig(time_budget=100.0, guide=False)) == 100.0
-    assert _guide_recipe(GanTrainConfig(steps=40), 40, elapsed=5.0) == guide.GuideRecipe(steps=40, seconds=None)
-    assert _guide_recipe(GanTrainConfig(steps=9000), 9000, elapsed=5.0).steps == guide.GuideRecipe.steps
+    assert _guide_recipes(budgeted, None, elapsed=86.0) == [guide.GuideRecipe(seconds=pytest.approx(100.0 * GUIDE_SHARE))]
+    assert _guide_recipes(budgeted, 2000, elapsed=30.0) == [guide.GuideRecipe(steps=2000, seconds=pytest.approx(70.0))]
+    assert _training_budget(GanTrainConfig(time_budget=100.0, guide=False, guide_stages=2)) == 100.0
+    # Two stages: a share each off the GAN's time, an equal part of what is left each, the later one drawing fewer.
+    two = GanTrainConfig(time_budget=100.0, guide_stages=2)
+    assert _training_budget(two) == pytest.approx(100.0 * (1 - 2 * GUIDE_SHARE))
+    assert _guide_recipes(two, None, elapsed=60.0) == [
+        guide.GuideRecipe(seconds=pytest.approx(20.0)),
+        guide.GuideRecipe(samples_per_real=BUDGETED_LATER_SAMPLES_PER_REAL, seconds=pytest.approx(20.0))]
+    assert [r.seconds for r in _guide_recipes(two, None, elapsed=99.0)] == [pytest.approx(100.0 * GUIDE_SHARE)] * 2
+    # Without a budget every stage is `aigc gan guide`'s recipe, with no more steps than the GAN had.
+    assert _guide_recipes(GanTrainConfig(steps=40, guide_stages=2), 40, elapsed=5.0) == [guide.GuideRecipe(steps=40)] * 2
+    assert _guide_recipes(GanTrainConfig(steps=9000, guide_stages=1), 9000, elapsed=5.0)[0].steps == guide.GuideRecipe.steps
 
 
 def test_the_start_line_says_who_has_the_rest_of_the_budget():

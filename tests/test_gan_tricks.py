@@ -16,8 +16,8 @@ from aigc.gan.config import GanTrainConfig, parse_augment
 from aigc.gan.loading import load_generator
 from aigc.gan.losses import gradient_penalty, r1_penalty
 from aigc.gan.models import GanModelConfig, MinibatchStd, build_discriminator, packed
-from aigc.gan.train import (GanTrainer, _cluster_count, _model_config, ema_decay, learning_rates, sampling_temperature,
-                            train, uses_autocast)
+from aigc.gan.train import (GanTrainer, _cluster_count, _model_config, ema_decay, guide_stage_count, learning_rates,
+                            sampling_temperature, train, uses_autocast)
 from aigc.logging import read_metrics
 
 from conftest import assert_one_line_error
@@ -290,11 +290,24 @@ def test_default_learning_rates_are_eight_times_higher_for_a_self_conditioned_dc
     ({"self_condition": 0}, 1.0),  # measured on self-conditioned DCGANs only
     ({"model": "mlp"}, 1.0),
     ({"temperature": 0.8}, 0.8),
-    ({"conditional": True, "temperature": 1.1}, 1.1),
+    ({"conditional": True, "temperature": 1.3}, 1.3),
 ])
 def test_a_self_conditioned_dcgan_samples_at_a_temperature_above_1_by_default(overrides, temperature):
     cfg = GanTrainConfig(out="unused", **overrides)
     assert sampling_temperature(cfg, _model_config(cfg, _digits(500))) == temperature
+
+
+@pytest.mark.parametrize("overrides, stages", [
+    ({"conditional": True}, 2),  # the conditional self-conditioned DCGAN stacks two guides
+    ({}, 1),  # measured with labels only
+    ({"conditional": True, "self_condition": 0}, 1),
+    ({"conditional": True, "model": "mlp"}, 1),
+    ({"conditional": True, "guide_stages": 1}, 1),
+    ({"guide_stages": 3}, 3),
+])
+def test_a_conditional_self_conditioned_dcgan_fits_a_guide_of_two_stages_by_default(overrides, stages):
+    cfg = GanTrainConfig(out="unused", **overrides)
+    assert guide_stage_count(cfg, _model_config(cfg, _digits(500))) == stages
 
 
 @pytest.mark.parametrize("overrides, decay", [

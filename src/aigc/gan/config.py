@@ -95,9 +95,12 @@ class GanTrainConfig(RunOptions):
     amp: bool | None = option(None, "bf16 autocast where the hardware computes bf16 natively; default on, except for "
                               "the mlp model, whose small products run faster in fp32")
     guide: bool = option(True, "at the end, fit the run's guide (as `aigc gan guide` does, with no more steps than "
-                         "the GAN had; --time-budget then trains the GAN for 85%% of it and the guide has the rest), "
-                         "so that `gan sample`, `gan eval` and `aigc serve` draw each image as the pick of 16 "
-                         "candidates; --no-guide skips it")
+                         "the GAN had; --time-budget then trains the GAN for 85%% of it, 70%% with two stages, and "
+                         "the guide has the rest), so that `gan sample`, `gan eval` and `aigc serve` draw each image as "
+                         "the pick of 16 candidates (16 x 4 with two stages); --no-guide skips it")
+    guide_stages: int | None = option(None, "guides fitted one on top of the other at the end, as `aigc gan guide "
+                                      "--stages` does; default 2 for a conditional self-conditioned dcgan (the "
+                                      "dcgan default), else 1", minimum=1, maximum=3)
     log_every: int = option(50, "steps between metric lines")
     sample_every: int = option(500, "steps between sample grids in samples/")
     save_every: int = option(500, "steps between checkpoints")

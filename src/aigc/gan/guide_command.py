@@ -23,26 +23,27 @@ def guide_command(cfg: GanGuideConfig) -> Path:
     """``aigc gan guide``: fit the run's guide and save it as RUN/guide.safetensors (replacing an older one)."""
     checked(cfg)
     recipe = GuideRecipe(samples_per_real=cfg.samples_per_real, steps=cfg.steps)
-    return fit_run_guide(Path(cfg.run), recipe, cfg.temperature, cfg.seed, cfg.ema, resolve_device(cfg.device),
-                         stages=cfg.stages, stage_candidates=cfg.stage_candidates)
+    return fit_run_guide(Path(cfg.run), [recipe] * cfg.stages, cfg.temperature, cfg.seed, cfg.ema,
+                         resolve_device(cfg.device), stage_candidates=cfg.stage_candidates)
 
 
-def fit_run_guide(run: Path, recipe: GuideRecipe, temperature: float | None, seed: int, ema: bool,
-                  device: torch.device, stages: int = 1, stage_candidates: int = DEFAULT_STAGE_CANDIDATES) -> Path:
+def fit_run_guide(run: Path, recipes: list[GuideRecipe], temperature: float | None, seed: int, ema: bool,
+                  device: torch.device, stage_candidates: int = DEFAULT_STAGE_CANDIDATES) -> Path:
     """Fit the guide of the run's last checkpoint on its own training data and save it in the run: one
-    classifier, or ``stages`` of them, each fitted against the samples of the stages below it (the first
-    resampling :data:`DEFAULT_GUIDED` candidates, every later one ``stage_candidates``), at ``temperature``
-    (None: the run's own)."""
+    classifier per recipe, each fitted against the samples of the stages below it (the first resampling
+    :data:`DEFAULT_GUIDED` candidates, every later one ``stage_candidates``), at ``temperature`` (None: the
+    run's own)."""
     loaded = load_gan(str(run), ema, device)
     temperature = loaded.temperature(temperature)
     if loaded.run_config.get("compression"):
         raise UserError(f"{run} is a compressed run; fit the guide on the run it was compressed from")
     training = load_training_data(loaded.run_config, loaded.model_config, str(run))
     labels = training.labels if loaded.model_config.conditional else None
+    stages = len(recipes)
     counts = [DEFAULT_GUIDED] + [stage_candidates] * (stages - 1)
     fitted: list[GuideStage] = []
     infos = []
-    for index, candidates in enumerate(counts):
+    for index, (candidates, recipe) in enumerate(zip(counts, recipes)):
         started = time.perf_counter()
         below = stacked(loaded.generator, fitted, loaded.model_config, temperature, seed)
         guide, info = fit_guide(below, loaded.model_config, training.images.to(device), labels, temperature, recipe,

@@ -40,10 +40,13 @@ from aigc.training.schedule import CosineSchedule, set_lr
 DEFAULT_STEPS = 2000
 # Settings a resumed run takes from the command line; all others come from the saved run.
 RESUME_OVERRIDABLE = {"steps", "epochs", "time_budget", "log_every", "sample_every", "save_every", "device", "out",
-                      "resume", "tracker", "guide", "temperature"}
-# Share of --time-budget kept for fitting the guide at the end (--guide): on a 2-core AMX Xeon the guide's
-# 3,000 steps take 66-82 s, 11-14% of 10 minutes; a slower CPU stops it early, at the best held-out loss so far.
+                      "resume", "tracker", "guide", "guide_stages", "temperature"}
+# Share of --time-budget kept for fitting each stage of the guide at the end (--guide): on a 2-core AMX Xeon the
+# guide's 3,000 steps take 66-82 s, 11-14% of 10 minutes; a slower CPU stops it early, at the best held-out loss so far.
 GUIDE_SHARE = 0.15
+# A later stage learns from guided samples, each the pick of 16 candidates: 4 per training image, as `aigc gan guide`
+# draws, took 130 s of an AVX2 Zen 3's 90 s share, so within a budget it draws one (~35 s there).
+BUDGETED_LATER_SAMPLES_PER_REAL = 1
 
 
 @torch.no_grad()
@@ -77,6 +80,9 @@ SELF_CONDITIONED_DCGAN_EMA_DECAY = 0.99
 # (98.6%) and bought most of the FID (9.62 -> 7.69) at an unchanged judge (0.684 against 0.686; the same 3 runs).
 # docs/benchmarks-gan-quality.md, "Sampling the defaults at a temperature above 1".
 SELF_CONDITIONED_DCGAN_TEMPERATURE = {False: 1.2, True: 1.1}  # conditional or not -> the noise temperature
+# With labels, a second guide fitted against the first's picks lowers the judge's accuracy further: on an AVX2 Zen 3,
+# full fits on two runs took C2ST 0.666 -> 0.641 and 0.656 -> 0.648 (docs/benchmarks-gan-quality.md, "Two guides").
+SELF_CONDITIONED_CONDITIONAL_GUIDE_STAGES = 2
 STANDING_SAMPLES = 2048  # noise vectors whose activations set the EMA generator's batch-norm statistics
 
 
@@ -166,10 +172,10 @@ def _max_steps(cfg: GanTrainConfig, data_size: int, n_critic: int) -> int | None
 
 
 def _training_budget(cfg: GanTrainConfig) -> float | None:
-    """The seconds of --time-budget that the GAN trains for: all of them, less the guide's share."""
+    """The seconds of --time-budget that the GAN trains for: all of them, less the guide stages' shares."""
     if cfg.time_budget is None or not cfg.guide:
         return cfg.time_budget
-    return cfg.time_budget * (1 - GUIDE_SHARE)
+    return cfg.time_budget * (1 - GUIDE_SHARE * cfg.guide_stages)
 
 
 def _length_text(cfg: GanTrainConfig, plan: loop.Plan) -> str:
@@ -180,20 +186,24 @@ def _length_text(cfg: GanTrainConfig, plan: loop.Plan) -> str:
     return f"{plan.time_budget:g} seconds{rest}"
 
 
-def _guide_recipe(cfg: GanTrainConfig, max_steps: int | None, elapsed: float) -> GuideRecipe:
-    """The guide of a run: ``aigc gan guide``'s recipe, with no more steps than the GAN had and, under a
-    --time-budget, within what the GAN left of it after ``elapsed`` seconds: at least the guide's share."""
+def _guide_recipes(cfg: GanTrainConfig, max_steps: int | None, elapsed: float) -> list[GuideRecipe]:
+    """The recipe of each stage of a run's guide: ``aigc gan guide``'s, with no more steps than the GAN had and,
+    under a --time-budget, an equal part of what the GAN left of it after ``elapsed`` seconds (at least each
+    stage's share), later stages drawing fewer samples to fit in it."""
     steps = GuideRecipe.steps if max_steps is None else min(GuideRecipe.steps, max_steps)
-    seconds = None if cfg.time_budget is None else max(cfg.time_budget * GUIDE_SHARE, cfg.time_budget - elapsed)
-    return GuideRecipe(steps=steps, seconds=seconds)
+    if cfg.time_budget is None:
+        return [GuideRecipe(steps=steps)] * cfg.guide_stages
+    seconds = max(cfg.time_budget * GUIDE_SHARE, (cfg.time_budget - elapsed) / cfg.guide_stages)
+    later = GuideRecipe(samples_per_real=BUDGETED_LATER_SAMPLES_PER_REAL, steps=steps, seconds=seconds)
+    return [GuideRecipe(steps=steps, seconds=seconds)] + [later] * (cfg.guide_stages - 1)
 
 
-def _note_replaced_stages(out: Path) -> None:
-    """A resumed run's guide was fitted to an earlier checkpoint, so training refits it, with one stage;
-    where the old one had more (`aigc gan guide --stages N`), say how to fit them again."""
-    if (stages := guide_stages(out)) > 1:
-        print(f"note: the {stages}-stage guide of the earlier checkpoint is replaced by a one-stage guide; fit "
-              f"{stages} again with `aigc gan guide --run {out} --stages {stages}`", flush=True)
+def _note_replaced_stages(out: Path, stages: int) -> None:
+    """A resumed run's guide was fitted to an earlier checkpoint, so training refits it, with ``stages``
+    stages; where the old one had more (`aigc gan guide --stages N`), say how to fit them again."""
+    if (old := guide_stages(out)) > stages:
+        print(f"note: the {old}-stage guide of the earlier checkpoint is replaced by a {stages}-stage guide; fit "
+              f"{old} again with `aigc gan guide --run {out} --stages {old}`", flush=True)
 
 
 def _self_conditioned_dcgan(model_cfg: GanModelConfig) -> bool:
@@ -221,6 +231,13 @@ def sampling_temperature(cfg: GanTrainConfig, model_cfg: GanModelConfig) -> floa
     if _self_conditioned_dcgan(model_cfg):
         return SELF_CONDITIONED_DCGAN_TEMPERATURE[model_cfg.conditional]
     return 1.0
+
+
+def guide_stage_count(cfg: GanTrainConfig, model_cfg: GanModelConfig) -> int:
+    """How many guides the run stacks at the end: --guide-stages, or the default for the model."""
+    if cfg.guide_stages is not None:
+        return cfg.guide_stages
+    return SELF_CONDITIONED_CONDITIONAL_GUIDE_STAGES if _self_conditioned_dcgan(model_cfg) and model_cfg.conditional else 1
 
 
 def uses_autocast(cfg: GanTrainConfig, model_cfg: GanModelConfig) -> bool:
@@ -466,7 +483,8 @@ def train(cfg: GanTrainConfig) -> Path:
     if saved_model is not None and model_cfg != saved_model:
         raise UserError(f"the data in --data {cfg.data} no longer fits the saved model of {out}")
     # saved resolved, so that sampling reads it from config.json, and a later default leaves the run as it is
-    cfg = dataclasses.replace(cfg, temperature=sampling_temperature(cfg, model_cfg))
+    cfg = dataclasses.replace(cfg, temperature=sampling_temperature(cfg, model_cfg),
+                              guide_stages=guide_stage_count(cfg, model_cfg))
     trainer = GanTrainer(cfg, model_cfg, data, device, out)
     plan = loop.Plan(_max_steps(cfg, len(data), trainer.n_critic), _training_budget(cfg), cfg.log_every,
                      cfg.sample_every, cfg.save_every, steps_flag="--steps", trackers=cfg.trackers())
@@ -490,9 +508,9 @@ def train(cfg: GanTrainConfig) -> Path:
         plot_metrics(read_metrics(out / runs.METRICS_FILE), ["d_loss", "g_loss"], out / runs.PLOT_FILE,
                      title=f"{cfg.model} {cfg.loss}")
         if cfg.guide:
-            _note_replaced_stages(out)
-            recipe = _guide_recipe(cfg, plan.max_steps, time.perf_counter() - started)
-            fit_run_guide(out, recipe, temperature=cfg.temperature, seed=cfg.seed, ema=True, device=device)
+            _note_replaced_stages(out, cfg.guide_stages)
+            recipes = _guide_recipes(cfg, plan.max_steps, time.perf_counter() - started)
+            fit_run_guide(out, recipes, temperature=cfg.temperature, seed=cfg.seed, ema=True, device=device)
         print(f"done: {out} (samples in {out / runs.SAMPLES_DIR}, loss curve {out / runs.PLOT_FILE})", flush=True)
     distributed.teardown()
     return out
