@@ -336,14 +336,14 @@ def test_a_time_budget_keeps_a_share_for_each_stage_of_the_guide():
     from aigc.gan.train import BUDGETED_LATER_SAMPLES_PER_REAL, GUIDE_SHARE, _guide_recipes, _training_budget
 
     budgeted = GanTrainConfig(time_budget=100.0, guide_stages=1)
-    assert _training_budget(budgeted) == pytest.approx(100.0 * (1 - GUIDE_SHARE))
+    assert _training_budget(budgeted, TOY) == pytest.approx(100.0 * (1 - GUIDE_SHARE))
     # The guide gets what the GAN left of the budget, at least its share.
     assert _guide_recipes(budgeted, None, elapsed=86.0) == [guide.GuideRecipe(seconds=pytest.approx(100.0 * GUIDE_SHARE))]
     assert _guide_recipes(budgeted, 2000, elapsed=30.0) == [guide.GuideRecipe(steps=2000, seconds=pytest.approx(70.0))]
-    assert _training_budget(GanTrainConfig(time_budget=100.0, guide=False, guide_stages=2)) == 100.0
+    assert _training_budget(GanTrainConfig(time_budget=100.0, guide=False, guide_stages=2), TOY) == 100.0
     # Two stages: a share each off the GAN's time, an equal part of what is left each, the later one drawing fewer.
     two = GanTrainConfig(time_budget=100.0, guide_stages=2)
-    assert _training_budget(two) == pytest.approx(100.0 * (1 - 2 * GUIDE_SHARE))
+    assert _training_budget(two, TOY) == pytest.approx(100.0 * (1 - 2 * GUIDE_SHARE))
     assert _guide_recipes(two, None, elapsed=60.0) == [
         guide.GuideRecipe(seconds=pytest.approx(20.0)),
         guide.GuideRecipe(samples_per_real=BUDGETED_LATER_SAMPLES_PER_REAL, seconds=pytest.approx(20.0))]

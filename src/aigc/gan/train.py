@@ -172,11 +172,11 @@ def _max_steps(cfg: GanTrainConfig, data_size: int, n_critic: int) -> int | None
     return cfg.steps or DEFAULT_STEPS
 
 
-def _training_budget(cfg: GanTrainConfig) -> float | None:
+def _training_budget(cfg: GanTrainConfig, model_cfg: GanModelConfig) -> float | None:
     """The seconds of --time-budget that the GAN trains for: all of them, less the guide stages' shares."""
     if cfg.time_budget is None or not cfg.guide:
         return cfg.time_budget
-    return cfg.time_budget * (1 - GUIDE_SHARE * cfg.guide_stages)
+    return cfg.time_budget * (1 - GUIDE_SHARE * guide_stage_count(cfg, model_cfg))
 
 
 def _length_text(cfg: GanTrainConfig, plan: loop.Plan) -> str:
@@ -291,7 +291,7 @@ class GanTrainer:
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.lr_d, **adam)
         # --lr-schedule cosine: both rates, as fractions of their own, decay to 0 over the steps or the budget
         self.decay = (CosineSchedule(1.0, 0.0, 0, _max_steps(cfg, len(data), self.n_critic),
-                                      _training_budget(cfg))
+                                      _training_budget(cfg, model_cfg))
                       if cfg.lr_schedule == "cosine" else None)
         self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.sampler = EpochBatches(len(data), cfg.batch_size, cfg.seed, self.rank, self.world_size)
@@ -487,7 +487,7 @@ def train(cfg: GanTrainConfig) -> Path:
     cfg = dataclasses.replace(cfg, temperature=sampling_temperature(cfg, model_cfg),
                               guide_stages=guide_stage_count(cfg, model_cfg))
     trainer = GanTrainer(cfg, model_cfg, data, device, out)
-    plan = loop.Plan(_max_steps(cfg, len(data), trainer.n_critic), _training_budget(cfg), cfg.log_every,
+    plan = loop.Plan(_max_steps(cfg, len(data), trainer.n_critic), _training_budget(cfg, model_cfg), cfg.log_every,
                      cfg.sample_every, cfg.save_every, steps_flag="--steps", trackers=cfg.trackers())
     start = loop.restore(trainer, out, plan) if cfg.resume else loop.Start()
     main = distributed.is_main()
