@@ -102,6 +102,23 @@ def test_stacked_guides_draw_nested_importance_resamplings_exact_distribution():
     assert guide.stacked(FourImages(), [], TOY, temperature=1.0, seed=0).__class__ is FourImages  # no stage: q
 
 
+class NoiseImages(nn.Module):
+    """A generator whose every image differs: grey at tanh of the noise's first coordinate."""
+
+    def forward(self, z, labels=None):
+        return torch.tanh(z[:, :1]).view(-1, 1, 1, 1).expand(-1, 1, 14, 14)
+
+
+def test_guided_images_do_not_depend_on_how_the_rows_are_split_into_calls():
+    stages = [guide.GuideStage(LevelScores(), 4), guide.GuideStage(LevelScores(), 3)]
+    z = torch.randn(40, 2, generator=torch.Generator().manual_seed(2))
+    whole = guide.stacked(NoiseImages(), stages, TOY, temperature=1.3, seed=5)(z)
+    split = guide.stacked(NoiseImages(), stages, TOY, temperature=1.3, seed=5)
+    assert torch.equal(torch.cat([split(z[:3]), split(z[3:17]), split(z[17:])]), whole)
+    other_seed = guide.stacked(NoiseImages(), stages, TOY, temperature=1.3, seed=6)(z)
+    assert not torch.equal(other_seed, whole)
+
+
 class ClusterImages(nn.Module):
     """A self-conditioned generator's stand-in: the image is grey at LEVELS[cluster], the cluster read from z."""
 

@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -151,23 +152,26 @@ class GuidedGenerator(nn.Module):
     generator's candidates share the row's cluster too (z[:, 0], which picks it): resampling within a
     cluster keeps each cluster's share, as within a class it keeps each class's. (Across clusters, the
     guide's errors moved the mix: unconditional samples drifted to 0s and 1s, class KL 0.007 -> 0.04-0.07,
-    FID x2.8.) The fresh noise comes from a generator of its own, seeded once, so a run of calls is
-    reproducible."""
+    FID x2.8.) Each row's fresh noise and the draw that picks its candidate come from a random stream of the
+    row's own, seeded by the sampler's seed and the row's index among all the rows it has drawn: an image
+    depends on its noise row and place, not on how the rows were split into calls (batches, or the candidates
+    of a stage above)."""
 
     def __init__(self, generator: nn.Module, guide: Judge, model_cfg: GanModelConfig, k: int,
                  temperature: float, seed: int):
         super().__init__()
         self.generator, self.guide, self.model_cfg = generator, guide, model_cfg
         self.k, self.temperature = k, temperature
-        self.noise = torch.Generator().manual_seed(GUIDE_NOISE_SEED + 1 + seed)
+        self.seed = GUIDE_NOISE_SEED + 1 + seed
+        self.rows_drawn = 0  # rows sampled so far: the index of the next row's stream
         # generator passes per image kept: K, times the passes of each candidate when the generator is guided too
         self.passes_per_image = k * getattr(generator, "passes_per_image", 1)
 
     @torch.no_grad()
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         rows, k = len(z), self.k
-        fresh = torch.randn(rows * (k - 1), self.model_cfg.z_dim, generator=self.noise)
-        fresh = scale_noise(fresh, self.model_cfg, self.temperature).to(z.device).view(rows, k - 1, -1)
+        fresh, uniforms = self._row_draws(rows)
+        fresh = scale_noise(fresh.flatten(0, 1), self.model_cfg, self.temperature).to(z.device).view(rows, k - 1, -1)
         if self.model_cfg.clusters:
             fresh[:, :, 0] = z[:, None, 0]  # the row's cluster for every candidate
         candidates = torch.cat([z[:, None], fresh], dim=1).flatten(0, 1)  # (rows * K, z_dim), row-major
@@ -180,8 +184,23 @@ class GuidedGenerator(nn.Module):
             scores.append(self.guide(quantize(chunk).to(chunk.device)).float().cpu())
         images = torch.cat(images).view(rows, k, *images[0].shape[1:])  # (rows, K, C, H, W)
         weights = torch.cat(scores).view(rows, k).softmax(dim=1)  # exp(s), normalised over each row's candidates
-        kept = torch.multinomial(weights, 1, generator=self.noise).squeeze(1)  # (rows,)
+        # the candidate whose slice of the cumulative weights holds the row's uniform draw: one draw from weights
+        kept = (weights.cumsum(dim=1) < uniforms[:, None]).sum(dim=1).clamp(max=k - 1)  # (rows,)
         return images[torch.arange(rows, device=images.device), kept.to(images.device)]
+
+    def _row_draws(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``rows`` rows' K - 1 fresh noise vectors (rows, K - 1, z_dim), at temperature 1, and
+        uniform draws (rows,) in [0, 1), each row from its own stream (the class docstring says why)."""
+        fresh = torch.empty(rows, self.k - 1, self.model_cfg.z_dim)
+        uniforms = torch.empty(rows)
+        stream = torch.Generator()
+        for row in range(self.rows_drawn, self.rows_drawn + rows):
+            # CPU generators keep 32 bits of a seed: (seed, row) is hashed into them, not added
+            stream.manual_seed(int(np.random.SeedSequence([self.seed, row]).generate_state(1)[0]))
+            fresh[row - self.rows_drawn] = torch.randn(self.k - 1, self.model_cfg.z_dim, generator=stream)
+            uniforms[row - self.rows_drawn] = torch.rand((), generator=stream)
+        self.rows_drawn += rows
+        return fresh, uniforms
 
 
 # --- the guide of a run: what it was fitted to, loading ----------------------------------------------
