@@ -117,6 +117,8 @@ def test_guided_images_do_not_depend_on_how_the_rows_are_split_into_calls():
     assert torch.equal(torch.cat([split(z[:3]), split(z[3:17]), split(z[17:])]), whole)
     other_seed = guide.stacked(NoiseImages(), stages, TOY, temperature=1.3, seed=6)(z)
     assert not torch.equal(other_seed, whole)
+    negative_seed = guide.stacked(NoiseImages(), stages, TOY, temperature=1.3, seed=-10**12)(z)  # the server's any
+    assert negative_seed.shape == whole.shape
 
 
 class ClusterImages(nn.Module):

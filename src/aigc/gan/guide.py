@@ -195,8 +195,10 @@ class GuidedGenerator(nn.Module):
         uniforms = torch.empty(rows)
         stream = torch.Generator()
         for row in range(self.rows_drawn, self.rows_drawn + rows):
-            # CPU generators keep 32 bits of a seed: (seed, row) is hashed into them, not added
-            stream.manual_seed(int(np.random.SeedSequence([self.seed, row]).generate_state(1)[0]))
+            # CPU generators keep 32 bits of a seed: (seed, row) is hashed into them, not added; a negative seed
+            # (the server takes any) is read as manual_seed reads it, modulo 2**64
+            entropy = [self.seed % 2**64, row]
+            stream.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
             fresh[row - self.rows_drawn] = torch.randn(self.k - 1, self.model_cfg.z_dim, generator=stream)
             uniforms[row - self.rows_drawn] = torch.rand((), generator=stream)
         self.rows_drawn += rows
