@@ -339,9 +339,19 @@ def test_training_fits_and_saves_the_guide_stages_it_is_given(tmp_path, capsys):
     run = _tiny_run(tmp_path / "run", guide_stages=2)
     assert guide.guide_stages(run) == 2
     assert runs.read_run_config(run, "gan")["train"]["guide_stages"] == 2  # saved resolved, as a resume reads it
-    _npz_images(run, tmp_path / "both.npz")
+    both = _npz_images(run, tmp_path / "both.npz")
     assert f"guided: {guide.DEFAULT_GUIDED * guide.DEFAULT_STAGE_CANDIDATES} generator passes per image" in (
         capsys.readouterr().out)
+    assert (_npz_images(run, tmp_path / "asked.npz", "--guide-stages", "2") == both).all()  # the default: every stage
+    _npz_images(run, tmp_path / "first.npz", "--guide-stages", "1")
+    assert f"guided: {guide.DEFAULT_GUIDED} generator passes per image" in capsys.readouterr().out
+    for flags, fragments in [(["--guide-stages", "3"], ["--guide-stages 3", "has 2 stages"]),
+                             (["--guided", "8", "--guide-stages", "2"], ["needs --guided 16", "not 8"]),
+                             (["--guided", "1", "--guide-stages", "1"], ["--guide-stages 1", "plain"])]:
+        status = main(["gan", "sample", "--run", str(run), "--n", "2", "--out", str(tmp_path / "x.png"),
+                       "--device", "cpu", *flags])
+        assert_one_line_error(status, capsys.readouterr().err, *fragments)
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_no_guide_trains_without_one_and_samples_plain(tmp_path, capsys):

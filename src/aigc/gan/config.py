@@ -148,6 +148,9 @@ GUIDED_HELP = ("draw each image as the pick of K candidates by importance resamp
                "(`aigc gan train` fits one, or `aigc gan guide`); K generator passes per image; default 16 where "
                "the run has a guide fitted to this generator and --temperature, else 1; 1 = plain sampling")
 MAX_GUIDED = 1024
+GUIDE_STAGES_HELP = ("resample through the first N stages of the run's guide (`aigc gan train --guide-stages` or "
+                     "`aigc gan guide --stages` fits them; a later stage needs --guided as the guide was fitted, "
+                     "16 by default): 1 costs K generator passes per image, 2 K x 4; default: every stage it has")
 
 TEMPERATURE_HELP = ("scale of the noise, z ~ N(0, T^2): above 1 more varied samples, below 1 more typical ones "
                     "(a self-conditioned model's clusters keep their shares); default: the run's own, which "
@@ -164,6 +167,7 @@ class GanSampleConfig:
     temperature: float | None = option(None, TEMPERATURE_HELP)
     format: str = option("png", "png grid or npz array (uint8, N x H x W x C, with labels)", choices=("png", "npz"))
     guided: int | None = option(None, GUIDED_HELP, minimum=1, maximum=MAX_GUIDED)
+    guide_stages: int | None = option(None, GUIDE_STAGES_HELP, minimum=1)
     ema: bool = option(True, "use the EMA generator when the run has one")
     device: str = option("auto", "where to run", choices=DEVICE_CHOICES)
 
@@ -187,6 +191,7 @@ class GanEvalConfig:
     seed: int = option(0, "random seed for the noise, the reference split and the judge")
     temperature: float | None = option(None, TEMPERATURE_HELP)
     guided: int | None = option(None, GUIDED_HELP, minimum=1, maximum=MAX_GUIDED)
+    guide_stages: int | None = option(None, GUIDE_STAGES_HELP, minimum=1)
     ema: bool = option(True, "use the EMA generator when the run has one")
     device: str = option("auto", "where to run the generator", choices=DEVICE_CHOICES)
 

@@ -151,7 +151,7 @@ def evaluate_run(cfg: GanEvalConfig, recipe: EvaluatorRecipe | None = None, judg
     model_cfg, run_config = loaded.model_config, loaded.run_config
     cfg = dataclasses.replace(cfg, temperature=loaded.temperature(cfg.temperature))
     k = candidates_per_image(loaded, cfg.guided, cfg.ema, cfg.temperature)
-    generator = guided(loaded, k, cfg.ema, cfg.temperature, cfg.seed)
+    generator = guided(loaded, k, cfg.ema, cfg.temperature, cfg.seed, cfg.guide_stages)
     reference = load_reference(cfg.ref, model_cfg)
     training = load_training_data(run_config, model_cfg, cfg.run)
 

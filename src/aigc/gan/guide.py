@@ -265,15 +265,23 @@ def stacked_tensors(guides: list[Judge]) -> dict[str, torch.Tensor]:
     return {prefix + name: t for prefix, guide in zip(prefixes, guides) for name, t in guide.state_dict().items()}
 
 
-def load_stages(loaded: GanRun, k: int, ema: bool, temperature: float) -> list[GuideStage]:
+def load_stages(loaded: GanRun, k: int, ema: bool, temperature: float, stages: int | None = None) -> list[GuideStage]:
     """The run's guide as ``--guided K`` samples with it, checked to belong to this generator and temperature:
     its first stage with K candidates, then the later stages of a guide fitted with ``--stages``, each with
     the candidates it was fitted with, when K is the count they were fitted over (if not, a note says that
-    only the first stage is used)."""
+    only the first stage is used). ``stages`` (``--guide-stages``): the first that many stages only."""
     tensors, info = _read_guide(loaded)
     if (mismatch := _mismatch(loaded, info, ema, temperature)) is not None:
         raise UserError(mismatch)
     counts = info.get("stage_candidates", [k])
+    if stages is not None:
+        if stages > len(counts):
+            raise UserError(f"--guide-stages {stages}: {loaded.path / GUIDE_FILE} has {len(counts)} "
+                            f"stage{'s' if len(counts) > 1 else ''}")
+        if stages > 1 and k != counts[0]:
+            raise UserError(f"--guide-stages {stages} needs --guided {counts[0]}: the later stages were fitted "
+                            f"over {counts[0]} candidates per image, not {k}")
+        counts = counts[:stages]
     if k != counts[0]:
         if len(counts) > 1:
             print(f"note: the first stage of the guide only: its later stages were fitted over {counts[0]} "
@@ -318,9 +326,14 @@ def candidates_per_image(loaded: GanRun, requested: int | None, ema: bool, tempe
     return DEFAULT_GUIDED
 
 
-def guided(loaded: GanRun, k: int, ema: bool, temperature: float, seed: int) -> nn.Module:
+def guided(loaded: GanRun, k: int, ema: bool, temperature: float, seed: int, stages: int | None = None) -> nn.Module:
     """The generator that ``--guided K`` samples with: the run's own for K = 1, else its guide's stages
-    (:func:`stacked`); its ``passes_per_image`` says what each image costs."""
+    (:func:`stacked`; ``stages``: the first that many, see :func:`load_stages`); its ``passes_per_image``
+    says what each image costs."""
     if k == 1:
+        if stages is not None:
+            raise UserError(f"--guide-stages {stages} resamples through the run's guide, but these samples are "
+                            "plain (--guided 1, or no guide fitted to this generator and temperature)")
         return loaded.generator
-    return stacked(loaded.generator, load_stages(loaded, k, ema, temperature), loaded.model_config, temperature, seed)
+    return stacked(loaded.generator, load_stages(loaded, k, ema, temperature, stages), loaded.model_config,
+                   temperature, seed)

@@ -23,7 +23,7 @@ def sample(cfg: GanSampleConfig) -> Path:
     loaded = load_gan(cfg.run, cfg.ema, device)
     temperature = loaded.temperature(cfg.temperature)
     k = candidates_per_image(loaded, cfg.guided, cfg.ema, temperature)
-    generator, model_cfg = guided(loaded, k, cfg.ema, temperature, cfg.seed), loaded.model_config
+    generator, model_cfg = guided(loaded, k, cfg.ema, temperature, cfg.seed, cfg.guide_stages), loaded.model_config
     labels = sample_labels(model_cfg, cfg.n, cfg.label)
     images = generate_images(generator, model_cfg, cfg.n, labels, cfg.seed, temperature=temperature)
     if cfg.format == "npz":
