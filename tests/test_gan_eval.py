@@ -66,26 +66,31 @@ def test_eval_writes_every_metric_with_its_real_floor(run, tmp_path, capsys):
     assert "real floor" in table and "KID" in table and "coverage (k=5)" in table and "intra-class FID" in table
 
 
-def test_eval_is_deterministic(run, tmp_path):
+def test_eval_is_deterministic_and_its_batch_size_changes_no_image(run, tmp_path):
     config = GanEvalConfig(run=str(run), n=200, json=str(tmp_path / "a.json"), device="cpu")
     first = evaluate.evaluate_run(config)
-    config.json = str(tmp_path / "b.json")
+    config.json, config.batch_size = str(tmp_path / "b.json"), 48  # 200 = 4 x 48 + 8
     assert evaluate.evaluate_run(config)["model"] == first["model"]
 
 
 def test_large_n_is_generated_in_batches_at_the_temperature_asked(run, tmp_path, monkeypatch):
-    asked = []
-    original = evaluate.generate_images
+    batches, temperatures = [], []
+    draw_noise, images_from_noise = evaluate.draw_noise, evaluate.images_from_noise
 
-    def spy(generator, model_cfg, n, labels, seed, batch_size, temperature):
-        asked.append((n, temperature))
-        return original(generator, model_cfg, n, labels, seed, batch_size, temperature)
+    def noise_spy(model_cfg, n, seed, temperature):
+        temperatures.append(temperature)
+        return draw_noise(model_cfg, n, seed, temperature)
 
-    monkeypatch.setattr(evaluate, "generate_images", spy)
+    def batch_spy(generator, z, labels, batch_size):
+        batches.append(len(z))
+        return images_from_noise(generator, z, labels, batch_size)
+
+    monkeypatch.setattr(evaluate, "draw_noise", noise_spy)
+    monkeypatch.setattr(evaluate, "images_from_noise", batch_spy)
     result = evaluate.evaluate_run(GanEvalConfig(run=str(run), n=300, batch_size=128, temperature=1.3,
                                                  json=str(tmp_path / "e.json"), device="cpu"))
-    assert max(n for n, _ in asked) == 128 and sum(n for n, _ in asked) == 300
-    assert {temperature for _, temperature in asked} == {1.3}
+    assert batches == [128, 128, 44]
+    assert temperatures == [1.3]
     assert result["n_samples"] == 300 and result["temperature"] == 1.3
 
 

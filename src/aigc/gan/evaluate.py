@@ -31,7 +31,7 @@ from aigc.devices import resolve_device
 from aigc.errors import UserError
 from aigc.gan.config import GanEvalConfig
 from aigc.gan.models import GanModelConfig
-from aigc.gan.generation import generate_images, quantize
+from aigc.gan.generation import draw_noise, images_from_noise, quantize
 from aigc.gan.guide import candidates_per_image, guided
 from aigc.gan.loading import load_gan, load_training_data
 from aigc.metrics.evaluator import Evaluator, EvaluatorRecipe, load_or_train_evaluator
@@ -84,13 +84,13 @@ def generate_and_score(generator: torch.nn.Module, model_cfg: GanModelConfig, ev
     requested labels (n,) or None, and the first ``keep`` images (keep, C, H, W)."""
     # Conditional samples cycle through the classes, so every batch (and the first ``keep``) is balanced.
     labels = torch.arange(n) % model_cfg.num_classes if model_cfg.conditional else None
+    # One noise stream for every batch, apart from the seed's other uses: --batch-size changes no image.
+    noise = draw_noise(model_cfg, n, cfg.seed * 1_000_003, cfg.temperature)
     features, predicted, kept = [], [], []
-    for index, start in enumerate(range(0, n, cfg.batch_size)):
-        count = min(cfg.batch_size, n - start)
-        batch_labels = None if labels is None else labels[start:start + count]
-        images = quantize(generate_images(generator, model_cfg, count, batch_labels,
-                                          seed=cfg.seed * 1_000_003 + index, batch_size=cfg.batch_size,
-                                          temperature=cfg.temperature))
+    for start in range(0, n, cfg.batch_size):
+        batch_labels = None if labels is None else labels[start:start + cfg.batch_size]
+        images = quantize(images_from_noise(generator, noise[start:start + cfg.batch_size], batch_labels,
+                                            cfg.batch_size))
         batch_features, logits = evaluator.features_and_logits(images)
         features.append(batch_features)
         predicted.append(logits.argmax(1))

@@ -46,20 +46,30 @@ def scale_noise(z: torch.Tensor, model_cfg: GanModelConfig, temperature: float) 
     return torch.cat([z[:, :first], z[:, first:] * temperature], dim=1)
 
 
+def draw_noise(model_cfg: GanModelConfig, n: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    """The noise (n, z_dim) of ``n`` images, scaled by ``temperature`` (:func:`scale_noise`), drawn at once so
+    that row i is the same whatever the batches it is later cut into (n x z_dim floats: 400 MB at most)."""
+    return scale_noise(torch.randn(n, model_cfg.z_dim, generator=torch.Generator().manual_seed(seed)), model_cfg,
+                       temperature)
+
+
 @torch.no_grad()
+def images_from_noise(generator: nn.Module, z: torch.Tensor, labels: torch.Tensor | None,
+                      batch_size: int = 1000) -> torch.Tensor:
+    """The images (N, C, H, W) in [-1, 1] of noise rows z (N, z_dim), generated in batches so any N fits
+    in memory."""
+    device = next(itertools.chain(generator.parameters(), generator.buffers()), torch.empty(0)).device
+    chunks = []
+    for start in range(0, len(z), batch_size):
+        chunk_labels = None if labels is None else labels[start:start + batch_size].to(device)
+        chunks.append(generator(z[start:start + batch_size].to(device), chunk_labels).float().cpu())
+    return torch.cat(chunks)
+
+
 def generate_images(generator: nn.Module, model_cfg: GanModelConfig, n: int, labels: torch.Tensor | None,
                     seed: int, batch_size: int = 1000, temperature: float = 1.0) -> torch.Tensor:
-    """``n`` images (n, C, H, W) in [-1, 1], generated in batches so any ``n`` fits in memory, from
-    noise scaled by ``temperature`` (:func:`scale_noise`)."""
-    device = next(itertools.chain(generator.parameters(), generator.buffers()), torch.empty(0)).device
-    noise = torch.Generator().manual_seed(seed)
-    chunks = []
-    for start in range(0, n, batch_size):
-        count = min(batch_size, n - start)
-        z = scale_noise(torch.randn(count, model_cfg.z_dim, generator=noise), model_cfg, temperature).to(device)
-        chunk_labels = None if labels is None else labels[start:start + count].to(device)
-        chunks.append(generator(z, chunk_labels).float().cpu())
-    return torch.cat(chunks)
+    """``n`` images (n, C, H, W) in [-1, 1] from seeded noise at ``temperature``, generated in batches."""
+    return images_from_noise(generator, draw_noise(model_cfg, n, seed, temperature), labels, batch_size)
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
