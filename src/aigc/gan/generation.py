@@ -48,7 +48,8 @@ def scale_noise(z: torch.Tensor, model_cfg: GanModelConfig, temperature: float) 
 
 def draw_noise(model_cfg: GanModelConfig, n: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
     """The noise (n, z_dim) of ``n`` images, scaled by ``temperature`` (:func:`scale_noise`), drawn at once so
-    that row i is the same whatever the batches it is later cut into (n x z_dim floats: 400 MB at most)."""
+    that row i is the same whatever the batches it is later cut into (n x z_dim floats: 400 MB for a million
+    rows of 100, a fraction of the images they become)."""
     return scale_noise(torch.randn(n, model_cfg.z_dim, generator=torch.Generator().manual_seed(seed)), model_cfg,
                        temperature)
 
