@@ -194,13 +194,13 @@ class GuidedGenerator(nn.Module):
         fresh = torch.empty(rows, self.k - 1, self.model_cfg.z_dim)
         uniforms = torch.empty(rows)
         stream = torch.Generator()
-        for row in range(self.rows_drawn, self.rows_drawn + rows):
+        for i in range(rows):
             # CPU generators keep 32 bits of a seed: (seed, row) is hashed into them, not added; a negative seed
             # (the server takes any) is read as manual_seed reads it, modulo 2**64
-            entropy = [self.seed % 2**64, row]
+            entropy = [self.seed % 2**64, self.rows_drawn + i]
             stream.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
-            fresh[row - self.rows_drawn] = torch.randn(self.k - 1, self.model_cfg.z_dim, generator=stream)
-            uniforms[row - self.rows_drawn] = torch.rand((), generator=stream)
+            fresh[i] = torch.randn(self.k - 1, self.model_cfg.z_dim, generator=stream)
+            uniforms[i] = torch.rand((), generator=stream)
         self.rows_drawn += rows
         return fresh, uniforms
 
