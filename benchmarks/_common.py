@@ -68,6 +68,20 @@ def time_windows(step: Callable[[], object], steps_per_window: int) -> float:
     return (time.perf_counter() - start) / steps_per_window
 
 
+def interleaved_windows(steps: dict[str, Callable[[], object]], windows: int, steps_per_window: int,
+                        warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of each named step in each of ``windows`` windows, after ``warmup`` calls of each. The
+    windows alternate between the steps, so that every step sees the same machine noise."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    seconds = {name: [] for name in steps}
+    for _ in range(windows):
+        for name, step in steps.items():
+            seconds[name].append(time_windows(step, steps_per_window))
+    return seconds
+
+
 def write_json(name: str, payload: dict) -> Path:
     OUT_DIR.mkdir(exist_ok=True)
     path = OUT_DIR / f"{name}.json"

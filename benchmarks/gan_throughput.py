@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import machine, machine_line, matmul_peak_gflops, time_windows, write_json
+from _common import interleaved_windows, machine, machine_line, matmul_peak_gflops, write_json
 from aigc.data.images import load_images
 from aigc.devices import bf16_supported
 from aigc.gan.config import GanTrainConfig
@@ -77,13 +77,7 @@ def measure(model: str, batch_size: int, windows: int, steps_per_window: int, wa
     cfg = GanTrainConfig(model=model, batch_size=batch_size, self_condition=0)
     trainer = GanTrainer(cfg, _model_config(cfg, data), data, torch.device("cpu"))
     paths = {"reference fp32": reference_step_fn(trainer, batch_size), "aigc default": lambda: trainer.train_step(0)}
-    for step in paths.values():
-        for _ in range(warmup):
-            step()
-    seconds = {name: [] for name in paths}
-    for _ in range(windows):  # interleaved, so both paths see the same machine noise
-        for name, step in paths.items():
-            seconds[name].append(time_windows(step, steps_per_window))
+    seconds = interleaved_windows(paths, windows, steps_per_window, warmup)
     result = {name: {"ms_per_step": 1000 * statistics.median(s), "images_per_s": batch_size / statistics.median(s),
                      "windows_ms": [round(1000 * x, 2) for x in s]} for name, s in seconds.items()}
     result["speedup"] = result["aigc default"]["images_per_s"] / result["reference fp32"]["images_per_s"]

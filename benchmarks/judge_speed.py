@@ -20,7 +20,7 @@ import statistics
 import torch
 from torch import nn
 
-from _common import machine, machine_line, matmul_peak_gflops, time_windows, write_json
+from _common import interleaved_windows, machine, machine_line, matmul_peak_gflops, write_json
 from aigc.gan.guide import balanced_loss
 from aigc.metrics.image import Judge
 
@@ -68,13 +68,7 @@ def main() -> None:
              "forward pass, 256 images": {name: forward_pass(m, score_images) for name, m in models.items()}}
     results = {}
     for task, steps in tasks.items():
-        for step in steps.values():
-            for _ in range(args.warmup):
-                step()
-        seconds = {name: [] for name in steps}
-        for _ in range(args.windows):  # interleaved, so both see the same machine noise
-            for name, step in steps.items():
-                seconds[name].append(time_windows(step, args.steps_per_window))
+        seconds = interleaved_windows(steps, args.windows, args.steps_per_window, args.warmup)
         ms = {name: 1000 * statistics.median(s) for name, s in seconds.items()}
         results[task] = {"ms": ms, "speedup": ms["reference (NCHW)"] / ms["aigc (channels-last)"],
                          "windows_ms": {name: [round(1000 * x, 2) for x in s] for name, s in seconds.items()}}
