@@ -41,6 +41,7 @@ from aigc.gan.evaluate import DEFAULT_RECIPE, JUDGE_STEPS, evaluate_run
 from aigc.gan.sample import sample
 from aigc.gan.train import train
 from aigc.logging import read_metrics
+from aigc.memory import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_TEST = ROOT.parent / "shared" / "data" / "mnist"
@@ -157,6 +158,7 @@ def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
     """Train and judge one (setup, seed) in this process; the first seed's pictures go into docs/img."""
     name, seed = job
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the `aigc` command does
     train_result = train_for(name, seed, None if args.steps else args.budget, args.steps)
     run = OUT / run_name(name, seed)
     result = evaluate_run(GanEvalConfig(run=str(run), ref=str(MNIST_TEST), n=args.n, seed=seed,

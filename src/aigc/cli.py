@@ -22,6 +22,7 @@ from aigc.errors import UserError
 from aigc.gan.config import GanEvalConfig, GanGuideConfig, GanRestoreConfig, GanSampleConfig, GanTrainConfig
 from aigc.gpt.config import (GptEvalConfig, GptExportHfConfig, GptFinetuneConfig, GptGenerateConfig, GptImportHfConfig,
                              GptMergeConfig, GptTrainConfig)
+from aigc.memory import keep_freed_memory
 from aigc.serve.config import ServeConfig
 from aigc.textgan.config import TextGanSampleConfig, TextGanTrainConfig
 
@@ -117,6 +118,7 @@ def run_command(command: Command, given: dict) -> object:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     given = {k: v for k, v in vars(args).items() if k not in ("area", "verb", "_command")}
+    keep_freed_memory()  # large CPU tensors reuse freed pages instead of faulting in fresh ones (aigc.memory)
     try:
         run_command(args._command, given)
     except UserError as exc:
