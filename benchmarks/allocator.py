@@ -8,6 +8,7 @@ not. Each process times, in interleaved windows after a warm-up:
     the default width) and one of the guide over its images, as ``GuidedGenerator`` does per chunk;
   - a training step of the guide / C2ST judge on 128 images (``aigc gan guide``, ``aigc gan eval``);
   - a DCGAN training step at batch 64 (``GanTrainer.train_step``, conditional, no clusters);
+  - a GPT training step of nanoGPT's CPU recipe (``gpt_shakespeare.py``'s ``aigc_step``, fp32);
 and counts minor page faults (fresh pages the kernel zeroes) per call. Reports the median over
 rounds of each side's milliseconds, the ratio of the medians, and the faults. Run:
 ``python benchmarks/allocator.py`` (nothing else running).
@@ -35,6 +36,7 @@ def tasks() -> dict:
     """name -> a call to time, built after the allocator is set."""
     import torch
 
+    from gpt_shakespeare import aigc_step, char_data
     from aigc.data.images import load_images
     from aigc.gan.config import GanTrainConfig
     from aigc.gan.guide import balanced_loss
@@ -65,7 +67,8 @@ def tasks() -> dict:
 
     return {"score 256 candidates (G + guide forward)": score_candidates,
             "guide / judge training step, 128 images": guide_step,
-            "DCGAN training step, batch 64": lambda: trainer.train_step(0)}
+            "DCGAN training step, batch 64": lambda: trainer.train_step(0),
+            "GPT training step, nanoGPT's CPU recipe (12 x 64 tokens)": aigc_step(*char_data(), amp=False)}
 
 
 def worker(side: str, windows: int, steps_per_window: int, warmup: int) -> dict:

@@ -162,7 +162,8 @@ class _PoolTo(nn.AdaptiveAvgPool2d):
     reaches the pool at 7 x 7 already, and the identity pool and its backward took ~8% of a step."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.shape[-2:] == nn.modules.utils._pair(self.output_size) else super().forward(x)
+        size = self.output_size if isinstance(self.output_size, tuple) else (self.output_size, self.output_size)
+        return x if tuple(x.shape[-2:]) == size else super().forward(x)
 
 
 class Judge(nn.Module):
