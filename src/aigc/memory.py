@@ -5,11 +5,13 @@ mapping of its own, unmapped when freed, and free memory at the top of the heap 
 threshold is released (both thresholds start at 128 KiB and follow the largest freed block up to
 32 MiB). A CPU forward pass holds several activations of megabytes at once and frees them, so the
 next pass gets fresh pages, and the kernel zeroes each 4 KiB page on its first touch (a minor page
-fault). The C2ST judge's forward pass over 256 images (activations of 25 MiB) took about twice as
-long for that on an AVX2-only AMD EPYC Zen 3, ~22,000 faults a call (``benchmarks/allocator.py``,
-docs/benchmarks.md). :func:`keep_freed_memory` raises the mmap threshold to glibc's largest (blocks
-above it still come and go as mappings of their own) and lets up to :data:`TRIM_THRESHOLD` of free
-heap stay in the process for the next pass, as PyTorch's CUDA allocator keeps its cache.
+fault). Scoring 256 candidates with the GAN guide (activations of 25 MiB) faulted ~12,000 pages a
+call; kept, it ran 1.5x as fast on an AVX2-only AMD EPYC Zen 3, and a training step of the guide (the
+C2ST judge) 1.4-1.8x (``benchmarks/allocator.py``, docs/benchmarks.md; training steps of the GAN
+and the GPT, with smaller activations, did not change). :func:`keep_freed_memory` raises the mmap
+threshold to glibc's largest (blocks above it still come and go as mappings of their own) and lets up
+to :data:`TRIM_THRESHOLD` of free heap stay in the process for the next pass, as PyTorch's CUDA
+allocator keeps its cache.
 
 The ``aigc`` command applies it at start; a program that uses the library directly can call it.
 ``AIGC_RETURN_FREED_MEMORY=1`` keeps glibc's defaults (a process that must give memory back at
