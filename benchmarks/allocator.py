@@ -23,7 +23,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 SIDES = ("return", "keep")
 
@@ -77,19 +76,23 @@ def worker(side: str, windows: int, steps_per_window: int, warmup: int) -> dict:
     if side == "keep":
         from aigc.memory import keep_freed_memory
         kept = keep_freed_memory()
+    from _common import interleaved_windows
+
     calls = tasks()
-    for call in calls.values():
+    for call in calls.values():  # warm-up first, so that its faults (the heap growing to its peak) are not counted
         for _ in range(warmup):
             call()
-    seconds = {name: [] for name in calls}
     faults = {name: 0 for name in calls}
-    for _ in range(windows):
-        for name, call in calls.items():
-            before, start = minor_faults(), time.perf_counter()
-            for _ in range(steps_per_window):
-                call()
-            seconds[name].append((time.perf_counter() - start) / steps_per_window)
+
+    def counting(name: str, call):
+        def counted() -> None:
+            before = minor_faults()
+            call()
             faults[name] += minor_faults() - before
+        return counted
+
+    seconds = interleaved_windows({name: counting(name, call) for name, call in calls.items()}, windows,
+                                  steps_per_window, warmup=0)
     return {"kept": kept, "results": {name: {"ms": 1000 * statistics.median(s),
                                              "faults_per_call": faults[name] / (windows * steps_per_window)}
                                       for name, s in seconds.items()}}
