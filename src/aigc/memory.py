@@ -7,7 +7,7 @@ threshold is released (both thresholds start at 128 KiB and follow the largest f
 next pass gets fresh pages, and the kernel zeroes each 4 KiB page on its first touch (a minor page
 fault). Scoring 256 candidates with the GAN guide (activations of 25 MiB) faulted ~12,000 pages a
 call; kept, it ran 1.5x as fast on an AVX2-only AMD EPYC Zen 3, and a training step of the guide (the
-C2ST judge) 1.4-1.8x (``benchmarks/allocator.py``, docs/benchmarks.md; training steps of the GAN
+C2ST judge) 1.1-1.8x (``benchmarks/allocator.py``, docs/benchmarks.md; training steps of the GAN
 and the GPT, with smaller activations, did not change). :func:`keep_freed_memory` raises the mmap
 threshold to glibc's largest (blocks above it still come and go as mappings of their own) and lets up
 to :data:`TRIM_THRESHOLD` of free heap stay in the process for the next pass, as PyTorch's CUDA
