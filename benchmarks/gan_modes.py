@@ -3,8 +3,9 @@
 Each training image stacks three digits of the bundled ``mnist5k`` as its red, green and blue
 channels (``aigc gan train --data stacked-mnist5k``: 50,000 seeded triples), so the data has
 10 x 10 x 10 = 1,000 equally likely modes. Each setup trains an unconditional DCGAN for
-``--budget`` seconds; then ``--n`` (26,000, as in Lin et al. 2018) samples are drawn, rounded to
-8 bits, and each channel is read by the evaluator of ``aigc gan eval`` (the LeNet trained on
+``--budget`` seconds; then ``--n`` (26,000, as in Lin et al. 2018) samples are drawn as ``aigc gan
+sample`` draws them by default (the EMA generator at the run's noise temperature, guided where the run
+has a guide), rounded to 8 bits, and each channel is read by the evaluator of ``aigc gan eval`` (the LeNet trained on
 mnist5k). Reported: modes covered (triples with at least one sample) and KL(samples || uniform).
 
 The real-data floor reads 26,000 random triples of MNIST *test* digits the same way: it shows
@@ -34,9 +35,11 @@ from aigc.data.images import load_images, save_grid, stack_digits
 from aigc.gan.config import GanTrainConfig
 from aigc.gan.evaluate import DEFAULT_RECIPE
 from aigc.gan.generation import generate_images, quantize
-from aigc.gan.loading import load_generator
+from aigc.gan.guide import candidates_per_image, guided
+from aigc.gan.loading import load_gan
 from aigc.gan.train import train
 from aigc.logging import read_metrics
+from aigc.memory import keep_freed_memory
 from aigc.metrics.evaluator import load_or_train_evaluator
 from aigc.metrics.image import mode_coverage
 
@@ -60,6 +63,9 @@ SETUPS = {
     "dcgan-selfcond-100": dict(self_condition=100),  # self-conditioned on 100 k-means clusters (Liu et al. 2020)
     # the default of an unconditional DCGAN since 2026-12-06: self-conditioned, Adam 1.6e-3, EMA 0.99
     "dcgan-selfcond-100-lr1.6e-3-ema0.99": dict(self_condition=100, lr=1.6e-3, ema_decay=0.99),
+    # `aigc gan train --data stacked-mnist5k` as it is today, every default as the command has it (since 2026-12-07:
+    # sampled at noise temperature 1.2, guided by a guide fitted within the budget)
+    "uncond-default": dict(self_condition=None, lr=None, ema_decay=None, guide=True),
 }
 
 
@@ -87,6 +93,7 @@ def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
     """Train one setup with one seed, then count its samples' modes."""
     name, seed = job
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the `aigc` command does
     out = OUT / f"{name}-seed{seed}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = GanTrainConfig(data="stacked-mnist5k", out=str(out), device="cpu", seed=seed, time_budget=args.budget,
@@ -96,10 +103,17 @@ def measure(job: tuple[str, int], args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     last = [m for m in read_metrics(out / runs.METRICS_FILE) if "d_loss" in m][-1]
     steps = last["step"]
-    generator, model_cfg, _ = load_generator(out)
-    samples = quantize(generate_images(generator, model_cfg, args.n, None, seed=seed))  # (n, 3, 28, 28), 8-bit
+    # sampled as `aigc gan sample --run OUT --seed SEED` samples: the EMA generator at the run's temperature,
+    # guided where the run has a guide fitted to it
+    loaded = load_gan(out, ema=True)
+    temperature = loaded.temperature()
+    k = candidates_per_image(loaded, None, True, temperature)
+    generator = guided(loaded, k, True, temperature, seed)
+    samples = quantize(generate_images(generator, loaded.model_config, args.n, None, seed=seed,
+                                       temperature=temperature))  # (n, 3, 28, 28), 8-bit
     # images/s over the training clock: a --self-condition run's k-means comes before it starts
     result = {"steps": steps, "seconds": seconds, "images_per_s": steps * cfg.batch_size / last["elapsed"],
+              "temperature": temperature, "generator_passes_per_image": getattr(generator, "passes_per_image", 1),
               **count_modes(samples, digit_evaluator())}
     if seed == args.seeds[0]:
         prefix = "gan-modes" if args.section == "modes" else f"gan-{args.section}"  # never another section's grid
