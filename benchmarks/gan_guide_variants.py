@@ -7,6 +7,9 @@ default (same noise rows, reference halves and judge), only the sampler swapped:
 - ``--weight-scale B1 [B2 ...]``: weights exp(B_i s_i) in stage i (B > 1 sharpens, B < 1 flattens).
   ``calibrate`` measures the B that fits each stage best on images it never trained on (Platt scaling: the
   stage's held-out tenth of the training images against fresh samples of the sampler below it).
+- ``extend --run RUN --out COPY``: a copy of the run whose guide gains one more stage, fitted against the samples of
+  the stages it has with the recipe of a later stage within ``aigc gan train``'s budget (``--seconds``; resampling
+  ``--candidates`` of them per image); evaluate the copy with ``aigc gan eval``.
 - ``--langevin-steps N``: discriminator-driven latent sampling (Che et al. 2020): unadjusted Langevin
   dynamics from the prior on the energy E(z) = |z|^2 / (2 T^2) - sum_i s_i(G(z)), whose target is the same
   corrected model p = q exp(sum_i s_i) / Z; a self-conditioned generator's cluster coordinate z[:, 0] stays
@@ -22,8 +25,10 @@ default (same noise rows, reference halves and judge), only the sampler swapped:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -31,11 +36,13 @@ from torch import nn
 
 import aigc.gan.evaluate as gan_evaluate
 from gan_quality import MNIST_TEST, OUT as QUALITY_OUT
+from aigc import runs
 from aigc.gan.config import GanEvalConfig
 from aigc.gan.generation import generate_images, quantize
-from aigc.gan.guide import (DEFAULT_GUIDED, STAGE_SEED_STEP, _logits, _read_guide, _split, balanced_loss, load_stages,
-                            stacked)
+from aigc.gan.guide import (DEFAULT_GUIDED, GUIDE_FILE, STAGE_SEED_STEP, GuideRecipe, _logits, _read_guide,
+                            _split, balanced_loss, fit_guide, load_stages, stacked, stacked_tensors)
 from aigc.gan.loading import load_gan, load_training_data
+from aigc.gan.train import BUDGETED_LATER_SAMPLES_PER_REAL
 from aigc.memory import keep_freed_memory
 
 CALIBRATION_SAMPLES = 2000  # fresh samples of the sampler below each stage (its held-out real tenth: 500 for mnist5k)
@@ -120,6 +127,32 @@ def calibrate(run: str) -> list[float]:
     return scales
 
 
+def extend(run: Path, out: Path, candidates: int, seconds: float) -> None:
+    """Copy ``run`` to ``out`` and stack one more guide stage on the copy's guide (see the module docstring)."""
+    if out.exists():
+        raise SystemExit(f"{out} exists")
+    shutil.copytree(run, out)
+    loaded = load_gan(out, True, "cpu")
+    temperature = loaded.temperature()
+    tensors_info = _read_guide(loaded)[1]
+    counts = tensors_info.get("stage_candidates", [DEFAULT_GUIDED])
+    fitted = load_stages(loaded, counts[0], True, temperature)
+    training = load_training_data(loaded.run_config, loaded.model_config, str(out))
+    labels = training.labels if loaded.model_config.conditional else None
+    recipe = GuideRecipe(samples_per_real=BUDGETED_LATER_SAMPLES_PER_REAL, seconds=seconds)
+    seed = tensors_info["seed"]
+    below = stacked(loaded.generator, fitted, loaded.model_config, temperature, seed)
+    guide, info = fit_guide(below, loaded.model_config, training.images, labels, temperature, recipe,
+                            seed + STAGE_SEED_STEP * len(fitted))
+    print(f"stage {len(fitted) + 1}: held-out loss {info['held_out_loss']:.4f}, balanced accuracy "
+          f"{info['held_out_accuracy']:.3f}, best at step {info['best_step']} of {info['steps']}")
+    info.pop("history")
+    tensors_info.update(stage_candidates=counts + [candidates],
+                        later_stages=tensors_info.get("later_stages", []) + [info])
+    runs.save_weights(out / GUIDE_FILE, stacked_tensors([stage.guide for stage in fitted] + [guide]),
+                      metadata={"guide": json.dumps(tensors_info)})
+
+
 def evaluate(args: argparse.Namespace) -> None:
     """``aigc gan eval`` of the run with the variant's sampler in place of the default guided one."""
     def variant(loaded, k, ema, temperature, seed, stages=None):  # the signature of aigc.gan.guide.guided
@@ -140,12 +173,15 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["calibrate", "eval"])
+    parser.add_argument("what", choices=["calibrate", "eval", "extend"])
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--weight-scale", type=float, nargs="+", default=[1.0], help="per stage; the last repeats")
+    parser.add_argument("--out", type=Path, help="extend: where to copy the run")
+    parser.add_argument("--candidates", type=int, default=2, help="extend: the new stage's candidates per image")
+    parser.add_argument("--seconds", type=float, default=90.0, help="extend: the new stage's time (samples included)")
     parser.add_argument("--langevin-steps", type=int, default=0)
     parser.add_argument("--langevin-step-size", type=float, default=0.1)
     args = parser.parse_args()
@@ -153,6 +189,8 @@ def main() -> None:
     os.environ.setdefault("XDG_CACHE_HOME", str(QUALITY_OUT / "cache"))  # gan_quality.py's evaluators
     if args.what == "calibrate":
         calibrate(str(args.run))
+    elif args.what == "extend":
+        extend(args.run, args.out, args.candidates, args.seconds)
     else:
         if args.json is None:
             parser.error("eval needs --json")
