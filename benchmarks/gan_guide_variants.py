@@ -46,6 +46,8 @@ from aigc.gan.train import BUDGETED_LATER_SAMPLES_PER_REAL
 from aigc.memory import keep_freed_memory
 
 CALIBRATION_SAMPLES = 2000  # fresh samples of the sampler below each stage (its held-out real tenth: 500 for mnist5k)
+# seeds of those samples, apart from every stream the guide was fitted or is evaluated with
+CALIBRATION_SAMPLER_SEED, CALIBRATION_NOISE_SEED = 55_555, 99_000
 
 
 class ScaledLogit(nn.Module):
@@ -98,15 +100,17 @@ def calibrate(run: str) -> list[float]:
     seed = _read_guide(loaded)[1]["seed"]
     stages = load_stages(loaded, DEFAULT_GUIDED, True, temperature)
     training = load_training_data(loaded.run_config, loaded.model_config, run)
+    labels = (torch.arange(CALIBRATION_SAMPLES) % loaded.model_config.num_classes
+              if loaded.model_config.conditional else None)
     scales = []
     for index, stage in enumerate(stages):
-        # fit_guide's split: the first permutation drawn from the stage's seed holds the real held-out tenth
-        _, held = _split(len(training.images), 0.1, torch.Generator().manual_seed(seed + STAGE_SEED_STEP * index))
-        below = stacked(loaded.generator, stages[:index], loaded.model_config, temperature, seed + 55_555)
-        labels = (torch.arange(CALIBRATION_SAMPLES) % loaded.model_config.num_classes
-                  if loaded.model_config.conditional else None)
-        fake = quantize(generate_images(below, loaded.model_config, CALIBRATION_SAMPLES, labels, seed=99_000 + index,
-                                        temperature=temperature))
+        # fit_guide's split: the first permutation drawn from the stage's seed holds the real held-out share
+        split = torch.Generator().manual_seed(seed + STAGE_SEED_STEP * index)
+        _, held = _split(len(training.images), GuideRecipe.held_out, split)
+        below = stacked(loaded.generator, stages[:index], loaded.model_config, temperature,
+                        seed + CALIBRATION_SAMPLER_SEED)
+        fake = quantize(generate_images(below, loaded.model_config, CALIBRATION_SAMPLES, labels,
+                                        seed=CALIBRATION_NOISE_SEED + index, temperature=temperature))
         real_logits, fake_logits = _logits(stage.guide, training.images[held]).view(-1), _logits(stage.guide, fake).view(-1)
         scale_shift = torch.tensor([1.0, 0.0], requires_grad=True)
         optimizer = torch.optim.LBFGS([scale_shift], max_iter=200)
@@ -134,23 +138,23 @@ def extend(run: Path, out: Path, candidates: int, seconds: float) -> None:
     shutil.copytree(run, out)
     loaded = load_gan(out, True, "cpu")
     temperature = loaded.temperature()
-    tensors_info = _read_guide(loaded)[1]
-    counts = tensors_info.get("stage_candidates", [DEFAULT_GUIDED])
+    guide_info = _read_guide(loaded)[1]
+    counts = guide_info.get("stage_candidates", [DEFAULT_GUIDED])
     fitted = load_stages(loaded, counts[0], True, temperature)
     training = load_training_data(loaded.run_config, loaded.model_config, str(out))
     labels = training.labels if loaded.model_config.conditional else None
     recipe = GuideRecipe(samples_per_real=BUDGETED_LATER_SAMPLES_PER_REAL, seconds=seconds)
-    seed = tensors_info["seed"]
+    seed = guide_info["seed"]
     below = stacked(loaded.generator, fitted, loaded.model_config, temperature, seed)
-    guide, info = fit_guide(below, loaded.model_config, training.images, labels, temperature, recipe,
-                            seed + STAGE_SEED_STEP * len(fitted))
-    print(f"stage {len(fitted) + 1}: held-out loss {info['held_out_loss']:.4f}, balanced accuracy "
-          f"{info['held_out_accuracy']:.3f}, best at step {info['best_step']} of {info['steps']}")
-    info.pop("history")
-    tensors_info.update(stage_candidates=counts + [candidates],
-                        later_stages=tensors_info.get("later_stages", []) + [info])
+    guide, new_info = fit_guide(below, loaded.model_config, training.images, labels, temperature, recipe,
+                                seed + STAGE_SEED_STEP * len(fitted))
+    print(f"stage {len(fitted) + 1}: held-out loss {new_info['held_out_loss']:.4f}, balanced accuracy "
+          f"{new_info['held_out_accuracy']:.3f}, best at step {new_info['best_step']} of {new_info['steps']}")
+    new_info.pop("history")
+    guide_info.update(stage_candidates=counts + [candidates],
+                      later_stages=guide_info.get("later_stages", []) + [new_info])
     runs.save_weights(out / GUIDE_FILE, stacked_tensors([stage.guide for stage in fitted] + [guide]),
-                      metadata={"guide": json.dumps(tensors_info)})
+                      metadata={"guide": json.dumps(guide_info)})
 
 
 def evaluate(args: argparse.Namespace) -> None:
