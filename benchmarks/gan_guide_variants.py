@@ -10,6 +10,9 @@ default (same noise rows, reference halves and judge), only the sampler swapped:
 - ``extend --run RUN --out COPY``: a copy of the run whose guide gains one more stage, fitted against the samples of
   the stages it has with the recipe of a later stage within ``aigc gan train``'s budget (``--seconds``; resampling
   ``--candidates`` of them per image); evaluate the copy with ``aigc gan eval``.
+- ``refit --run RUN --out COPY``: a copy of the run whose guide is refitted from ``--from-stage`` on as training
+  fitted it (each stage's recorded steps and samples, no time limit), at Adam ``--lr``, or with ``--warm-start``
+  each stage starting from the weights of the stage below it (its head zeroed: no correction at first).
 - ``--langevin-steps N``: discriminator-driven latent sampling (Che et al. 2020): unadjusted Langevin
   dynamics from the prior on the energy E(z) = |z|^2 / (2 T^2) - sum_i s_i(G(z)), whose target is the same
   corrected model p = q exp(sum_i s_i) / Z; a self-conditioned generator's cluster coordinate z[:, 0] stays
@@ -39,11 +42,13 @@ from gan_quality import MNIST_TEST, OUT as QUALITY_OUT
 from aigc import runs
 from aigc.gan.config import GanEvalConfig
 from aigc.gan.generation import generate_images, quantize
-from aigc.gan.guide import (DEFAULT_GUIDED, GUIDE_FILE, STAGE_SEED_STEP, GuideRecipe, _logits, _read_guide,
+import aigc.gan.guide as guide_module
+from aigc.gan.guide import (DEFAULT_GUIDED, GUIDE_FILE, STAGE_SEED_STEP, GuideRecipe, GuideStage, _logits, _read_guide,
                             _split, balanced_loss, fit_guide, load_stages, stacked, stacked_tensors)
 from aigc.gan.loading import load_gan, load_training_data
 from aigc.gan.train import BUDGETED_LATER_SAMPLES_PER_REAL
 from aigc.memory import keep_freed_memory
+from aigc.metrics.image import Judge
 
 CALIBRATION_SAMPLES = 2000  # fresh samples of the sampler below each stage (its held-out real tenth: 500 for mnist5k)
 # seeds of those samples, apart from every stream the guide was fitted or is evaluated with
@@ -131,30 +136,76 @@ def calibrate(run: str) -> list[float]:
     return scales
 
 
-def extend(run: Path, out: Path, candidates: int, seconds: float) -> None:
-    """Copy ``run`` to ``out`` and stack one more guide stage on the copy's guide (see the module docstring)."""
+def _copy(run: Path, out: Path):
+    """Copy ``run`` to ``out``; the copy loaded, its guide's record and stages, and its training images and labels."""
     if out.exists():
         raise SystemExit(f"{out} exists")
     shutil.copytree(run, out)
     loaded = load_gan(out, True, "cpu")
-    temperature = loaded.temperature()
     guide_info = _read_guide(loaded)[1]
-    counts = guide_info.get("stage_candidates", [DEFAULT_GUIDED])
-    fitted = load_stages(loaded, counts[0], True, temperature)
+    fitted = load_stages(loaded, guide_info.get("stage_candidates", [DEFAULT_GUIDED])[0], True, loaded.temperature())
     training = load_training_data(loaded.run_config, loaded.model_config, str(out))
-    labels = training.labels if loaded.model_config.conditional else None
+    return loaded, guide_info, fitted, training.images, training.labels if loaded.model_config.conditional else None
+
+
+def _fit_stage(loaded, fitted: list, images, labels, recipe: GuideRecipe, seed: int):
+    """A guide stage fitted on top of ``fitted`` as training fits one; its record without the loss history."""
+    below = stacked(loaded.generator, fitted, loaded.model_config, loaded.temperature(), seed)
+    guide, info = fit_guide(below, loaded.model_config, images, labels, loaded.temperature(), recipe,
+                            seed + STAGE_SEED_STEP * len(fitted))
+    print(f"stage {len(fitted) + 1}: held-out loss {info['held_out_loss']:.4f}, balanced accuracy "
+          f"{info['held_out_accuracy']:.3f}, best at step {info['best_step']} of {info['steps']}", flush=True)
+    info.pop("history")
+    return guide, info
+
+
+def _save(out: Path, guides: list, guide_info: dict) -> None:
+    runs.save_weights(out / GUIDE_FILE, stacked_tensors(guides), metadata={"guide": json.dumps(guide_info)})
+
+
+def extend(run: Path, out: Path, candidates: int, seconds: float) -> None:
+    """Copy ``run`` to ``out`` and stack one more guide stage on the copy's guide (see the module docstring)."""
+    loaded, guide_info, fitted, images, labels = _copy(run, out)
     recipe = GuideRecipe(samples_per_real=BUDGETED_LATER_SAMPLES_PER_REAL, seconds=seconds)
-    seed = guide_info["seed"]
-    below = stacked(loaded.generator, fitted, loaded.model_config, temperature, seed)
-    guide, new_info = fit_guide(below, loaded.model_config, training.images, labels, temperature, recipe,
-                                seed + STAGE_SEED_STEP * len(fitted))
-    print(f"stage {len(fitted) + 1}: held-out loss {new_info['held_out_loss']:.4f}, balanced accuracy "
-          f"{new_info['held_out_accuracy']:.3f}, best at step {new_info['best_step']} of {new_info['steps']}")
-    new_info.pop("history")
-    guide_info.update(stage_candidates=counts + [candidates],
+    guide, new_info = _fit_stage(loaded, fitted, images, labels, recipe, guide_info["seed"])
+    guide_info.update(stage_candidates=guide_info.get("stage_candidates", [DEFAULT_GUIDED]) + [candidates],
                       later_stages=guide_info.get("later_stages", []) + [new_info])
-    runs.save_weights(out / GUIDE_FILE, stacked_tensors([stage.guide for stage in fitted] + [guide]),
-                      metadata={"guide": json.dumps(guide_info)})
+    _save(out, [stage.guide for stage in fitted] + [guide], guide_info)
+
+
+def _warm_started(below: nn.Module):
+    """A stand-in for ``Judge(channels)`` whose guide starts from ``below``'s weights with a zero head."""
+    def judge(channels: int) -> Judge:
+        guide = Judge(channels)
+        guide.load_state_dict(below.state_dict())
+        nn.init.zeros_(guide.net[-1].weight)
+        nn.init.zeros_(guide.net[-1].bias)
+        return guide
+    return judge
+
+
+def refit(run: Path, out: Path, from_stage: int, lr: float, warm_start: bool) -> None:
+    """Copy ``run`` to ``out`` and refit the copy's guide from stage ``from_stage`` on (the stages below kept), each
+    stage as training fitted it (its recorded steps and samples, no time limit), with Adam at ``lr``; with
+    ``warm_start`` a stage starts from the weights of the stage below it, its head zeroed."""
+    loaded, guide_info, fitted, images, labels = _copy(run, out)
+    records = [guide_info] + guide_info.get("later_stages", [])
+    kept, infos = fitted[:from_stage - 1], records[:from_stage - 1]
+    for record in records[from_stage - 1:]:
+        recipe = GuideRecipe(samples_per_real=record["generated_images"] // record["real_images"],
+                             steps=record["steps"], lr=lr)
+        if warm_start and kept:
+            guide_module.Judge = _warm_started(kept[-1].guide)  # the name fit_guide builds its guide with
+        try:
+            guide, info = _fit_stage(loaded, kept, images, labels, recipe, guide_info["seed"])
+        finally:
+            guide_module.Judge = Judge
+        kept.append(GuideStage(guide, fitted[len(kept)].candidates))
+        infos.append(info)
+    first = {key: value for key, value in guide_info.items() if key not in infos[0]} | infos[0]
+    if len(infos) > 1:
+        first["later_stages"] = infos[1:]
+    _save(out, [stage.guide for stage in kept], first)
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -177,15 +228,18 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["calibrate", "eval", "extend"])
+    parser.add_argument("what", choices=["calibrate", "eval", "extend", "refit"])
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--weight-scale", type=float, nargs="+", default=[1.0], help="per stage; the last repeats")
-    parser.add_argument("--out", type=Path, help="extend: where to copy the run")
+    parser.add_argument("--out", type=Path, help="extend, refit: where to copy the run")
     parser.add_argument("--candidates", type=int, default=2, help="extend: the new stage's candidates per image")
     parser.add_argument("--seconds", type=float, default=90.0, help="extend: the new stage's time (samples included)")
+    parser.add_argument("--from-stage", type=int, default=1, help="refit: the first stage refitted")
+    parser.add_argument("--lr", type=float, default=GuideRecipe.lr, help="refit: the guides' Adam rate")
+    parser.add_argument("--warm-start", action="store_true", help="refit: start from the stage below's weights")
     parser.add_argument("--langevin-steps", type=int, default=0)
     parser.add_argument("--langevin-step-size", type=float, default=0.1)
     args = parser.parse_args()
@@ -195,6 +249,8 @@ def main() -> None:
         calibrate(str(args.run))
     elif args.what == "extend":
         extend(args.run, args.out, args.candidates, args.seconds)
+    elif args.what == "refit":
+        refit(args.run, args.out, args.from_stage, args.lr, args.warm_start)
     else:
         if args.json is None:
             parser.error("eval needs --json")
