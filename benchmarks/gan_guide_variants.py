@@ -150,8 +150,9 @@ def _copy(run: Path, out: Path):
 
 def _fit_stage(loaded, fitted: list, images, labels, recipe: GuideRecipe, seed: int):
     """A guide stage fitted on top of ``fitted`` as training fits one; its record without the loss history."""
-    below = stacked(loaded.generator, fitted, loaded.model_config, loaded.temperature(), seed)
-    guide, info = fit_guide(below, loaded.model_config, images, labels, loaded.temperature(), recipe,
+    temperature = loaded.temperature()
+    below = stacked(loaded.generator, fitted, loaded.model_config, temperature, seed)
+    guide, info = fit_guide(below, loaded.model_config, images, labels, temperature, recipe,
                             seed + STAGE_SEED_STEP * len(fitted))
     print(f"stage {len(fitted) + 1}: held-out loss {info['held_out_loss']:.4f}, balanced accuracy "
           f"{info['held_out_accuracy']:.3f}, best at step {info['best_step']} of {info['steps']}", flush=True)
@@ -202,7 +203,7 @@ def refit(run: Path, out: Path, from_stage: int, lr: float, warm_start: bool) ->
             guide_module.Judge = Judge
         kept.append(GuideStage(guide, fitted[len(kept)].candidates))
         infos.append(info)
-    first = {key: value for key, value in guide_info.items() if key not in infos[0]} | infos[0]
+    first = guide_info | infos[0]  # what the guide was fitted to, with the first stage's new record
     if len(infos) > 1:
         first["later_stages"] = infos[1:]
     _save(out, [stage.guide for stage in kept], first)
